@@ -1,0 +1,241 @@
+"""The `aepipe` command: a thin typer layer. Each command parses, calls the library, and turns a
+user error into one line on stderr and exit code 2 (bad input) or 1 (failed at run time)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline import AepipeError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="""
+Train autoencoders on Ray, stream datasets through them, and store the codes.
+
+\b
+  aepipe demo                                   the whole flow on scikit-learn's digits
+  aepipe train builtin:digits --family dense --code-dim 16 --out runs/digits
+  aepipe encode builtin:digits --model runs/digits --out codes.zarr --dtype int8
+  aepipe decode codes.zarr --model runs/digits --out recon.npy --rows 0:100
+  aepipe info runs/digits
+
+DATA is a Parquet file or folder (numeric columns, or one list column), a .npy array shaped
+(rows, ...), or builtin:digits (also builtin:digits-train / builtin:digits-test: the split of
+../shared/anchors.py). Every command runs on an embedded local Ray unless --address or
+RAY_ADDRESS names a cluster.
+""")
+
+ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
+
+
+def _run(fn, *args, **kwargs):
+    """Call the library; a user error becomes one line and its exit code, never a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except AepipeError as e:
+        typer.echo(f"aepipe: error: {e}", err=True)
+        raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("aepipe: interrupted", err=True)
+        raise typer.Exit(130)
+    except Exception as e:
+        if os.environ.get("AEPIPE_DEBUG"):
+            raise
+        typer.echo(f"aepipe: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                   "(set AEPIPE_DEBUG=1 for the traceback)", err=True)
+        raise typer.Exit(1)
+
+
+def _ray(address):
+    from pipeline.runtime import init_ray
+
+    _run(init_ray, address)
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise AepipeError(f'{name} "{text}": expected comma-separated integers, e.g. 256,64') from None
+
+
+def _config_file(path: Optional[Path]) -> dict:
+    if path is None:
+        return {}
+    try:
+        text = path.read_text()
+        cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as e:
+        raise AepipeError(f"--config {path}: cannot read it ({e})") from None
+    return {k.replace("-", "_"): v for k, v in cfg.items()}
+
+
+@app.command()
+def train(
+    data: str = typer.Argument(..., help="Training data: Parquet, .npy or builtin:digits."),
+    out: Path = typer.Option(..., "--out", help="Run dir to create: weights, aepipe.json, loss_curve.png."),
+    family: Optional[str] = typer.Option(None, help="Autoencoder family (see `aepipe models`). [default: dense]"),
+    code_dim: Optional[int] = typer.Option(None, help="Size of the code. [default: 16]"),
+    hidden: Optional[str] = typer.Option(None, help="Hidden widths, outermost first, e.g. 256,64 (conv: channels)."),
+    depth: Optional[int] = typer.Option(None, help="Shorthand for --hidden: this many layers of --width."),
+    width: Optional[int] = typer.Option(None, help="Width of each hidden layer with --depth."),
+    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: mse, l1 or bce (inputs in [0, 1]). [default: mse]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (most; early stopping may end sooner). [default: 30]"),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per step per worker. [default: 64]"),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate. [default: 0.001]"),
+    seed: Optional[int] = typer.Option(None, help="Seed: same seed, same data, same weights on the CPU. [default: 0]"),
+    workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP). [default: 1]"),
+    gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per worker; 0 trains on CPUs. [default: 0]"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: 10]"),
+    val_fraction: Optional[float] = typer.Option(None, help="Rows held out for validation. [default: 0.1]"),
+    normalize: Optional[str] = typer.Option(None, help="global, feature, standard or none. [default: global for arrays, feature for tables]"),
+    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: a column named id)."),
+    tied: Optional[bool] = typer.Option(None, "--tied/--untied", help="stacked: decoder uses the encoder's transposed weights."),
+    layerwise: Optional[bool] = typer.Option(None, "--layerwise/--no-layerwise", help="stacked: greedy layer-wise pretraining first."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="stacked --layerwise: epochs per layer. [default: 5]"),
+    sparsity: Optional[str] = typer.Option(None, help="sparse: l1 or kl. [default: l1]"),
+    sparsity_weight: Optional[float] = typer.Option(None, help="sparse: penalty weight. [default: 0.001]"),
+    rho: Optional[float] = typer.Option(None, help="sparse --sparsity kl: target mean activation. [default: 0.05]"),
+    contractive_weight: Optional[float] = typer.Option(None, help="contractive: weight of ||dz/dx||_F^2. [default: 0.001]"),
+    noise: Optional[str] = typer.Option(None, help="denoising: gaussian or mask. [default: gaussian]"),
+    noise_std: Optional[float] = typer.Option(None, help="denoising gaussian: noise sigma. [default: 0.25]"),
+    mask_prob: Optional[float] = typer.Option(None, help="denoising mask: share of inputs zeroed. [default: 0.25]"),
+    beta: Optional[float] = typer.Option(None, help="vae: weight of the KL term. [default: 1]"),
+    up: Optional[str] = typer.Option(None, help="conv: transpose or upsample. [default: transpose]"),
+    down: Optional[str] = typer.Option(None, help="conv: stride or pool. [default: stride]"),
+    cell: Optional[str] = typer.Option(None, help="recurrent: gru or lstm. [default: gru]"),
+    config: Optional[Path] = typer.Option(None, help="JSON or TOML file of these options; flags given here win."),
+    resume: bool = typer.Option(False, help="Continue from the run dir's last checkpoint."),
+    address: Optional[str] = ADDRESS,
+):
+    """Fit an autoencoder with Ray Train and write a self-describing run dir."""
+    given = {k: v for k, v in locals().items() if v is not None}  # flags given here beat --config
+    from pipeline.models import ModelConfig
+    from pipeline.train import TrainConfig, train as train_fn
+
+    def build():
+        opts = {**_config_file(config), **given}
+        if "hidden" in opts and isinstance(opts["hidden"], str):
+            opts["hidden"] = _ints(opts["hidden"], "--hidden")
+        if opts.get("depth") or opts.get("width"):
+            opts["hidden"] = (opts.get("width") or 64,) * (opts.get("depth") or 1)
+        mfields = {f.name for f in dataclasses.fields(ModelConfig)}
+        tfields = {f.name for f in dataclasses.fields(TrainConfig)}
+        known = mfields | tfields | {"data", "out", "config", "resume", "address", "depth", "width", "id_column"}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise AepipeError(f'--config: unknown option "{unknown[0]}"')
+        if opts.get("hidden") is not None:
+            opts["hidden"] = tuple(opts["hidden"])
+        return (ModelConfig(**{k: v for k, v in opts.items() if k in mfields}),
+                TrainConfig(**{k: v for k, v in opts.items() if k in tfields}))
+
+    mcfg, tcfg = _run(build)
+    _ray(address)
+    meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume)
+    m = meta["metrics"]
+    typer.echo(f"trained {meta['family']} (code {mcfg.code_dim}) in {m['seconds']:.1f} s: best val loss "
+               f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1} -> {out}")
+
+
+@app.command()
+def encode(
+    data: str = typer.Argument(..., help="Data to encode, with the schema the model was trained on."),
+    model: Path = typer.Option(..., "--model", help="Run dir from aepipe train."),
+    out: Path = typer.Option(..., "--out", help="CODES.zarr or CODES.parquet."),
+    dtype: str = typer.Option("float32", help="float32, float16, or int8 (per-dimension scale from training)."),
+    scores: bool = typer.Option(False, "--scores", help="Also store each row's reconstruction error."),
+    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    concurrency: int = typer.Option(1, help="Encoder actors (each holds one copy of the model)."),
+    gpus: float = typer.Option(0, help="GPUs per encoder actor."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: a column named id)."),
+    chunk_rows: Optional[int] = typer.Option(None, help="Zarr rows per chunk (default: about 1 MiB)."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    address: Optional[str] = ADDRESS,
+):
+    """Stream DATA through the encoder; one code per row, keyed by its id."""
+    from pipeline.encode import encode as encode_fn
+
+    _ray(address)
+    attrs = _run(encode_fn, data, str(model), out, dtype=dtype, scores=scores, batch_size=batch_size,
+                 concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
+                 overwrite=overwrite)
+    typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}")
+
+
+@app.command()
+def decode(
+    codes: Path = typer.Argument(..., help="A codes store from aepipe encode."),
+    model: Path = typer.Option(..., "--model", help="The run dir that made the codes."),
+    out: Path = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy."),
+    rows: Optional[str] = typer.Option(None, help="Only store rows A:B (positions in the store)."),
+    ids: Optional[str] = typer.Option(None, help="Only these ids, comma-separated, in this order."),
+    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    concurrency: int = typer.Option(1, help="Decoder actors."),
+    gpus: float = typer.Option(0, help="GPUs per decoder actor."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    address: Optional[str] = ADDRESS,
+):
+    """Reconstruct rows from their codes, in the data's original units."""
+    from pipeline.decode import decode as decode_fn
+
+    _ray(address)
+    n = _run(decode_fn, str(codes), str(model), out, rows=rows, ids=ids.split(",") if ids else None,
+             batch_size=batch_size, concurrency=concurrency, num_gpus=gpus, overwrite=overwrite)
+    typer.echo(f"decoded {n} rows -> {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Folder for the model, codes, reconstructions and plots."),
+    code_dim: int = typer.Option(16, help="Code size (PCA gets the same)."),
+    epochs: int = typer.Option(60, help="Training epochs (early stopping may end sooner)."),
+    address: Optional[str] = ADDRESS,
+):
+    """Digits end to end: train, encode (Zarr float32, Parquet int8), decode, compare with PCA."""
+    from pipeline.evaluate import demo as demo_fn
+
+    _ray(address)
+    table = _run(demo_fn, out, code_dim=code_dim, epochs=epochs)
+    typer.echo("\n" + table)
+    typer.echo(f"\nmodel, codes, loss_curve.png and reconstructions.png in {out}")
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="A run dir or a codes store.")):
+    """Show what a run dir or a codes/reconstruction store holds."""
+    from pipeline.run import META, describe_run
+    from pipeline.store import describe_store
+
+    rows = _run(describe_run, path) if (path / META).is_file() else _run(describe_store, path)
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k.ljust(width)}  {v}")
+
+
+@app.command()
+def models():
+    """List the autoencoder families and the options each takes."""
+    from pipeline.models import DEFAULT_HIDDEN, FAMILY_OPTIONS, REGISTRY, ModelConfig
+
+    defaults = ModelConfig()
+    typer.echo("every family: --code-dim, --hidden (or --depth/--width), --loss mse|l1|bce\n")
+    for name, cls in REGISTRY.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"--{o.replace('_', '-')} ({getattr(defaults, o)})" for o in FAMILY_OPTIONS[name])
+        typer.echo(f"{name:12s} {doc}\n{'':12s} hidden default {DEFAULT_HIDDEN[name]}"
+                   + (f"; options: {opts}" if opts else "") + "\n")
+
+
+def main():
+    app(prog_name="aepipe")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""aepipe decode: codes back to data through the decoder, on an actor pool, to Zarr/Parquet/.npy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray.data import ActorPoolStrategy
+
+from pipeline import AepipeError
+from pipeline.data import Source, to_dataset
+from pipeline.encode import check_out, device_for, provenance
+from pipeline.run import load_run
+from pipeline.runtime import user_errors
+from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, dequantize, open_codes
+
+
+class Decoder:
+    def __init__(self, run_dir: str, dtype: str, lo, hi, num_gpus: float = 0):
+        self.run = load_run(run_dir)
+        self.device = device_for(num_gpus)
+        self.model = self.run.model.to(self.device)
+        self.dtype, self.lo, self.hi = dtype, np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+
+    def __call__(self, batch: dict) -> dict:
+        z = torch.from_numpy(dequantize(batch["x"], self.dtype, self.lo, self.hi)).to(self.device)
+        with torch.inference_mode():
+            x_hat = self.model.decode(z).cpu().numpy()
+        return {"row": batch["row"], "id": batch["id"], "x": self.run.normalizer.invert(x_hat)}
+
+
+class Selection(Source):
+    """Rows `positions` of another source, renumbered 0..k-1 (the output's own positions)."""
+
+    def __init__(self, src: Source, positions: np.ndarray):
+        self.src, self.positions = src, positions
+        self.spec, self.schema, self.n_rows = src.spec, src.schema, len(positions)
+
+    def _read(self, start, stop):
+        p = self.positions[start:stop]
+        lo = int(p.min())
+        ids, x = self.src.read(lo, int(p.max()) + 1)  # one contiguous read, then pick
+        return ids[p - lo], x[p - lo]
+
+
+def select(src: Source, rows: str | None, ids: list[str] | None) -> Source:
+    if rows:
+        try:
+            a, b = (int(v) if v else d for v, d in zip(rows.split(":"), (0, src.n_rows)))
+        except ValueError:
+            raise AepipeError(f'--rows "{rows}": expected A:B, e.g. 0:100') from None
+        if not 0 <= a < b <= src.n_rows:
+            raise AepipeError(f"--rows {rows}: the store has rows 0:{src.n_rows}")
+        return Selection(src, np.arange(a, b))
+    if ids:
+        all_ids = np.concatenate([src.read(a, b)[0] for a, b in src.ranges()]).astype(str)
+        where = {v: i for i, v in enumerate(all_ids)}
+        missing = [i for i in ids if i not in where]
+        if missing:
+            raise AepipeError(f'--ids: no row with id "{missing[0]}" in the store')
+        return Selection(src, np.array([where[i] for i in ids]))
+    return src
+
+
+def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids: list[str] | None = None,
+           batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False) -> int:
+    """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written."""
+    out = Path(out)
+    check_out(out, overwrite, (".zarr", ".parquet", ".npy"))
+    run = load_run(model)
+    src, attrs = open_codes(codes)
+    if attrs["model_fingerprint"] != run.fingerprint:
+        raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
+                          f"not by {model} ({run.fingerprint})")
+    src = select(src, rows, ids)
+    q = attrs.get("quantization") or {"lo": [0.0], "hi": [1.0]}
+    ds = to_dataset(src).map_batches(
+        Decoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=q["lo"], hi=q["hi"],
+                                            num_gpus=num_gpus),
+        batch_size=batch_size, compute=ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None, batch_format="numpy")
+    shape = run.schema.shape
+    meta = provenance(run, str(codes), n_rows=src.n_rows, shape=list(shape))
+    with user_errors():
+        if out.suffix == ".npy":
+            _write_npy(ds, out, src.n_rows, shape)
+        elif out.suffix == ".zarr":
+            ids_dtype = "str" if src.read(0, 1)[0].dtype.kind in "OUS" else "int64"
+            arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), ids_dtype)}
+            chunk = chunk_rows_for(4 * int(np.prod(shape)))
+            ds.write_datasink(ZarrSink(out, src.n_rows, arrays, meta, chunk))
+        else:
+            data_cols = run.schema.columns if run.schema.tabular else "list"
+            name = "x" if run.schema.tabular else run.schema.columns[0]
+            ds.write_datasink(ParquetSink(out, src.n_rows, {"id": ("id", "scalar"), name: ("x", data_cols)}, meta))
+    return src.n_rows
+
+
+def _write_npy(ds, out: Path, n: int, shape) -> None:
+    """.npy is one file on the driver's disk: stream batches into a memory map, rename when full."""
+    tmp = out.with_name(out.name + ".partial")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
+    seen = 0
+    try:
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+            arr[batch["row"]] = batch["x"]
+            seen += len(batch["row"])
+        arr.flush()
+        if seen != n:
+            raise AepipeError(f"{out}: wrote {seen} rows, expected {n}", exit_code=1)
+        tmp.replace(out)
+    finally:
+        del arr
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,116 @@
+"""Metrics, the classical baselines they are compared with, plots, and the digits demo.
+
+Baselines and the split follow ../shared/anchors.py exactly: digits / 16, train_test_split with
+test_size 0.3, random_state 0, stratified; logistic regression (max_iter 5000) as the probe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import builtin
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    return float(10 * np.log10(peak ** 2 / np.mean((a - b) ** 2)))
+
+
+def probe_accuracy(train_x, train_y, test_x, test_y) -> float:
+    """The anchors' linear probe, unchanged, so figures compare with anchors.json."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=5000).fit(train_x, train_y)
+    return float(clf.score(test_x, test_y))
+
+
+def digits_split():
+    """(x_train, y_train, ids_train, x_test, y_test, ids_test), x flattened and scaled to [0, 1]."""
+    tr, te = builtin("digits-train"), builtin("digits-test")
+    return (tr.x.reshape(len(tr.x), -1) / 16, tr.labels, tr.ids, te.x.reshape(len(te.x), -1) / 16, te.labels, te.ids)
+
+
+def read_codes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, codes as float32) of a whole store, in memory: for reports on small sets."""
+    from pipeline.store import dequantize, open_codes
+
+    src, attrs = open_codes(path)
+    ids, codes = zip(*(src.read(a, b) for a, b in src.ranges()))
+    q = attrs.get("quantization") or {"lo": [0.0], "hi": [1.0]}
+    lo, hi = np.asarray(q["lo"], np.float32), np.asarray(q["hi"], np.float32)
+    return np.concatenate(ids), dequantize(np.concatenate(codes), attrs["dtype"], lo, hi)
+
+
+def by_id(ids: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """values reordered to follow `wanted` ids (every wanted id must be present)."""
+    pos = {int(i): k for k, i in enumerate(ids)}
+    return values[[pos[int(i)] for i in wanted]]
+
+
+def pca_baseline(k: int, xtr, xte):
+    from sklearn.decomposition import PCA
+
+    p = PCA(k, random_state=0).fit(xtr)
+    return p.transform(xtr), p.transform(xte), p.inverse_transform(p.transform(xte))
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
+
+
+def plot_reconstructions(originals: np.ndarray, recons: dict, path: Path, n: int = 10) -> None:
+    """A grid: originals on top, one row per reconstruction (digits as 8x8 images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {"original": originals, **recons}
+    fig, axes = plt.subplots(len(rows), n, figsize=(n, 1.1 * len(rows)))
+    for r, (name, imgs) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(imgs[c].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def demo(out: str | Path, code_dim: int = 16, epochs: int = 60, workers: int = 1) -> str:
+    """builtin digits: train on the anchors' train split, encode all 1797 rows to Zarr (float32) and
+    Parquet (int8), decode both, and compare with PCA of the same size and raw pixels."""
+    from pipeline.decode import decode
+    from pipeline.encode import encode
+    from pipeline.models import ModelConfig
+    from pipeline.train import TrainConfig, train
+
+    out = Path(out)
+    run_dir = out / "model"
+    if not (run_dir / "aepipe.json").exists():  # a second demo reuses the model it trained before
+        train("builtin:digits-train", run_dir, ModelConfig(family="dense", code_dim=code_dim),
+              TrainConfig(epochs=epochs, workers=workers))
+    xtr, ytr, idtr, xte, yte, idte = digits_split()
+    rows = [["raw pixels", 64 * 4, 0.0, "inf", probe_accuracy(xtr, ytr, xte, yte)]]
+    ztr, zte, rec = pca_baseline(code_dim, xtr, xte)
+    rows.append([f"PCA {code_dim} (float32)", code_dim * 4, float(np.mean((rec - xte) ** 2)), psnr(rec, xte),
+                 probe_accuracy(ztr, ytr, zte, yte)])
+    recons = {}
+    for dtype, store in (("float32", "codes.zarr"), ("int8", "codes_int8.parquet")):
+        encode("builtin:digits", run_dir, out / store, dtype=dtype, overwrite=True)
+        decode(out / store, run_dir, out / f"recon_{dtype}.npy", overwrite=True)
+        ids, codes = read_codes(out / store)
+        rec = np.load(out / f"recon_{dtype}.npy").reshape(-1, 64)[idte] / 16  # .npy rows follow store rows = ids
+        recons[f"dense {dtype}"] = rec
+        rows.append([f"aepipe dense {code_dim} ({dtype})", code_dim * np.dtype(dtype).itemsize,
+                     float(np.mean((rec - xte) ** 2)), psnr(rec, xte),
+                     probe_accuracy(by_id(ids, codes, idtr), ytr, by_id(ids, codes, idte), yte)])
+    plot_reconstructions(xte, {f"PCA {code_dim}": pca_baseline(code_dim, xtr, xte)[2], **recons},
+                         out / "reconstructions.png")
+    header = ["codes", "bytes/row", "test MSE", "test PSNR dB", "probe accuracy"]
+    return format_table(header, rows)

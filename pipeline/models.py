@@ -1,0 +1,361 @@
+"""The model zoo: every autoencoder family behind one interface, in one registry.
+
+    encode(x) -> z          x: (B, *input_shape), z: (B, code_dim)
+    decode(z) -> x_hat      x_hat: (B, *input_shape)
+    loss(x) -> (total, parts)
+    forward(x) -> {"x_hat", "z", "loss", "loss_parts"}   (what training calls, so DDP sees it)
+    sample(n)               VAE only
+
+This module knows torch only: no Ray, no files beyond a state dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOSSES = ("mse", "l1", "bce")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str = "dense"
+    input_shape: tuple[int, ...] = (64,)
+    code_dim: int = 16  # the compression knob: 16 floats for 64 pixels is 4x
+    hidden: tuple[int, ...] | None = None  # widths, outermost first; None: the family's default
+    loss: str = "mse"
+    # stacked
+    tied: bool = False  # decoder reuses the encoder's transposed weights: half the parameters
+    layerwise: bool = False  # greedy layer-wise pretraining before fine-tuning the stack
+    pretrain_epochs: int = 5  # epochs per layer when layerwise
+    # sparse
+    sparsity: str = "l1"  # l1 on the code, or kl toward a mean activation rho
+    sparsity_weight: float = 1e-3
+    rho: float = 0.05
+    # contractive
+    contractive_weight: float = 1e-3  # weight of ||d code / d x||_F^2
+    # denoising
+    noise: str = "gaussian"  # gaussian or mask
+    noise_std: float = 0.25
+    mask_prob: float = 0.25
+    # variational
+    beta: float = 1.0  # 1 is the plain ELBO; >1 trades reconstruction for a smoother code
+    # convolutional
+    up: str = "transpose"  # transpose convolutions or nearest upsampling + convolution
+    down: str = "stride"  # strided convolutions or max pooling
+    # recurrent
+    cell: str = "gru"  # gru or lstm
+
+    def widths(self) -> tuple[int, ...]:
+        return tuple(self.hidden) if self.hidden else DEFAULT_HIDDEN[self.family]
+
+
+DEFAULT_HIDDEN = {"dense": (256, 64), "stacked": (256, 64), "sparse": (256, 64), "contractive": (256, 64),
+                  "denoising": (256, 64), "vae": (256, 64), "conv": (16, 32), "recurrent": (64,)}
+
+
+def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if last_act or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    """Shared plumbing: reconstruction loss, output squashing for bce, the forward dict."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_in = math.prod(cfg.input_shape)
+
+    # families override these three
+    def encode(self, x):
+        raise NotImplementedError
+
+    def decode_logits(self, z):  # (B, *input_shape), before the output squashing
+        raise NotImplementedError
+
+    def penalty(self, x, z) -> dict:
+        return {}
+
+    def corrupt(self, x):  # training-time input corruption (denoising); identity elsewhere
+        return x
+
+    def code_for_training(self, x):  # VAE samples here; every other family just encodes
+        return self.encode(x)
+
+    def decode(self, z):
+        out = self.decode_logits(z)
+        return torch.sigmoid(out) if self.cfg.loss == "bce" else out
+
+    def recon_loss(self, logits, x):
+        if self.cfg.loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits, x)
+        return F.l1_loss(logits, x) if self.cfg.loss == "l1" else F.mse_loss(logits, x)
+
+    def forward(self, x):
+        x_in = self.corrupt(x) if self.training else x
+        z = self.code_for_training(x_in)
+        logits = self.decode_logits(z)
+        parts = {"recon": self.recon_loss(logits, x), **self.penalty(x_in, z)}
+        x_hat = torch.sigmoid(logits) if self.cfg.loss == "bce" else logits
+        return {"x_hat": x_hat, "z": z, "loss": sum(parts.values()), "loss_parts": parts}
+
+    def loss(self, x):
+        out = self(x)
+        return out["loss"], out["loss_parts"]
+
+
+class Dense(Autoencoder):
+    """The vanilla autoencoder: an MLP down to the code and its mirror back up."""
+
+    code_act: nn.Module | None = None
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        sizes = [self.n_in, *cfg.widths(), cfg.code_dim]
+        self.encoder = mlp(sizes)
+        self.decoder = mlp(sizes[::-1])
+
+    def encode(self, x):  # (B, *shape) -> (B, code_dim)
+        z = self.encoder(x.flatten(1))
+        return self.code_act(z) if self.code_act else z
+
+    def decode_logits(self, z):
+        return self.decoder(z).view(-1, *self.cfg.input_shape)
+
+
+class Sparse(Dense):
+    """A penalty keeps most code units quiet: L1 on the code, or KL(rho || mean activation)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        # KL needs activations in (0, 1); L1 pairs with ReLU so that units can be exactly zero
+        self.code_act = nn.Sigmoid() if cfg.sparsity == "kl" else nn.ReLU()
+
+    def penalty(self, x, z):
+        if self.cfg.sparsity == "kl":
+            return {"sparsity": self.cfg.sparsity_weight * kl_sparsity(z, self.cfg.rho)}
+        return {"sparsity": self.cfg.sparsity_weight * z.abs().sum(1).mean()}
+
+
+def kl_sparsity(z, rho: float):
+    """sum_j KL(rho || rho_hat_j), rho_hat_j the mean activation of code unit j over the batch."""
+    rho_hat = z.mean(0).clamp(1e-6, 1 - 1e-6)
+    return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+
+
+class Contractive(Dense):
+    """Penalises the encoder's sensitivity: the squared Frobenius norm of dz/dx, exact per row."""
+
+    def penalty(self, x, z):
+        return {"contractive": self.cfg.contractive_weight * jacobian_frobenius(self.encode, x)}
+
+
+def jacobian_frobenius(encode, x):
+    """mean over the batch of ||J||_F^2, J = d encode(x_i) / d x_i, via torch.func (any depth)."""
+    from torch.func import jacrev, vmap
+
+    jac = vmap(jacrev(lambda xi: encode(xi.unsqueeze(0)).squeeze(0)))(x)  # (B, code_dim, *shape)
+    return jac.pow(2).flatten(1).sum(1).mean()
+
+
+class Denoising(Dense):
+    """Learns to return the clean input from a corrupted one; corruption only while training."""
+
+    def corrupt(self, x):
+        if self.cfg.noise == "mask":
+            return x * (torch.rand_like(x) >= self.cfg.mask_prob)
+        return x + self.cfg.noise_std * torch.randn_like(x)
+
+
+class VAE(Autoencoder):
+    """Variational: the encoder gives mean and log-variance; the code is the mean."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        widths = cfg.widths()
+        self.trunk = mlp([self.n_in, *widths], last_act=True)
+        self.mu = nn.Linear(widths[-1], cfg.code_dim)
+        self.logvar = nn.Linear(widths[-1], cfg.code_dim)
+        self.decoder = mlp([cfg.code_dim, *widths[::-1], self.n_in])
+        self._kl = None
+
+    def encode(self, x):
+        return self.mu(self.trunk(x.flatten(1)))
+
+    def code_for_training(self, x):
+        h = self.trunk(x.flatten(1))
+        mu, logvar = self.mu(h), self.logvar(h).clamp(-20, 20)
+        # KL(q(z|x) || N(0, I)) per row, divided by the input size to match the per-element recon mean
+        self._kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1).mean() / self.n_in
+        return mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+
+    def penalty(self, x, z):
+        return {"kl": self.cfg.beta * self._kl}
+
+    def decode_logits(self, z):
+        return self.decoder(z).view(-1, *self.cfg.input_shape)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        device = self.mu.weight.device
+        return self.decode(torch.randn(n, self.cfg.code_dim, generator=generator).to(device))
+
+
+class Stacked(Autoencoder):
+    """A deep symmetric MLP. tied: decoder layer i is the transpose of encoder layer i.
+    layerwise: train.py first fits each (encoder layer, decoder layer) pair on the previous
+    layer's codes via forward(x, stage=i), then fine-tunes the whole stack with stage=None."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        sizes = [self.n_in, *cfg.widths(), cfg.code_dim]
+        self.enc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        if cfg.tied:  # only biases are the decoder's own
+            self.dec_bias = nn.ParameterList(nn.Parameter(torch.zeros(a)) for a in sizes[:-1])
+        else:
+            self.dec = nn.ModuleList(nn.Linear(b, a) for a, b in zip(sizes, sizes[1:]))
+        self.n_stages = len(self.enc)
+
+    def _enc(self, i, h):
+        h = self.enc[i](h)
+        return torch.relu(h) if i < self.n_stages - 1 else h
+
+    def _dec(self, i, h):  # decoder layer i maps sizes[i+1] -> sizes[i]
+        h = F.linear(h, self.enc[i].weight.t(), self.dec_bias[i]) if self.cfg.tied else self.dec[i](h)
+        return torch.relu(h) if i > 0 else h
+
+    def encode(self, x):
+        h = x.flatten(1)
+        for i in range(self.n_stages):
+            h = self._enc(i, h)
+        return h
+
+    def decode_logits(self, z):
+        for i in reversed(range(self.n_stages)):
+            z = self._dec(i, z)
+        return z.view(-1, *self.cfg.input_shape)
+
+    def forward(self, x, stage: int | None = None):
+        if stage is None:
+            return super().forward(x)
+        with torch.no_grad():  # earlier layers are frozen inputs to this stage
+            h = x.flatten(1)
+            for i in range(stage):
+                h = self._enc(i, h)
+        z = self._enc(stage, h)
+        h_hat = self._dec(stage, z)
+        loss = F.mse_loss(torch.sigmoid(h_hat) if stage == 0 and self.cfg.loss == "bce" else h_hat, h)
+        return {"x_hat": h_hat, "z": z, "loss": loss, "loss_parts": {f"stage{stage}": loss}}
+
+
+class Conv(Autoencoder):
+    """Convolutional, for images shaped (C, H, W) or (H, W): halves the size per level."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        shape = cfg.input_shape
+        if len(shape) not in (2, 3):
+            raise ValueError(f"conv needs images shaped (H, W) or (C, H, W), got {shape}")
+        self.chw = (1, *shape) if len(shape) == 2 else tuple(shape)
+        chans = [self.chw[0], *cfg.widths()]
+        sizes = [self.chw[1:]]
+        down = []
+        for a, b in zip(chans, chans[1:]):
+            if cfg.down == "pool":
+                down += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            else:
+                down += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.ReLU()]
+            sizes.append(tuple((s + 1) // 2 for s in sizes[-1]))
+        self.down = nn.Sequential(*down)
+        self.bottom = (chans[-1], *sizes[-1])
+        flat = math.prod(self.bottom)
+        self.to_code = nn.Linear(flat, cfg.code_dim)
+        self.from_code = nn.Linear(cfg.code_dim, flat)
+        up = []
+        for i in reversed(range(1, len(chans))):  # level i: chans[i] at sizes[i] -> chans[i-1] at sizes[i-1]
+            a, b, target = chans[i], chans[i - 1], sizes[i - 1]
+            if cfg.up == "upsample":
+                up += [nn.Upsample(size=target, mode="nearest"), nn.Conv2d(a, b, 3, padding=1)]
+            else:  # output_padding picks the exact size back: even sizes need one more row/column
+                pad = tuple(t - (2 * s - 1) for t, s in zip(target, sizes[i]))
+                up += [nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=pad)]
+            if i > 1:
+                up.append(nn.ReLU())
+        self.up = nn.Sequential(*up)
+
+    def encode(self, x):  # (B, *shape) -> (B, code_dim)
+        h = self.down(x.reshape(-1, *self.chw))
+        return self.to_code(torch.relu(h.flatten(1)))
+
+    def decode_logits(self, z):
+        h = torch.relu(self.from_code(z)).view(-1, *self.bottom)
+        return self.up(h).view(-1, *self.cfg.input_shape)
+
+
+class Recurrent(Autoencoder):
+    """Sequences shaped (T, F) or (T,): an RNN reads the sequence to a code, another writes it back
+    from the code repeated at every step."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        shape = cfg.input_shape
+        if len(shape) not in (1, 2):
+            raise ValueError(f"recurrent needs sequences shaped (T,) or (T, F), got {shape}")
+        self.t, self.f = shape[0], (shape[1] if len(shape) == 2 else 1)
+        widths = cfg.widths()
+        rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
+        self.enc_rnn = rnn(self.f, max(widths), num_layers=len(widths), batch_first=True)
+        self.to_code = nn.Linear(max(widths), cfg.code_dim)
+        self.dec_rnn = rnn(cfg.code_dim, max(widths), num_layers=len(widths), batch_first=True)
+        self.out = nn.Linear(max(widths), self.f)
+
+    def encode(self, x):  # (B, T, F) -> (B, code_dim)
+        _, h = self.enc_rnn(x.reshape(-1, self.t, self.f))
+        h = h[0] if isinstance(h, tuple) else h  # LSTM returns (h, c)
+        return self.to_code(h[-1])
+
+    def decode_logits(self, z):
+        y, _ = self.dec_rnn(z.unsqueeze(1).expand(-1, self.t, -1).contiguous())
+        return self.out(y).view(-1, *self.cfg.input_shape)
+
+
+REGISTRY: dict[str, type[Autoencoder]] = {
+    "dense": Dense, "stacked": Stacked, "sparse": Sparse, "contractive": Contractive,
+    "denoising": Denoising, "vae": VAE, "conv": Conv, "recurrent": Recurrent,
+}
+
+# What `aepipe models` lists: each family's own options, beside code_dim/hidden/loss that all take.
+FAMILY_OPTIONS = {
+    "dense": (), "stacked": ("tied", "layerwise", "pretrain_epochs"),
+    "sparse": ("sparsity", "sparsity_weight", "rho"), "contractive": ("contractive_weight",),
+    "denoising": ("noise", "noise_std", "mask_prob"), "vae": ("beta",), "conv": ("up", "down"),
+    "recurrent": ("cell",),
+}
+
+CHOICES = {"loss": LOSSES, "sparsity": ("l1", "kl"), "noise": ("gaussian", "mask"),
+           "up": ("transpose", "upsample"), "down": ("stride", "pool"), "cell": ("gru", "lstm")}
+
+
+def check_config(cfg: ModelConfig) -> None:
+    """Raise ValueError naming the bad value; callers at the edges turn it into a user error."""
+    if cfg.family not in REGISTRY:
+        raise ValueError(f'unknown family "{cfg.family}"; choose one of {", ".join(REGISTRY)}')
+    for field, allowed in CHOICES.items():
+        if getattr(cfg, field) not in allowed:
+            raise ValueError(f'unknown {field} "{getattr(cfg, field)}"; choose one of {", ".join(allowed)}')
+    if cfg.code_dim < 1 or any(w < 1 for w in cfg.widths()):
+        raise ValueError(f"code size and widths must be positive, got {cfg.code_dim} and {cfg.widths()}")
+
+
+def build_model(cfg: ModelConfig) -> Autoencoder:
+    check_config(cfg)
+    return REGISTRY[cfg.family](cfg)

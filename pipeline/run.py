@@ -1,0 +1,103 @@
+"""A run dir: what training leaves behind, and everything encode/decode need to load it.
+
+    runs/NAME/model.pt         best weights (a state dict)
+    runs/NAME/aepipe.json      family, hyper-parameters, input schema, normalisation, code range,
+                               metrics per epoch, data fingerprint, aepipe version
+    runs/NAME/loss_curve.png   train and validation loss per epoch
+    runs/NAME/checkpoints/     Ray Train checkpoints, one per epoch (the last two kept), for --resume
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import AepipeError
+from pipeline.data import Normalizer, Schema
+from pipeline.models import ModelConfig, build_model
+
+META = "aepipe.json"
+WEIGHTS = "model.pt"
+
+
+def model_config_from_json(d: dict) -> ModelConfig:
+    d = dict(d)
+    d["input_shape"] = tuple(d["input_shape"])
+    d["hidden"] = tuple(d["hidden"]) if d.get("hidden") else None
+    return ModelConfig(**d)
+
+
+def weights_fingerprint(state: dict) -> str:
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in state.items()}, buf)
+    return hashlib.sha256(buf.getvalue()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Run:
+    path: Path
+    meta: dict
+    model: torch.nn.Module  # in eval mode, on the CPU
+    schema: Schema
+    normalizer: Normalizer
+
+    @property
+    def code_dim(self) -> int:
+        return self.meta["model"]["code_dim"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["model_fingerprint"]
+
+    def code_range(self) -> tuple[np.ndarray, np.ndarray]:
+        r = self.meta["code_range"]
+        return np.asarray(r["lo"], np.float32), np.asarray(r["hi"], np.float32)
+
+
+def save_run(path: Path, meta: dict, state: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path / WEIGHTS)
+    tmp = path / (META + ".tmp")  # aepipe.json appears last and whole: its presence means complete
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(path / META)
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not (path / META).is_file() or not (path / WEIGHTS).is_file():
+        raise AepipeError(f"{path}: not an aepipe run dir (no {META} and {WEIGHTS}; make one with aepipe train)")
+    try:
+        meta = json.loads((path / META).read_text())
+        cfg = model_config_from_json(meta["model"])
+        model = build_model(cfg)
+        model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+    except AepipeError:
+        raise
+    except Exception as e:
+        raise AepipeError(f"{path}: run dir is damaged ({type(e).__name__}: {e})") from None
+    model.eval()
+    return Run(path, meta, model, Schema.from_json(meta["schema"]), Normalizer.from_json(meta["normalizer"]))
+
+
+def describe_run(path: Path) -> list[tuple[str, str]]:
+    """What `aepipe info RUN_DIR` prints."""
+    m = json.loads((Path(path) / META).read_text())
+    hist = m["metrics"]["history"]
+    opts = {k: v for k, v in m["model"].items() if k not in ("family", "input_shape", "code_dim", "hidden", "loss")}
+    return [("run dir", str(path)), ("family", m["family"]), ("code size", str(m["model"]["code_dim"])),
+            ("hidden", str(m["model"]["hidden"] or "family default")), ("loss", m["model"]["loss"]),
+            ("input", f'{m["schema"]["shape"]} from {m["source"]} ({m["n_rows"]} rows)'),
+            ("columns", ", ".join(m["schema"]["columns"][:8]) + (" ..." if len(m["schema"]["columns"]) > 8 else "")),
+            ("normalisation", m["normalizer"]["kind"]),
+            ("epochs run", f'{len(hist)} (best {m["metrics"]["best_epoch"] + 1}, val loss '
+                           f'{m["metrics"]["best_val_loss"]:.5g}{", stopped early" if m["metrics"]["stopped_early"] else ""})'),
+            ("workers", f'{m["train"]["workers"]} x {m["train"]["gpus_per_worker"]} GPU'),
+            ("options", json.dumps(opts)), ("data fingerprint", m["data_fingerprint"]),
+            ("model fingerprint", m["model_fingerprint"]), ("aepipe version", m["aepipe_version"]),
+            ("created", m["created"])]

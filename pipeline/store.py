@@ -1,0 +1,258 @@
+"""Where codes and reconstructions land: Zarr and Parquet datasinks, quantisation, readers.
+
+Both sinks write into `OUT.partial` and rename it to OUT only once every row is in and counted,
+so a store at OUT is always complete; a failed job removes its `.partial`.
+
+Zarr: Ray 2.60 has no Zarr writer, so ZarrSink is one. Each write task puts its rows at their
+global positions (`row`). Whole chunks go straight from the workers; rows of a chunk that a task
+only partly holds come back to the driver (at most two chunks per task, since read tasks follow
+chunk boundaries) and are written there, so no two processes ever write the same chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from pipeline import AepipeError
+from pipeline.data import ParquetSource, Schema, Source
+
+DTYPES = ("float32", "float16", "int8")
+
+
+# ---------------------------------------------------------------- quantisation
+
+def quantize(z: np.ndarray, dtype: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """int8: per-dimension affine map of the training codes' [lo, hi] onto [-127, 127]."""
+    if dtype == "int8":
+        scale = np.where(hi > lo, hi - lo, 1.0)
+        return np.clip(np.round((z - lo) / scale * 254 - 127), -127, 127).astype(np.int8)
+    return z.astype(dtype)
+
+
+def dequantize(q: np.ndarray, dtype: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    if dtype == "int8":
+        scale = np.where(hi > lo, hi - lo, 1.0)
+        return ((q.astype(np.float32) + 127) / 254 * scale + lo).astype(np.float32)
+    return q.astype(np.float32)
+
+
+# ---------------------------------------------------------------- sinks
+
+def _to_numpy(blocks) -> dict:
+    parts = [BlockAccessor.for_block(b).to_numpy() for b in blocks]
+    parts = [p for p in parts if len(p["row"])]
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _runs(rows: np.ndarray):
+    """Split sorted rows into contiguous runs: (first index, end index) into the sorted array."""
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(rows)]])
+    return zip(starts, ends)
+
+
+class _Staged(Datasink):
+    """Shared by both sinks: write into OUT.partial, count rows, rename into place."""
+
+    def __init__(self, path: str | Path, n_rows: int):
+        self.final = Path(path)
+        self.tmp = self.final.with_name(self.final.name + ".partial")
+        self.n_rows = n_rows
+
+    def _commit(self, written: int) -> None:
+        if written != self.n_rows:  # a dropped or doubled block: refuse to present it as done
+            raise AepipeError(f"{self.final}: wrote {written} rows, expected {self.n_rows}", exit_code=1)
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        self.tmp.rename(self.final)
+
+    def on_write_failed(self, error: Exception) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ZarrSink(_Staged):
+    """arrays: zarr array name -> (batch column, per-row shape, dtype)."""
+
+    def __init__(self, path, n_rows: int, arrays: dict, attrs: dict, chunk_rows: int):
+        super().__init__(path, n_rows)
+        self.arrays, self.attrs, self.chunk_rows = arrays, attrs, chunk_rows
+
+    def on_write_start(self, schema=None) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        g = zarr.open_group(str(self.tmp), mode="w")
+        for name, (_, shape, dtype) in self.arrays.items():
+            g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape),
+                           dtype=str if dtype == "str" else dtype)
+        g.attrs.update({**self.attrs, "complete": False})
+
+    def _put(self, batch: dict, select: np.ndarray) -> None:
+        rows = batch["row"][select]
+        if not len(rows):
+            return
+        g = zarr.open_group(str(self.tmp), mode="r+")
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        for name, (col, _, dtype) in self.arrays.items():
+            values = batch[col][select][order]
+            if dtype == "str":
+                values = values.astype(str)
+            for a, b in _runs(rows):
+                g[name][rows[a]:rows[a] + (b - a)] = values[a:b]
+
+    def write(self, blocks, ctx) -> dict:
+        batch = _to_numpy(blocks)
+        if not batch:
+            return {"n": 0, "partial": None}
+        chunk = batch["row"] // self.chunk_rows
+        held = np.bincount(chunk, minlength=chunk.max() + 1)
+        size = np.minimum(self.chunk_rows, self.n_rows - np.arange(len(held)) * self.chunk_rows)
+        whole = (held == size)[chunk]  # rows whose chunk this task holds entirely
+        self._put(batch, whole)
+        partial = {k: v[~whole] for k, v in batch.items()} if (~whole).any() else None
+        return {"n": len(batch["row"]), "partial": partial}
+
+    def on_write_complete(self, write_result) -> None:
+        results = write_result.write_returns
+        partials = [r["partial"] for r in results if r["partial"] is not None]
+        if partials:
+            merged = {k: np.concatenate([p[k] for p in partials]) for k in partials[0]}
+            self._put(merged, np.ones(len(merged["row"]), bool))
+        g = zarr.open_group(str(self.tmp), mode="r+")
+        g.attrs["complete"] = True
+        self._commit(sum(r["n"] for r in results))
+
+
+class ParquetSink(_Staged):
+    """One file per write task, named by the task's index so a retried task overwrites its own file.
+
+    columns: output column -> (batch column, kind); kind "scalar", "list" (fixed-size list), or a
+    tuple of names to split an (N, k) array into k scalar columns (a table's own columns)."""
+
+    def __init__(self, path, n_rows: int, columns: dict, metadata: dict):
+        super().__init__(path, n_rows)
+        self.columns, self.metadata = columns, metadata
+
+    def on_write_start(self, schema=None) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+
+    def _table(self, batch: dict) -> pa.Table:
+        order = np.argsort(batch["row"], kind="stable")
+        cols = {}
+        for name, (col, kind) in self.columns.items():
+            v = batch[col][order]
+            if kind == "scalar":
+                cols[name] = pa.array(v)
+            elif kind == "list":
+                flat = v.reshape(len(v), -1)
+                cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+            else:
+                flat = v.reshape(len(v), -1)
+                cols.update({c: pa.array(flat[:, i]) for i, c in enumerate(kind)})
+        table = pa.table(cols)
+        return table.replace_schema_metadata({"aepipe": json.dumps(self.metadata)})
+
+    def write(self, blocks, ctx) -> int:
+        batch = _to_numpy(blocks)
+        if not batch:
+            return 0
+        dest = self.tmp / f"part-{ctx.task_idx:05d}.parquet"
+        pq.write_table(self._table(batch), str(dest) + ".tmp")
+        Path(str(dest) + ".tmp").replace(dest)
+        return len(batch["row"])
+
+    def on_write_complete(self, write_result) -> None:
+        self._commit(sum(write_result.write_returns))
+
+
+def chunk_rows_for(row_bytes: int) -> int:
+    """About 1 MiB per chunk: large enough for fast I/O, small enough to spread over workers."""
+    return int(max(256, min(65536, 2 ** 20 // max(row_bytes, 1))))
+
+
+# ---------------------------------------------------------------- readers
+
+class ZarrCodesSource(Source):
+    """A Zarr codes store read back as a source of (ids, codes)."""
+
+    def __init__(self, path: Path, attrs: dict):
+        self.spec, self.path, self.attrs = str(path), str(path), attrs
+        g = zarr.open_group(self.path, mode="r")
+        self.n_rows, d = g["codes"].shape
+        self.schema = Schema(("codes",), (d,), tabular=False)
+        self.chunk_rows = g["codes"].chunks[0]
+
+    def _read(self, start, stop):
+        g = zarr.open_group(self.path, mode="r")
+        return g["ids"][start:stop], g["codes"][start:stop]
+
+    def ranges(self, rows_per_task=None):
+        return super().ranges(self.chunk_rows * max(1, 4096 // self.chunk_rows))
+
+
+def read_metadata(path: str | Path) -> tuple[str, dict]:
+    """('zarr' | 'parquet', provenance) of a store aepipe wrote; refuses anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise AepipeError(f"{path}: no such file or folder")
+    if path.suffix == ".zarr":
+        try:
+            attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        except Exception as e:
+            raise AepipeError(f"{path}: not a readable Zarr group ({e})") from None
+        kind = "zarr"
+    elif path.suffix == ".parquet":
+        files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+        meta = (pq.read_schema(files[0]).metadata or {}) if files else {}
+        attrs = json.loads(meta[b"aepipe"]) if b"aepipe" in meta else {}
+        kind = "parquet"
+    else:
+        raise AepipeError(f"{path}: not a codes store (expected a .zarr or .parquet path)")
+    if "model_fingerprint" not in attrs:
+        raise AepipeError(f"{path}: not written by aepipe (no provenance metadata)")
+    if kind == "zarr" and not attrs.get("complete"):
+        raise AepipeError(f"{path}: store is incomplete (its write never finished)")
+    return kind, attrs
+
+
+def open_codes(path: str | Path) -> tuple[Source, dict]:
+    """A codes store as a Source of (ids, codes as stored), plus its provenance."""
+    kind, attrs = read_metadata(path)
+    if "code_dim" not in attrs:
+        raise AepipeError(f"{path}: holds decoded data, not codes")
+    if kind == "zarr":
+        return ZarrCodesSource(Path(path), attrs), attrs
+    return ParquetSource(Path(path), id_column="id", columns=("code",)), attrs
+
+
+def describe_store(path: str | Path) -> list[tuple[str, str]]:
+    """What `aepipe info STORE` prints."""
+    kind, attrs = read_metadata(path)
+    path = Path(path)
+    rows = [("store", f"{path} ({kind})")]
+    if kind == "zarr":
+        g = zarr.open_group(str(path), mode="r")
+        for name in sorted(g.array_keys()):
+            a = g[name]
+            rows.append((f"array {name}", f"{a.shape} {a.dtype}, chunks {a.chunks}"))
+    else:
+        files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+        n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        rows.append(("rows", f"{n} in {len(files)} files, columns {pq.read_schema(files[0]).names[:6]}"))
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    rows.append(("bytes on disk", f"{size:,}"))
+    rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in attrs.items()
+             if k != "quantization"]
+    return rows
