@@ -283,9 +283,10 @@ def block_stats(batch: dict) -> dict:
 
 
 def combine_stats(rows: list[dict]) -> dict:
-    return {"count": int(sum(r["count"] for r in rows)),
-            "sum": np.sum([r["sum"] for r in rows], 0), "sumsq": np.sum([r["sumsq"] for r in rows], 0),
-            "min": np.min([r["min"] for r in rows], 0), "max": np.max([r["max"] for r in rows], 0)}
+    """rows: block_stats outputs, as batches or as the rows Dataset.take_all gives back."""
+    get = lambda key: np.stack([np.reshape(r[key], -1) for r in rows])  # noqa: E731
+    return {"count": int(get("count").sum()), "sum": get("sum").sum(0), "sumsq": get("sumsq").sum(0),
+            "min": get("min").min(0), "max": get("max").max(0)}
 
 
 NORMALIZERS = ("global", "feature", "standard", "none")

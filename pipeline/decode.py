@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ray.data import ActorPoolStrategy
 
 from pipeline import AepipeError
 from pipeline.data import Source, to_dataset
-from pipeline.encode import check_out, device_for, provenance
+from pipeline.encode import actor_pool, check_out, device_for, provenance
 from pipeline.run import load_run
 from pipeline.runtime import user_errors
 from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, dequantize, open_codes
@@ -78,7 +77,7 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
     ds = to_dataset(src).map_batches(
         Decoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=q["lo"], hi=q["hi"],
                                             num_gpus=num_gpus),
-        batch_size=batch_size, compute=ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None, batch_format="numpy")
+        batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
     shape = run.schema.shape
     meta = provenance(run, str(codes), n_rows=src.n_rows, shape=list(shape))
     with user_errors():

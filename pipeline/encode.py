@@ -24,6 +24,17 @@ def device_for(num_gpus: float) -> torch.device:
     return torch.device("cuda" if num_gpus and torch.cuda.is_available() else "cpu")
 
 
+def actor_pool(concurrency: int, num_gpus: float) -> dict:
+    """map_batches arguments for C model-holding actors. The actors never take the cluster's last
+    CPU: read and write tasks need one, and without it the pipeline waits forever (seen with
+    --concurrency 2 on a 2-CPU machine)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return dict(compute=ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
+                num_cpus=min(1.0, max(cpus - 1, 0.25) / concurrency))
+
+
 class Encoder:
     """Holds the model on one actor; each call encodes one batch (Ray's batch-inference pattern)."""
 
@@ -79,8 +90,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     ds = to_dataset(src, rows_per_task=chunk_rows * max(1, 4096 // chunk_rows))
     ds = ds.map_batches(Encoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=dtype, scores=scores,
                                                             num_gpus=num_gpus),
-                        batch_size=batch_size, compute=ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
-                        batch_format="numpy")
+                        batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
     if out.suffix == ".zarr":
         arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), _id_dtype(src))}
         if scores:

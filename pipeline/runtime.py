@@ -45,11 +45,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 def find_user_error(e: BaseException) -> AepipeError | None:
     """Ray wraps a worker's exception (RayTaskError, UserCodeException...); find ours inside."""
+    from ray.exceptions import RayTaskError
+
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, AepipeError):
-            return AepipeError(str(e.args[0]) if e.args else str(e), e.exit_code)
+        # RayTaskError(AepipeError) is both classes, with Ray's traceback as its text: look inside it
+        if isinstance(e, AepipeError) and not isinstance(e, RayTaskError):
+            # our messages are one line; Ray Data appends retry advice to args[0] after a newline
+            return AepipeError(str(e.args[0] if e.args else e).split("\n")[0], e.exit_code)
         e = getattr(e, "cause", None) or e.__cause__ or e.__context__
     return None
 
@@ -59,8 +63,6 @@ def user_errors():
     """Re-raise an AepipeError hidden in a Ray exception as itself, without Ray's traceback."""
     try:
         yield
-    except AepipeError:
-        raise
     except Exception as e:
         err = find_user_error(e)
         if err is None:

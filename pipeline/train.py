@@ -55,7 +55,7 @@ def _epoch(model, shard, device, bs, opt=None, stage=None, seed=0) -> dict:
             out["loss"].backward()
             opt.step()
         for k, v in {"loss": out["loss"], **out["loss_parts"]}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
         n += len(x)
     keys = sorted(sums)
     t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64)
@@ -102,7 +102,9 @@ def train_loop(config: dict) -> None:
     inner = getattr(model, "module", model)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     st = {"step": 0, "history": [], "best_val": math.inf, "best_state": None, "bad": 0, "best_epoch": -1}
-    if ckpt := ray.train.get_checkpoint():
+    # a restart after a worker failure gets its checkpoint from Ray; --resume names one from an earlier fit
+    ckpt = ray.train.get_checkpoint() or (config["resume_from"] and ray.train.Checkpoint(config["resume_from"]))
+    if ckpt:
         with ckpt.as_directory() as d:
             saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
         inner.load_state_dict(saved["model"])
@@ -201,7 +203,8 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         raise AepipeError(f"{out}: nothing to resume (no checkpoints under {storage})")
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg)},
+        train_loop_config={"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
+                           "resume_from": latest},
         scaling_config=ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.gpus_per_worker > 0,
                                      resources_per_worker={"CPU": 1, **({"GPU": tcfg.gpus_per_worker}
                                                                         if tcfg.gpus_per_worker else {})}),
@@ -211,7 +214,6 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
                              # one line per epoch from us, not Ray Train's INFO line per checkpoint
                              logging_config=LoggingConfig(log_level="WARNING")),
         datasets=datasets,
-        resume_from_checkpoint=latest,
     )
     with user_errors():
         result = trainer.fit()
@@ -243,10 +245,8 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
 
 def _latest_checkpoint(storage: Path):
     """The newest checkpoint any earlier fit left under the run dir (Ray names them checkpoint_*)."""
-    from ray.train import Checkpoint
-
-    found = sorted(storage.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    return Checkpoint.from_directory(str(found[-1])) if found else None
+    found = sorted(storage.glob("*/checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1].parent) if found else None
 
 
 def plot_loss(history: list[dict], path: Path, title: str = "") -> None:

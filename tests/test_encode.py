@@ -1,0 +1,92 @@
+"""train -> encode -> decode through the installed `aepipe` command and the library, on real stores."""
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import torch
+import zarr
+
+from pipeline.data import open_source
+from pipeline.decode import decode
+from pipeline.encode import encode
+from pipeline.evaluate import read_codes
+from pipeline.run import load_run
+from pipeline.store import dequantize
+from tests.conftest import run_aepipe
+
+
+def direct_codes(run_dir, x):
+    run = load_run(run_dir)
+    with torch.inference_mode():
+        z = run.model.encode(torch.from_numpy(run.normalizer.apply(x)))
+        return z.numpy(), run.normalizer.invert(run.model.decode(z).numpy())
+
+
+def test_round_trip_through_the_installed_command(ray_local, table_dir, tmp_path):
+    """Every id exactly once in Zarr and Parquet; decoded rows equal an in-process decode."""
+    run = tmp_path / "run"
+    run_aepipe("train", table_dir, "--out", run, "--code-dim", 3, "--hidden", "16", "--epochs", 3, address=ray_local)
+    src = open_source(str(table_dir))
+    ids, x = src.read(0, src.n_rows)
+    z_ref, x_ref = direct_codes(run, x)
+
+    # small chunks and two encoder actors: many write tasks, chunks split between tasks
+    run_aepipe("encode", table_dir, "--model", run, "--out", tmp_path / "c.zarr", "--chunk-rows", 64,
+               "--batch-size", 100, "--concurrency", 2, "--scores", address=ray_local)
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert g.attrs["complete"] and g["codes"].shape == (600, 3) and g["codes"].chunks == (64, 3)
+    assert sorted(g["ids"][:]) == sorted(ids) and len(set(g["ids"][:])) == 600
+    np.testing.assert_allclose(g["codes"][:], z_ref, rtol=1e-4, atol=1e-5)  # positions follow input rows
+    assert (g["scores"][:] > 0).all()
+
+    run_aepipe("encode", table_dir, "--model", run, "--out", tmp_path / "c.parquet", "--concurrency", 2,
+               address=ray_local)
+    t = pads.dataset(str(tmp_path / "c.parquet")).to_table()
+    assert sorted(t.column("id").to_pylist()) == sorted(ids) and t.num_rows == 600
+    by_id = dict(zip(t.column("id").to_pylist(), np.stack(t.column("code").to_numpy(zero_copy_only=False))))
+    np.testing.assert_allclose(np.stack([by_id[i] for i in ids]), z_ref, rtol=1e-4, atol=1e-5)
+
+    for store in ("c.zarr", "c.parquet"):
+        out = tmp_path / f"r-{store}.npy"
+        run_aepipe("decode", tmp_path / store, "--model", run, "--out", out, address=ray_local)
+        got = np.load(out)
+        if store == "c.zarr":
+            np.testing.assert_allclose(got, x_ref, rtol=1e-4, atol=1e-3)
+        else:  # Parquet rows are in store order: match them by id
+            order = {i: k for k, i in enumerate(ids)}
+            np.testing.assert_allclose(got, x_ref[[order[i] for i in t.column("id").to_pylist()]], rtol=1e-4, atol=1e-3)
+
+    out = tmp_path / "part.parquet"
+    run_aepipe("decode", tmp_path / "c.zarr", "--model", run, "--out", out, "--rows", "10:20", address=ray_local)
+    part = pads.dataset(str(out)).to_table().sort_by("id")
+    assert part.column_names == ["id"] + [f"f{j}" for j in range(6)]  # the table's own columns come back
+    np.testing.assert_allclose(np.column_stack([part.column(f"f{j}") for j in range(6)]), x_ref[10:20],
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_digits_encode_int8_and_decode_by_ids(digits_run, tmp_path):
+    encode("builtin:digits", digits_run, tmp_path / "q.zarr", dtype="int8")
+    encode("builtin:digits", digits_run, tmp_path / "f.zarr", dtype="float32")
+    ids_q, zq = read_codes(tmp_path / "q.zarr")
+    ids_f, zf = read_codes(tmp_path / "f.zarr")
+    assert zarr.open_group(str(tmp_path / "q.zarr"))["codes"].dtype == np.int8
+    assert np.array_equal(ids_q, np.arange(1797)) and np.array_equal(ids_f, ids_q)
+    lo, hi = load_run(digits_run).code_range()  # the training codes' range sets the int8 scale
+    inside = ((zf >= lo) & (zf <= hi)).all(1)
+    assert inside.mean() > 0.9
+    assert (np.abs(zq - zf)[inside] <= (hi - lo) / 254 * 1.01 + 1e-6).all()  # half a step of 254
+    np.testing.assert_allclose(zq[~inside], np.clip(zf[~inside], lo, hi), atol=(hi - lo).max() / 254 * 1.01)
+    n = decode(tmp_path / "f.zarr", digits_run, tmp_path / "sel.zarr", ids=["7", "3", "1500"])
+    g = zarr.open_group(str(tmp_path / "sel.zarr"))
+    assert n == 3 and list(g["ids"][:]) == [7, 3, 1500] and g["data"].shape == (3, 8, 8)
+    _, x_ref = direct_codes(digits_run, open_source("builtin:digits").x[[7, 3, 1500]])
+    np.testing.assert_allclose(g["data"][:], x_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_dequantize_inverts_quantize_within_a_step():
+    from pipeline.store import quantize
+
+    z = np.random.default_rng(0).uniform(-3, 5, size=(100, 4)).astype(np.float32)
+    lo, hi = z.min(0), z.max(0)
+    back = dequantize(quantize(z, "int8", lo, hi), "int8", lo, hi)
+    assert np.abs(back - z).max() <= ((hi - lo) / 254).max() + 1e-6
