@@ -116,17 +116,15 @@ class Autoencoder(nn.Module):
 class Dense(Autoencoder):
     """The vanilla autoencoder: an MLP down to the code and its mirror back up."""
 
-    code_act: nn.Module | None = None
-
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, code_act: nn.Module | None = None):
         super().__init__(cfg)
         sizes = [self.n_in, *cfg.widths(), cfg.code_dim]
         self.encoder = mlp(sizes)
+        self.code_act = code_act or nn.Identity()
         self.decoder = mlp(sizes[::-1])
 
     def encode(self, x):  # (B, *shape) -> (B, code_dim)
-        z = self.encoder(x.flatten(1))
-        return self.code_act(z) if self.code_act else z
+        return self.code_act(self.encoder(x.flatten(1)))
 
     def decode_logits(self, z):
         return self.decoder(z).view(-1, *self.cfg.input_shape)
@@ -136,9 +134,8 @@ class Sparse(Dense):
     """A penalty keeps most code units quiet: L1 on the code, or KL(rho || mean activation)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
         # KL needs activations in (0, 1); L1 pairs with ReLU so that units can be exactly zero
-        self.code_act = nn.Sigmoid() if cfg.sparsity == "kl" else nn.ReLU()
+        super().__init__(cfg, nn.Sigmoid() if cfg.sparsity == "kl" else nn.ReLU())
 
     def penalty(self, x, z):
         if self.cfg.sparsity == "kl":

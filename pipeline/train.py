@@ -41,13 +41,11 @@ def _prepare(batch: dict, norm: Normalizer, fraction: float, want_val: bool) -> 
     return {"x": norm.apply(batch["x"][keep])}
 
 
-def _epoch(model, shard, device, bs, opt=None, stage=None, seed=0) -> dict:
-    """One pass over this worker's shard; returns the loss parts averaged over all workers."""
+def _epoch(model, batches, opt=None, stage=None) -> dict:
+    """One pass over `batches` (x tensors); returns the loss parts averaged over all workers."""
     sums, n = {}, 0
     model.train(opt is not None)
-    shuffle = dict(local_shuffle_buffer_size=bs * 16, local_shuffle_seed=seed) if opt else {}
-    for batch in shard.iter_torch_batches(batch_size=bs, device=device, **shuffle):
-        x = batch["x"]
+    for x in batches:
         with torch.set_grad_enabled(opt is not None):
             out = model(x) if stage is None else model(x, stage=stage)
         if opt is not None:
@@ -64,13 +62,13 @@ def _epoch(model, shard, device, bs, opt=None, stage=None, seed=0) -> dict:
     return {k: float(v / max(t[-1], 1)) for k, v in zip(keys, t[:-1])}
 
 
-def _code_range(model, shard, device, bs):
+def _code_range(model, batches):
     """Per-dimension min/max of the codes over the training rows: int8 quantisation's scale."""
     lo, hi = None, None
     model.eval()
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=bs, device=device):
-            z = model.encode(batch["x"])
+        for x in batches:
+            z = model.encode(x)
             lo = z.min(0).values if lo is None else torch.minimum(lo, z.min(0).values)
             hi = z.max(0).values if hi is None else torch.maximum(hi, z.max(0).values)
     t = torch.stack([-lo, hi]).cpu().double()
@@ -85,37 +83,20 @@ def _schedule(mcfg: ModelConfig, tcfg: TrainConfig) -> list:
     return [s for s in range(n_stages) for _ in range(mcfg.pretrain_epochs)] + [None] * tcfg.epochs
 
 
-def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker. Rank 0 writes checkpoints; every rank reports."""
-    import ray.train
-    import ray.train.torch
+def new_state() -> dict:
+    return {"step": 0, "history": [], "best_val": math.inf, "best_state": None, "bad": 0, "best_epoch": -1}
 
-    # Ray Train logs each report at INFO through a logger that propagates to the root
-    logging.getLogger().setLevel(logging.WARNING)
-    mcfg, tcfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    torch.manual_seed(tcfg.seed)
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(
-        build_model(mcfg), parallel_strategy_kwargs={"find_unused_parameters": mcfg.layerwise})
-    inner = getattr(model, "module", model)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    st = {"step": 0, "history": [], "best_val": math.inf, "best_state": None, "bad": 0, "best_epoch": -1}
-    # a restart after a worker failure gets its checkpoint from Ray; --resume names one from an earlier fit
-    ckpt = ray.train.get_checkpoint() or (config["resume_from"] and ray.train.Checkpoint(config["resume_from"]))
-    if ckpt:
-        with ckpt.as_directory() as d:
-            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-        inner.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        st = saved["st"]
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+
+def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, after_epoch=None) -> dict:
+    """The epoch loop that Ray Train workers and in-process fits share: the schedule, validation,
+    early stopping, the best weights kept and restored at the end. batches(split, seed) yields x
+    tensors of "train" (shuffled by seed) or "val"; after_epoch(row, st) reports and checkpoints."""
+    inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
     schedule = _schedule(mcfg, tcfg)
     while st["step"] < len(schedule) and not (tcfg.patience and st["bad"] >= tcfg.patience):
         stage, t0 = schedule[st["step"]], time.time()
-        tr = _epoch(model, train_shard, device, tcfg.batch_size, opt, stage, tcfg.seed * 100003 + st["step"])
-        va = _epoch(model, val_shard, device, tcfg.batch_size, None, stage)
+        tr = _epoch(model, batches("train", tcfg.seed * 100003 + st["step"]), opt, stage)
+        va = _epoch(model, batches("val", None), None, stage)
         row = {"epoch": st["step"], "stage": stage, "train_loss": tr["loss"], "val_loss": va["loss"],
                "val_parts": {k: v for k, v in va.items() if k != "loss"}, "seconds": time.time() - t0}
         st["history"].append(row)
@@ -126,12 +107,72 @@ def train_loop(config: dict) -> None:
                           best_state={k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
             else:
                 st["bad"] += 1
-        if rank == 0:
-            print(f"epoch {row['epoch'] + 1}/{len(schedule)}{'' if stage is None else f' (layer {stage})'}"
-                  f"  train {tr['loss']:.5f}  val {va['loss']:.5f}", flush=True)
-        _report(row, inner, opt, st, rank)
+        if after_epoch:
+            after_epoch(row, st)
     inner.load_state_dict(st["best_state"])
-    st["code_lo"], st["code_hi"] = _code_range(inner, train_shard, device, tcfg.batch_size)
+    return st
+
+
+def fit_local(mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_val: np.ndarray):
+    """The same fit in this process, on arrays already normalised: for benchmarks that train
+    a hundred small models, where Ray Train's start-up (~10 s a fit here) would dominate."""
+    torch.manual_seed(tcfg.seed)
+    model = build_model(mcfg)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    data = {"train": torch.from_numpy(x_train), "val": torch.from_numpy(x_val)}
+
+    def batches(split, seed):
+        x = data[split]
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) if seed is not None else None
+        for i in range(0, len(x), tcfg.batch_size):
+            yield x[order[i:i + tcfg.batch_size]] if order is not None else x[i:i + tcfg.batch_size]
+
+    st = fit(model, opt, batches, mcfg, tcfg, new_state())
+    return model.eval(), st
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker. Rank 0 writes checkpoints; every rank reports."""
+    import ray.train
+    import ray.train.torch
+
+    # Ray Train logs each report at INFO through a logger that propagates to the root
+    logging.getLogger().setLevel(logging.WARNING)
+    mcfg, tcfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(tcfg.seed)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(
+        build_model(mcfg), parallel_strategy_kwargs={"find_unused_parameters": mcfg.layerwise})
+    inner = getattr(model, "module", model)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    st = new_state()
+    # a restart after a worker failure gets its checkpoint from Ray; --resume names one from an earlier fit
+    ckpt = ray.train.get_checkpoint() or (config["resume_from"] and ray.train.Checkpoint(config["resume_from"]))
+    if ckpt:
+        with ckpt.as_directory() as d:
+            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        inner.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        st = saved["st"]
+    shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val")}
+
+    def batches(split, seed):
+        shuffle = dict(local_shuffle_buffer_size=tcfg.batch_size * 16, local_shuffle_seed=seed) if seed is not None else {}
+        for b in shards[split].iter_torch_batches(batch_size=tcfg.batch_size, device=device, **shuffle):
+            yield b["x"]
+
+    n_epochs = len(_schedule(mcfg, tcfg))
+
+    def after_epoch(row, st):
+        if rank == 0:
+            stage = "" if row["stage"] is None else f" (layer {row['stage']})"
+            print(f"epoch {row['epoch'] + 1}/{n_epochs}{stage}  train {row['train_loss']:.5f}"
+                  f"  val {row['val_loss']:.5f}", flush=True)
+        _report(row, inner, opt, st, rank)
+
+    st = fit(model, opt, batches, mcfg, tcfg, st, after_epoch)
+    st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
     _report({"epoch": st["step"], "final": True}, inner, opt, st, rank)
 
 
