@@ -21,9 +21,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
     runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
     address = address or os.environ.get("RAY_ADDRESS")
-    # Ray Train logs every checkpoint and Ray Data every execution at INFO: keep the console for ours
+    # Ray's workers log at INFO/WARNING every checkpoint, execution and controller poll (each second):
+    # keep the console for aepipe's own lines; errors still arrive, as exceptions
     quiet = dict(runtime_env=runtime_env, logging_level="warning",
-                 logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"))
+                 logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))
     try:
         if address:
             ray.init(address=address, **quiet)

@@ -56,10 +56,17 @@ def _epoch(model, batches, opt=None, stage=None) -> dict:
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
         n += len(x)
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
+    t = _all_reduce(torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64), model)
     return {k: float(v / max(t[-1], 1)) for k, v in zip(keys, t[:-1])}
+
+
+def _all_reduce(t: torch.Tensor, model, op=None) -> torch.Tensor:
+    """Sum (or op) over workers; a no-op on one. NCCL only reduces tensors on the GPU."""
+    if not torch.distributed.is_initialized():
+        return t
+    t = t.to(next(model.parameters()).device)
+    torch.distributed.all_reduce(t, op=op or torch.distributed.ReduceOp.SUM)
+    return t.cpu()
 
 
 def _code_range(model, batches):
@@ -71,9 +78,7 @@ def _code_range(model, batches):
             z = model.encode(x)
             lo = z.min(0).values if lo is None else torch.minimum(lo, z.min(0).values)
             hi = z.max(0).values if hi is None else torch.maximum(hi, z.max(0).values)
-    t = torch.stack([-lo, hi]).cpu().double()
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    t = _all_reduce(torch.stack([-lo, hi]).cpu().double(), model, torch.distributed.ReduceOp.MAX)
     return (-t[0]).tolist(), t[1].tolist()
 
 
@@ -172,6 +177,7 @@ def train_loop(config: dict) -> None:
         _report(row, inner, opt, st, rank)
 
     st = fit(model, opt, batches, mcfg, tcfg, st, after_epoch)
+    st["device"] = str(device)
     st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
     _report({"epoch": st["step"], "final": True}, inner, opt, st, rank)
 
@@ -276,7 +282,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "model_fingerprint": weights_fingerprint(state),
         "code_range": {"lo": st["code_lo"], "hi": st["code_hi"]},
         "metrics": {"history": st["history"], "best_epoch": st["best_epoch"], "best_val_loss": st["best_val"],
-                    "stopped_early": len(st["history"]) < len(_schedule(mcfg, tcfg)),
+                    "stopped_early": len(st["history"]) < len(_schedule(mcfg, tcfg)), "device": st["device"],
                     "seconds": time.time() - t0},
     }
     save_run(out, meta, state)
