@@ -15,7 +15,8 @@ import typer
 
 from pipeline import AepipeError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="""
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  rich_markup_mode=None, help="""
 Train autoencoders on Ray, stream datasets through them, and store the codes.
 
 \b
@@ -195,7 +196,7 @@ def decode(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the model, codes, reconstructions and plots."),
     code_dim: int = typer.Option(16, help="Code size (PCA gets the same)."),
-    epochs: int = typer.Option(60, help="Training epochs (early stopping may end sooner)."),
+    epochs: int = typer.Option(200, help="Most training epochs (early stopping usually ends sooner)."),
     address: Optional[str] = ADDRESS,
 ):
     """Digits end to end: train, encode (Zarr float32, Parquet int8), decode, compare with PCA."""

@@ -82,7 +82,7 @@ def plot_reconstructions(originals: np.ndarray, recons: dict, path: Path, n: int
     plt.close(fig)
 
 
-def demo(out: str | Path, code_dim: int = 16, epochs: int = 60, workers: int = 1) -> str:
+def demo(out: str | Path, code_dim: int = 16, epochs: int = 200, workers: int = 1) -> str:
     """builtin digits: train on the anchors' train split, encode all 1797 rows to Zarr (float32) and
     Parquet (int8), decode both, and compare with PCA of the same size and raw pixels."""
     from pipeline.decode import decode
