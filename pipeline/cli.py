@@ -129,15 +129,18 @@ def train(
         mfields = {f.name for f in dataclasses.fields(ModelConfig)}
         tfields = {f.name for f in dataclasses.fields(TrainConfig)}
         known = mfields | tfields | {"data", "out", "config", "resume", "address", "depth", "width", "id_column"}
+        opts.pop("resume", None)  # a flag of this call, not a setting a config file carries
         unknown = sorted(set(opts) - known)
         if unknown:
             raise AepipeError(f'--config: unknown option "{unknown[0]}"')
         if opts.get("hidden") is not None:
             opts["hidden"] = tuple(opts["hidden"])
+        if opts.get("epochs", 1) < 1:
+            raise AepipeError(f"--epochs {opts['epochs']}: train for at least one epoch")
         return (ModelConfig(**{k: v for k, v in opts.items() if k in mfields}),
-                TrainConfig(**{k: v for k, v in opts.items() if k in tfields}))
+                TrainConfig(**{k: v for k, v in opts.items() if k in tfields}), opts.get("id_column"))
 
-    mcfg, tcfg = _run(build)
+    mcfg, tcfg, id_column = _run(build)
     _ray(address)
     meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume)
     m = meta["metrics"]
@@ -193,6 +196,21 @@ def decode(
 
 
 @app.command()
+def sample(
+    model: Path = typer.Option(..., "--model", help="A run dir of the vae family."),
+    n: int = typer.Option(16, "--n", help="Rows to draw."),
+    out: Path = typer.Option(..., "--out", help="OUT.npy"),
+    seed: int = typer.Option(0, help="Seed of the prior draws."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+):
+    """VAE only: draw new rows from the prior through the decoder."""
+    from pipeline.decode import sample as sample_fn
+
+    x = _run(sample_fn, str(model), n, out, seed=seed, overwrite=overwrite)
+    typer.echo(f"sampled {len(x)} rows shaped {x.shape[1:]} -> {out}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the model, codes, reconstructions and plots."),
     code_dim: int = typer.Option(16, help="Code size (PCA gets the same)."),
@@ -223,14 +241,14 @@ def info(path: Path = typer.Argument(..., help="A run dir or a codes store.")):
 @app.command()
 def models():
     """List the autoencoder families and the options each takes."""
-    from pipeline.models import DEFAULT_HIDDEN, FAMILY_OPTIONS, REGISTRY, ModelConfig
+    from pipeline.models import REGISTRY, ModelConfig
 
     defaults = ModelConfig()
     typer.echo("every family: --code-dim, --hidden (or --depth/--width), --loss mse|l1|bce\n")
     for name, cls in REGISTRY.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        opts = ", ".join(f"--{o.replace('_', '-')} ({getattr(defaults, o)})" for o in FAMILY_OPTIONS[name])
-        typer.echo(f"{name:12s} {doc}\n{'':12s} hidden default {DEFAULT_HIDDEN[name]}"
+        opts = ", ".join(f"--{o.replace('_', '-')} ({getattr(defaults, o)})" for o in cls.options)
+        typer.echo(f"{name:12s} {doc}\n{'':12s} hidden default {cls.default_hidden}"
                    + (f"; options: {opts}" if opts else "") + "\n")
 
 

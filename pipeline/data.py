@@ -128,6 +128,11 @@ class NpySource(Source):
         return np.arange(start, stop, dtype=np.int64), self._open()[start:stop]
 
 
+def parquet_files(path: Path) -> list[Path]:
+    """A Parquet dataset's files in a fixed order: that order defines its rows' global indices."""
+    return sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+
+
 class ParquetSource(Source):
     """A Parquet file or folder. Features: every numeric column, or one list column.
 
@@ -137,7 +142,7 @@ class ParquetSource(Source):
 
     def __init__(self, path: Path, id_column: str | None = None, columns: tuple[str, ...] | None = None):
         self.spec, self.only = str(path), columns
-        files = sorted(p for p in path.rglob("*.parquet")) if path.is_dir() else [path]
+        files = parquet_files(path)
         if not files:
             raise AepipeError(f"{path}: folder holds no .parquet files")
         self.files = [str(f) for f in files]
@@ -268,9 +273,12 @@ def to_dataset(src: Source, rows_per_task: int = ROWS_PER_TASK):
             return [ReadTask(lambda a=a, b=b: read(a, b),
                              BlockMetadata(num_rows=b - a, size_bytes=(b - a) * src.schema.size * 4,
                                            input_files=None, exec_stats=None))
-                    for a, b in src.ranges(rows_per_task)]
+                    for a, b in ranges]
 
-    return ray.data.read_datasource(RowRanges())
+    ranges = src.ranges(rows_per_task)
+    # exactly one block per range: left to itself Ray splits small reads into more blocks, and
+    # blocks that straddle Zarr chunks would send their rows through the driver
+    return ray.data.read_datasource(RowRanges(), override_num_blocks=len(ranges))
 
 
 # ---------------------------------------------------------------- normalisation and statistics

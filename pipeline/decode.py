@@ -9,18 +9,16 @@ import torch
 
 from pipeline import AepipeError
 from pipeline.data import Source, to_dataset
-from pipeline.encode import actor_pool, check_out, device_for, provenance
+from pipeline.encode import ModelActor, actor_pool, check_out, provenance
 from pipeline.run import load_run
 from pipeline.runtime import user_errors
-from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, dequantize, open_codes
+from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
 
 
-class Decoder:
+class Decoder(ModelActor):
     def __init__(self, run_dir: str, dtype: str, lo, hi, num_gpus: float = 0):
-        self.run = load_run(run_dir)
-        self.device = device_for(num_gpus)
-        self.model = self.run.model.to(self.device)
-        self.dtype, self.lo, self.hi = dtype, np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+        super().__init__(run_dir, num_gpus)
+        self.dtype, self.lo, self.hi = dtype, lo, hi
 
     def __call__(self, batch: dict) -> dict:
         z = torch.from_numpy(dequantize(batch["x"], self.dtype, self.lo, self.hi)).to(self.device)
@@ -38,15 +36,25 @@ class Selection(Source):
 
     def _read(self, start, stop):
         p = self.positions[start:stop]
-        lo = int(p.min())
-        ids, x = self.src.read(lo, int(p.max()) + 1)  # one contiguous read, then pick
-        return ids[p - lo], x[p - lo]
+        ids, x = [None] * len(p), np.empty((len(p), *self.schema.shape), np.float32)
+        order = np.argsort(p, kind="stable")
+        sp = p[order]
+        cuts = np.flatnonzero(np.diff(sp) > 1024) + 1  # read nearby rows together, far ones apart
+        for run in np.split(np.arange(len(sp)), cuts):
+            lo, hi = int(sp[run[0]]), int(sp[run[-1]]) + 1
+            run_ids, run_x = self.src.read(lo, hi)
+            for i in run:
+                ids[order[i]], x[order[i]] = run_ids[sp[i] - lo], run_x[sp[i] - lo]
+        return np.asarray(ids), x
 
 
 def select(src: Source, rows: str | None, ids: list[str] | None) -> Source:
     if rows:
+        parts = rows.split(":")
         try:
-            a, b = (int(v) if v else d for v, d in zip(rows.split(":"), (0, src.n_rows)))
+            if len(parts) != 2:
+                raise ValueError
+            a, b = (int(v) if v else d for v, d in zip(parts, (0, src.n_rows)))
         except ValueError:
             raise AepipeError(f'--rows "{rows}": expected A:B, e.g. 0:100') from None
         if not 0 <= a < b <= src.n_rows:
@@ -73,9 +81,9 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
                           f"not by {model} ({run.fingerprint})")
     src = select(src, rows, ids)
-    q = attrs.get("quantization") or {"lo": [0.0], "hi": [1.0]}
+    lo, hi = quant_range(attrs)
     ds = to_dataset(src).map_batches(
-        Decoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=q["lo"], hi=q["hi"],
+        Decoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi,
                                             num_gpus=num_gpus),
         batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
     shape = run.schema.shape
@@ -84,8 +92,7 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         if out.suffix == ".npy":
             _write_npy(ds, out, src.n_rows, shape)
         elif out.suffix == ".zarr":
-            ids_dtype = "str" if src.read(0, 1)[0].dtype.kind in "OUS" else "int64"
-            arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), ids_dtype)}
+            arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), id_dtype(src))}
             chunk = chunk_rows_for(4 * int(np.prod(shape)))
             ds.write_datasink(ZarrSink(out, src.n_rows, arrays, meta, chunk))
         else:
@@ -111,3 +118,17 @@ def _write_npy(ds, out: Path, n: int, shape) -> None:
     finally:
         del arr
         tmp.unlink(missing_ok=True)
+
+
+def sample(model: str, n: int, out: str | Path, seed: int = 0, overwrite: bool = False) -> np.ndarray:
+    """VAE only: n rows drawn from the prior and decoded, in the data's units, saved as .npy."""
+    out = Path(out)
+    check_out(out, overwrite, (".npy",))
+    run = load_run(model)
+    if not hasattr(run.model, "sample"):
+        raise AepipeError(f'{model}: family "{run.meta["family"]}" cannot sample; only vae can')
+    if n < 1:
+        raise AepipeError(f"--n {n}: ask for at least one row")
+    x = run.normalizer.invert(run.model.sample(n, torch.Generator().manual_seed(seed)).numpy())
+    np.save(out, x)
+    return x

@@ -17,11 +17,16 @@ from pipeline import AepipeError
 from pipeline.data import open_source, to_dataset
 from pipeline.run import load_run
 from pipeline.runtime import user_errors
-from pipeline.store import DTYPES, ParquetSink, ZarrSink, chunk_rows_for, quantize
+from pipeline.store import DTYPES, ParquetSink, ZarrSink, chunk_rows_for, id_dtype, quantize, task_rows
 
 
-def device_for(num_gpus: float) -> torch.device:
-    return torch.device("cuda" if num_gpus and torch.cuda.is_available() else "cpu")
+class ModelActor:
+    """What encoder and decoder actors share: the run loaded once, the model on its device."""
+
+    def __init__(self, run_dir: str, num_gpus: float = 0):
+        self.run = load_run(run_dir)
+        self.device = torch.device("cuda" if num_gpus and torch.cuda.is_available() else "cpu")
+        self.model = self.run.model.to(self.device)
 
 
 def actor_pool(concurrency: int, num_gpus: float) -> dict:
@@ -30,18 +35,18 @@ def actor_pool(concurrency: int, num_gpus: float) -> dict:
     --concurrency 2 on a 2-CPU machine)."""
     import ray
 
+    if concurrency < 1:
+        raise AepipeError(f"--concurrency {concurrency}: need at least one actor")
     cpus = ray.cluster_resources().get("CPU", 1)
     return dict(compute=ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
                 num_cpus=min(1.0, max(cpus - 1, 0.25) / concurrency))
 
 
-class Encoder:
+class Encoder(ModelActor):
     """Holds the model on one actor; each call encodes one batch (Ray's batch-inference pattern)."""
 
     def __init__(self, run_dir: str, dtype: str, scores: bool, num_gpus: float = 0):
-        self.run = load_run(run_dir)
-        self.device = device_for(num_gpus)
-        self.model = self.run.model.to(self.device)
+        super().__init__(run_dir, num_gpus)
         self.dtype, self.scores = dtype, scores
         self.lo, self.hi = self.run.code_range()
 
@@ -79,20 +84,21 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     out = Path(out)
     check_out(out, overwrite)
     run = load_run(model)
-    src = open_source(data, id_column)
+    src = open_source(data, id_column or run.meta.get("id_column"))
     src.schema.check_matches(run.schema, data)
+    src.schema = run.schema  # columns are read by name, in the order the model was trained on
     d = run.code_dim
     lo, hi = run.code_range()
     attrs = provenance(run, data, n_rows=src.n_rows, code_dim=d, dtype=dtype, scores=scores,
                        ids=getattr(src, "id_column", None) or "row index",
                        quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None)
     chunk_rows = chunk_rows or chunk_rows_for(d * np.dtype(dtype).itemsize)
-    ds = to_dataset(src, rows_per_task=chunk_rows * max(1, 4096 // chunk_rows))
+    ds = to_dataset(src, rows_per_task=task_rows(chunk_rows, 4 * src.schema.size))
     ds = ds.map_batches(Encoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=dtype, scores=scores,
                                                             num_gpus=num_gpus),
                         batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
     if out.suffix == ".zarr":
-        arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), _id_dtype(src))}
+        arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), id_dtype(src))}
         if scores:
             arrays["scores"] = ("score", (), "float32")
         sink = ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows)
@@ -104,8 +110,3 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     with user_errors():
         ds.write_datasink(sink)
     return attrs
-
-
-def _id_dtype(src) -> str:
-    ids, _ = src.read(0, 1)
-    return "str" if ids.dtype.kind in "OUS" else "int64"

@@ -33,12 +33,11 @@ def digits_split():
 
 def read_codes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids, codes as float32) of a whole store, in memory: for reports on small sets."""
-    from pipeline.store import dequantize, open_codes
+    from pipeline.store import dequantize, open_codes, quant_range
 
     src, attrs = open_codes(path)
     ids, codes = zip(*(src.read(a, b) for a, b in src.ranges()))
-    q = attrs.get("quantization") or {"lo": [0.0], "hi": [1.0]}
-    lo, hi = np.asarray(q["lo"], np.float32), np.asarray(q["hi"], np.float32)
+    lo, hi = quant_range(attrs)
     return np.concatenate(ids), dequantize(np.concatenate(codes), attrs["dtype"], lo, hi)
 
 

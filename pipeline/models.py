@@ -51,11 +51,7 @@ class ModelConfig:
     cell: str = "gru"  # gru or lstm
 
     def widths(self) -> tuple[int, ...]:
-        return tuple(self.hidden) if self.hidden else DEFAULT_HIDDEN[self.family]
-
-
-DEFAULT_HIDDEN = {"dense": (256, 64), "stacked": (256, 64), "sparse": (256, 64), "contractive": (256, 64),
-                  "denoising": (256, 64), "vae": (256, 64), "conv": (16, 32), "recurrent": (64,)}
+        return tuple(self.hidden) if self.hidden else REGISTRY[self.family].default_hidden
 
 
 def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
@@ -69,6 +65,9 @@ def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
 
 class Autoencoder(nn.Module):
     """Shared plumbing: reconstruction loss, output squashing for bce, the forward dict."""
+
+    default_hidden: tuple[int, ...] = (256, 64)  # widths when --hidden is not given
+    options: tuple[str, ...] = ()  # the ModelConfig fields this family reads, for `aepipe models`
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -133,6 +132,8 @@ class Dense(Autoencoder):
 class Sparse(Dense):
     """A penalty keeps most code units quiet: L1 on the code, or KL(rho || mean activation)."""
 
+    options = ("sparsity", "sparsity_weight", "rho")
+
     def __init__(self, cfg: ModelConfig):
         # KL needs activations in (0, 1); L1 pairs with ReLU so that units can be exactly zero
         super().__init__(cfg, nn.Sigmoid() if cfg.sparsity == "kl" else nn.ReLU())
@@ -152,6 +153,8 @@ def kl_sparsity(z, rho: float):
 class Contractive(Dense):
     """Penalises the encoder's sensitivity: the squared Frobenius norm of dz/dx, exact per row."""
 
+    options = ("contractive_weight",)
+
     def penalty(self, x, z):
         return {"contractive": self.cfg.contractive_weight * jacobian_frobenius(self.encode, x)}
 
@@ -167,6 +170,8 @@ def jacobian_frobenius(encode, x):
 class Denoising(Dense):
     """Learns to return the clean input from a corrupted one; corruption only while training."""
 
+    options = ("noise", "noise_std", "mask_prob")
+
     def corrupt(self, x):
         if self.cfg.noise == "mask":
             return x * (torch.rand_like(x) >= self.cfg.mask_prob)
@@ -175,6 +180,8 @@ class Denoising(Dense):
 
 class VAE(Autoencoder):
     """Variational: the encoder gives mean and log-variance; the code is the mean."""
+
+    options = ("beta",)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -211,6 +218,8 @@ class Stacked(Autoencoder):
     """A deep symmetric MLP. tied: decoder layer i is the transpose of encoder layer i.
     layerwise: train.py first fits each (encoder layer, decoder layer) pair on the previous
     layer's codes via forward(x, stage=i), then fine-tunes the whole stack with stage=None."""
+
+    options = ("tied", "layerwise", "pretrain_epochs")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -257,6 +266,9 @@ class Stacked(Autoencoder):
 class Conv(Autoencoder):
     """Convolutional, for images shaped (C, H, W) or (H, W): halves the size per level."""
 
+    default_hidden = (16, 32)  # channels per level
+    options = ("up", "down")
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         shape = cfg.input_shape
@@ -290,8 +302,8 @@ class Conv(Autoencoder):
         self.up = nn.Sequential(*up)
 
     def encode(self, x):  # (B, *shape) -> (B, code_dim)
-        h = self.down(x.reshape(-1, *self.chw))
-        return self.to_code(torch.relu(h.flatten(1)))
+        h = self.down(x.reshape(-1, *self.chw))  # already through a ReLU
+        return self.to_code(h.flatten(1))
 
     def decode_logits(self, z):
         h = torch.relu(self.from_code(z)).view(-1, *self.bottom)
@@ -301,6 +313,9 @@ class Conv(Autoencoder):
 class Recurrent(Autoencoder):
     """Sequences shaped (T, F) or (T,): an RNN reads the sequence to a code, another writes it back
     from the code repeated at every step."""
+
+    default_hidden = (64,)
+    options = ("cell",)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -328,14 +343,6 @@ class Recurrent(Autoencoder):
 REGISTRY: dict[str, type[Autoencoder]] = {
     "dense": Dense, "stacked": Stacked, "sparse": Sparse, "contractive": Contractive,
     "denoising": Denoising, "vae": VAE, "conv": Conv, "recurrent": Recurrent,
-}
-
-# What `aepipe models` lists: each family's own options, beside code_dim/hidden/loss that all take.
-FAMILY_OPTIONS = {
-    "dense": (), "stacked": ("tied", "layerwise", "pretrain_epochs"),
-    "sparse": ("sparsity", "sparsity_weight", "rho"), "contractive": ("contractive_weight",),
-    "denoising": ("noise", "noise_std", "mask_prob"), "vae": ("beta",), "conv": ("up", "down"),
-    "recurrent": ("cell",),
 }
 
 CHOICES = {"loss": LOSSES, "sparsity": ("l1", "kl"), "noise": ("gaussian", "mask"),

@@ -55,6 +55,11 @@ def find_user_error(e: BaseException) -> AepipeError | None:
         if isinstance(e, AepipeError) and not isinstance(e, RayTaskError):
             # our messages are one line; Ray Data appends retry advice to args[0] after a newline
             return AepipeError(str(e.args[0] if e.args else e).split("\n")[0], e.exit_code)
+        # Ray Train's WorkerGroupError keeps each failed worker's exception by rank
+        failures = list(getattr(e, "worker_failures", {}).values())
+        found = next((f for f in map(find_user_error, failures) if f), None)
+        if found:
+            return found
         e = getattr(e, "cause", None) or e.__cause__ or e.__context__
     return None
 

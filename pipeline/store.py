@@ -23,7 +23,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline import AepipeError
-from pipeline.data import ParquetSource, Schema, Source
+from pipeline.data import ROWS_PER_TASK, ParquetSource, Schema, Source, parquet_files
 
 DTYPES = ("float32", "float16", "int8")
 
@@ -71,11 +71,15 @@ class _Staged(Datasink):
         self.tmp = self.final.with_name(self.final.name + ".partial")
         self.n_rows = n_rows
 
-    def _commit(self, written: int) -> None:
+    def _check_count(self, written: int) -> None:
         if written != self.n_rows:  # a dropped or doubled block: refuse to present it as done
             raise AepipeError(f"{self.final}: wrote {written} rows, expected {self.n_rows}", exit_code=1)
-        if self.final.exists():
+
+    def _commit(self) -> None:
+        if self.final.is_dir():
             shutil.rmtree(self.final)
+        elif self.final.exists():
+            self.final.unlink()
         self.tmp.rename(self.final)
 
     def on_write_failed(self, error: Exception) -> None:
@@ -129,9 +133,9 @@ class ZarrSink(_Staged):
         if partials:
             merged = {k: np.concatenate([p[k] for p in partials]) for k in partials[0]}
             self._put(merged, np.ones(len(merged["row"]), bool))
-        g = zarr.open_group(str(self.tmp), mode="r+")
-        g.attrs["complete"] = True
-        self._commit(sum(r["n"] for r in results))
+        self._check_count(sum(r["n"] for r in results))
+        zarr.open_group(str(self.tmp), mode="r+").attrs["complete"] = True
+        self._commit()
 
 
 class ParquetSink(_Staged):
@@ -174,12 +178,30 @@ class ParquetSink(_Staged):
         return len(batch["row"])
 
     def on_write_complete(self, write_result) -> None:
-        self._commit(sum(write_result.write_returns))
+        self._check_count(sum(write_result.write_returns))
+        self._commit()
 
 
 def chunk_rows_for(row_bytes: int) -> int:
     """About 1 MiB per chunk: large enough for fast I/O, small enough to spread over workers."""
     return int(max(256, min(65536, 2 ** 20 // max(row_bytes, 1))))
+
+
+def task_rows(chunk_rows: int, input_row_bytes: int) -> int:
+    """Rows per read task: whole output chunks, and at most ~64 MiB of input (large images)."""
+    most = max(1, min(ROWS_PER_TASK, 2 ** 26 // max(input_row_bytes, 1)))
+    return chunk_rows * max(1, most // chunk_rows)
+
+
+def quant_range(attrs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A store's int8 scale (lo, hi per dimension); unused placeholders for float stores."""
+    q = attrs.get("quantization") or {"lo": [0.0], "hi": [1.0]}
+    return np.asarray(q["lo"], np.float32), np.asarray(q["hi"], np.float32)
+
+
+def id_dtype(src: Source) -> str:
+    """Zarr dtype for a source's ids: strings stay strings, anything else int64."""
+    return "str" if src.read(0, 1)[0].dtype.kind in "OUS" else "int64"
 
 
 # ---------------------------------------------------------------- readers
@@ -199,7 +221,7 @@ class ZarrCodesSource(Source):
         return g["ids"][start:stop], g["codes"][start:stop]
 
     def ranges(self, rows_per_task=None):
-        return super().ranges(self.chunk_rows * max(1, 4096 // self.chunk_rows))
+        return super().ranges(task_rows(self.chunk_rows, 4 * self.schema.size))
 
 
 def read_metadata(path: str | Path) -> tuple[str, dict]:
@@ -214,8 +236,11 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
             raise AepipeError(f"{path}: not a readable Zarr group ({e})") from None
         kind = "zarr"
     elif path.suffix == ".parquet":
-        files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-        meta = (pq.read_schema(files[0]).metadata or {}) if files else {}
+        files = parquet_files(path)
+        try:
+            meta = (pq.read_schema(files[0]).metadata or {}) if files else {}
+        except Exception as e:
+            raise AepipeError(f"{files[0]}: not a readable Parquet file ({e})") from None
         attrs = json.loads(meta[b"aepipe"]) if b"aepipe" in meta else {}
         kind = "parquet"
     else:
@@ -248,7 +273,7 @@ def describe_store(path: str | Path) -> list[tuple[str, str]]:
             a = g[name]
             rows.append((f"array {name}", f"{a.shape} {a.dtype}, chunks {a.chunks}"))
     else:
-        files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+        files = parquet_files(path)
         n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         rows.append(("rows", f"{n} in {len(files)} files, columns {pq.read_schema(files[0]).names[:6]}"))
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size

@@ -112,8 +112,13 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
                           best_state={k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
             else:
                 st["bad"] += 1
+        if not math.isfinite(tr["loss"]):
+            raise AepipeError(f"training loss became {tr['loss']} at epoch {row['epoch'] + 1}; "
+                              "try a lower --lr or --normalize standard")
         if after_epoch:
             after_epoch(row, st)
+    if st["best_state"] is None:
+        raise AepipeError("no epoch of the whole model was trained (is --epochs 0?)")
     inner.load_state_dict(st["best_state"])
     return st
 
@@ -230,6 +235,8 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
     from ray.train.torch import TorchTrainer
 
     out = Path(out).resolve()
+    if tcfg.epochs < 1:
+        raise AepipeError(f"--epochs {tcfg.epochs}: train for at least one epoch")
     if (out / META).exists() and not resume:
         raise AepipeError(f"{out} already holds a trained model; choose another --out or pass --resume")
     src = open_source(data, id_column)

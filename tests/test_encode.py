@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr
@@ -55,6 +56,13 @@ def test_round_trip_through_the_installed_command(ray_local, table_dir, tmp_path
         else:  # Parquet rows are in store order: match them by id
             order = {i: k for k, i in enumerate(ids)}
             np.testing.assert_allclose(got, x_ref[[order[i] for i in t.column("id").to_pylist()]], rtol=1e-4, atol=1e-3)
+
+    # the same table with its columns in another order: read by name, same codes
+    shuffled = tmp_path / "shuffled.parquet"
+    table = pads.dataset(str(table_dir)).to_table()
+    pq.write_table(table.select(["f3", "id", "f5", "f0", "f2", "f1", "f4"]), shuffled)
+    run_aepipe("encode", shuffled, "--model", run, "--out", tmp_path / "s.zarr", address=ray_local)
+    np.testing.assert_allclose(zarr.open_group(str(tmp_path / "s.zarr"))["codes"][:], z_ref, rtol=1e-4, atol=1e-5)
 
     out = tmp_path / "part.parquet"
     run_aepipe("decode", tmp_path / "c.zarr", "--model", run, "--out", out, "--rows", "10:20", address=ray_local)

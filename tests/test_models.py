@@ -55,6 +55,11 @@ def test_every_family_trains_on_ray_and_encodes_through_the_cli(family, ray_loca
     assert runner.invoke(app, ["decode", str(tmp_path / "c.parquet"), "--model", str(run),
                                "--out", str(tmp_path / "r.npy")]).exit_code == 0
     assert np.load(tmp_path / "r.npy").shape == (540, 8, 8)
+    drawn = runner.invoke(app, ["sample", "--model", str(run), "--n", "5", "--out", str(tmp_path / "s.npy")])
+    if family == "vae":
+        assert drawn.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (5, 8, 8)
+    else:
+        assert drawn.exit_code == 2 and "only vae can" in drawn.stderr
 
 
 def test_contractive_penalty_matches_finite_differences():
@@ -113,16 +118,17 @@ def test_denoising_corrupts_in_training_only():
     gauss = build_model(ModelConfig(family="denoising", input_shape=(8,), code_dim=3)).train()
     assert not torch.allclose(gauss(x)["x_hat"], gauss(x)["x_hat"])  # fresh noise every step
     gauss.eval()
-    torch.testing.assert_close(gauss.encode(x), gauss.encode(x))
+    torch.testing.assert_close(gauss(x)["x_hat"], gauss(x)["x_hat"])  # no noise once trained
 
 
 def test_vae_codes_are_means_and_it_samples():
-    vae = build_model(ModelConfig(family="vae", input_shape=(8, 8), code_dim=4)).eval()
+    vae = build_model(ModelConfig(family="vae", input_shape=(8, 8), code_dim=4)).train()
     x = torch.rand(3, 8, 8)
-    torch.testing.assert_close(vae.encode(x), vae.encode(x))
-    assert vae.sample(6).shape == (6, 8, 8)
-    vae.train()
+    mu = vae.mu(vae.trunk(x.flatten(1)))
+    torch.testing.assert_close(vae.encode(x), mu)  # the code is the mean, even in training mode
+    assert not torch.allclose(vae(x)["z"], mu)  # while training samples around it
     assert "kl" in vae.loss(x)[1] and vae.loss(x)[1]["kl"] >= 0
+    assert vae.sample(6).shape == (6, 8, 8)
 
 
 @pytest.mark.parametrize("shape, up, down", [((3, 11, 13), "transpose", "stride"), ((1, 28, 28), "upsample", "pool"),
