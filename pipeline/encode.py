@@ -1,4 +1,4 @@
-"""aepipe encode / score: stream DATA through the encoder on an actor pool, write codes in parallel.
+"""aepipe encode: stream DATA through the encoder on an actor pool, write codes in parallel.
 
     read (one task per row range) -> map_batches(Encoder) on C actors -> ZarrSink | ParquetSink
 """
