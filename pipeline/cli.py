@@ -135,8 +135,6 @@ def train(
             raise AepipeError(f'--config: unknown option "{unknown[0]}"')
         if opts.get("hidden") is not None:
             opts["hidden"] = tuple(opts["hidden"])
-        if opts.get("epochs", 1) < 1:
-            raise AepipeError(f"--epochs {opts['epochs']}: train for at least one epoch")
         return (ModelConfig(**{k: v for k, v in opts.items() if k in mfields}),
                 TrainConfig(**{k: v for k, v in opts.items() if k in tfields}), opts.get("id_column"))
 
