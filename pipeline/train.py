@@ -118,7 +118,8 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
         if after_epoch:
             after_epoch(row, st)
     if st["best_state"] is None:
-        raise AepipeError("no epoch of the whole model was trained (is --epochs 0?)")
+        # train() refuses --epochs 0, so only a validation loss that was never finite lands here
+        raise AepipeError("the validation loss was never finite; try a lower --lr or --normalize standard")
     inner.load_state_dict(st["best_state"])
     return st
 
