@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,19 @@ class Run:
         return np.asarray(r["lo"], np.float32), np.asarray(r["hi"], np.float32)
 
 
+def load_state(path: str | Path) -> dict:
+    """A checkpoint or weights file, read as tensors, numbers and plain containers only: a pickle
+    that would build any other object (and so could run code) is refused, never executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "unsupported object"
+        raise AepipeError(f"{path}: holds more than tensors and plain values, refusing to load it "
+                          f"(a file from elsewhere must not run code: {reason})") from None
+    except Exception as e:
+        raise AepipeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
 def save_run(path: Path, meta: dict, state: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
     torch.save(state, path / WEIGHTS)
@@ -76,7 +90,7 @@ def load_run(path: str | Path) -> Run:
         meta = json.loads((path / META).read_text())
         cfg = model_config_from_json(meta["model"])
         model = build_model(cfg)
-        model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+        model.load_state_dict(load_state(path / WEIGHTS))
     except AepipeError:
         raise
     except Exception as e:

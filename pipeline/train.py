@@ -19,7 +19,7 @@ from pipeline import AepipeError
 from pipeline.data import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
                            in_validation, open_source, to_dataset)
 from pipeline.models import ModelConfig, build_model
-from pipeline.run import META, save_run, weights_fingerprint
+from pipeline.run import META, load_state, save_run, weights_fingerprint
 from pipeline.runtime import user_errors
 
 
@@ -162,7 +162,7 @@ def train_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint() or (config["resume_from"] and ray.train.Checkpoint(config["resume_from"]))
     if ckpt:
         with ckpt.as_directory() as d:
-            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+            saved = load_state(Path(d) / "state.pt")
         inner.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         st = saved["st"]
@@ -256,6 +256,8 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
     latest = _latest_checkpoint(storage) if resume else None
     if resume and latest is None:
         raise AepipeError(f"{out}: nothing to resume (no checkpoints under {storage})")
+    if latest:
+        load_state(Path(latest) / "state.pt")  # refuse an unsafe checkpoint here, before any worker starts
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
@@ -273,7 +275,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
     with user_errors():
         result = trainer.fit()
     with result.checkpoint.as_directory() as d:
-        st = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)["st"]
+        st = load_state(Path(d) / "state.pt")["st"]
     state = st["best_state"]
     meta = {
         "aepipe_version": pipeline.__version__,
