@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 from pipeline import AepipeError
-from pipeline.data import Source, to_dataset
 from pipeline.checks import output_path, positive
+from pipeline.data import Source, to_dataset
 from pipeline.encode import ModelActor, actor_pool, check_job_options, provenance, write
 from pipeline.run import load_run
 from pipeline.runtime import init_ray, run_interruptibly, user_errors
-from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
+from pipeline.store import chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
@@ -93,6 +93,8 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         Decoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi,
                                             num_gpus=num_gpus),
         batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
+    from pipeline.sinks import ParquetSink, ZarrSink
+
     shape = run.schema.shape
     meta = provenance(run, str(codes), n_rows=src.n_rows, shape=list(shape))
     if out.suffix == ".npy":

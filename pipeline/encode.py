@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ray.data import ActorPoolStrategy
 
 import pipeline
 from pipeline import AepipeError
 from pipeline.data import open_source, to_dataset
-from pipeline.run import load_run
 from pipeline.checks import at_least, output_path, positive
+from pipeline.run import load_run
 from pipeline.runtime import init_ray, require, run_interruptibly, user_errors
-from pipeline.store import DTYPES, ParquetSink, ZarrSink, chunk_rows_for, id_dtype, quantize, task_rows
+from pipeline.store import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
 
 
 class ModelActor:
@@ -35,6 +34,7 @@ def actor_pool(concurrency: int, num_gpus: float) -> dict:
     CPU: read and write tasks need one, and without it the pipeline waits forever (seen with
     --concurrency 2 on a 2-CPU machine)."""
     import ray
+    from ray.data import ActorPoolStrategy
 
     require(gpus=num_gpus * concurrency, what=f"--concurrency {concurrency} --gpus {num_gpus:g}")
     cpus = ray.cluster_resources().get("CPU", 1)
@@ -106,6 +106,8 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     ds = ds.map_batches(Encoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=dtype, scores=scores,
                                                             num_gpus=num_gpus),
                         batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
+    from pipeline.sinks import ParquetSink, ZarrSink
+
     if out.suffix == ".zarr":
         arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
         if scores:
