@@ -113,9 +113,10 @@ def train(
     cell: Optional[str] = typer.Option(None, help="recurrent: gru or lstm. [default: gru]"),
     config: Optional[Path] = typer.Option(None, help="JSON or TOML file of these options; flags given here win."),
     resume: bool = typer.Option(False, help="Continue from the run dir's last checkpoint."),
+    ray_train: Optional[bool] = typer.Option(None, "--ray-train/--in-process", help="Force the fit path. [default: in this process for 1 CPU worker, data in memory and no --address; else Ray Train]"),
     address: Optional[str] = ADDRESS,
 ):
-    """Fit an autoencoder with Ray Train and write a self-describing run dir."""
+    """Fit an autoencoder (in this process, or with Ray Train) and write a self-describing run dir."""
     given = {k: v for k, v in locals().items() if v is not None}  # flags given here beat --config
     from pipeline.models import ModelConfig
     from pipeline.train import TrainConfig, train as train_fn
@@ -139,8 +140,7 @@ def train(
                 TrainConfig(**{k: v for k, v in opts.items() if k in tfields}), opts.get("id_column"))
 
     mcfg, tcfg, id_column = _run(build)
-    _ray(address)
-    meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume)
+    meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume, address=address)  # starts Ray if needed
     m = meta["metrics"]
     typer.echo(f"trained {meta['family']} (code {mcfg.code_dim}) in {m['seconds']:.1f} s: best val loss "
                f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1} -> {out}")
