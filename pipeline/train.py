@@ -212,9 +212,16 @@ def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | 
         if due:
             _save_checkpoint(ckpt_dir, inner, opt, st)
 
-    st = fit(model, opt, batches, mcfg, tcfg, st, _after_epoch(len(_schedule(mcfg, tcfg)), save))
+    # one worker, one CPU thread, as Ray Train gives a 1-CPU worker (OMP_NUM_THREADS=1): on this
+    # busy 2-core machine torch's idle threads spinning made a digits epoch 10x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        st = fit(model, opt, batches, mcfg, tcfg, st, _after_epoch(len(_schedule(mcfg, tcfg)), save))
+        st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
+    finally:
+        torch.set_num_threads(threads)
     st["device"] = "cpu"
-    st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
     _save_checkpoint(ckpt_dir, inner, opt, st)
     return st
 
