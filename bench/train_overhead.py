@@ -49,7 +49,7 @@ def run_aepipe(data: str, out: Path, epochs: int, path_flag: str) -> dict:
     return {
         "imports, CLI": t["started_at"] - t0,
         "open source, checks": t["before_save"] - t["started_at"] - known,
-        "Ray start": t.get("ray_start", 0.0),
+        "Ray import + start": t.get("ray_start", 0.0),
         "statistics pass": t["statistics"],
         "datasets (normalise, split)": t["datasets"],
         "trainer start/stop, model, code range": t["fit"] - t["epochs"] - t["checkpoints"],
@@ -116,7 +116,7 @@ def plain(data: str, epochs: int, batch_size: int) -> None:
     print(json.dumps({**timings, "epochs": ep, "val": val_loss, "imported_at": imported, "done_at": time.time()}))
 
 
-ROWS = ["imports, CLI", "open source, checks", "Ray start", "statistics pass", "datasets (normalise, split)",
+ROWS = ["imports, CLI", "open source, checks", "Ray import + start", "statistics pass", "datasets (normalise, split)",
         "trainer start/stop, model, code range", "first epoch", "later epochs (sum)", "reports + checkpoints (sum)",
         "plot", "save run dir, exit", "total wall"]
 

@@ -218,8 +218,7 @@ def demo(
     """Digits end to end: train, encode (Zarr float32, Parquet int8), decode, compare with PCA."""
     from pipeline.evaluate import demo as demo_fn
 
-    _ray(address)
-    table = _run(demo_fn, out, code_dim=code_dim, epochs=epochs)
+    table = _run(demo_fn, out, code_dim=code_dim, epochs=epochs, address=address)  # starts Ray after the fit
     typer.echo("\n" + table)
     typer.echo(f"\nmodel, codes, loss_curve.png and reconstructions.png in {out}")
 

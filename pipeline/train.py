@@ -366,12 +366,12 @@ def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, s
 
 def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None, storage: Path, address):
     """Statistics and split as Ray Data jobs, the fit on a TorchTrainer's workers."""
+    tm, t = {}, time.time()  # "ray_start" counts importing Ray too
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.runtime import init_ray
 
-    tm, t = {}, time.time()
     init_ray(address)
     tm["ray_start"], t = time.time() - t, time.time()
     with user_errors():
