@@ -227,9 +227,13 @@ def demo(
 def info(path: Path = typer.Argument(..., help="A run dir or a codes store.")):
     """Show what a run dir or a codes/reconstruction store holds."""
     from pipeline.run import META, describe_run
-    from pipeline.store import describe_store
 
-    rows = _run(describe_run, path) if (path / META).is_file() else _run(describe_store, path)
+    if (path / META).is_file():
+        rows = _run(describe_run, path)
+    else:  # a store: pipeline.store imports Ray Data (seconds); a run dir needs only JSON
+        from pipeline.store import describe_store
+
+        rows = _run(describe_store, path)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         typer.echo(f"{k.ljust(width)}  {v}")
