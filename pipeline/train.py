@@ -46,6 +46,8 @@ class TrainConfig:
 # Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
 # memory (fit's st), a checkpoint is written when this much time passed since the last, and at the end.
 CHECKPOINT_EVERY_S = 30.0
+# Ray Train path: batches taken from Ray Data's iterator at a time (see train_loop's batches)
+FETCH_BATCHES = 16
 # The in-process path holds the raw and normalised rows: keep that under this share of free memory
 MEMORY_SHARE = 0.25
 
@@ -255,9 +257,12 @@ def train_loop(config: dict) -> None:
     shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val")}
 
     def batches(split, seed):
-        shuffle = dict(local_shuffle_buffer_size=tcfg.batch_size * 16, local_shuffle_seed=seed) if seed is not None else {}
-        for b in shards[split].iter_torch_batches(batch_size=tcfg.batch_size, device=device, **shuffle):
-            yield b["x"]
+        # Ray Data's iterator costs a few ms per batch it yields (a 300k-row epoch at batch 64 took 1.8x
+        # a plain loop's): take FETCH_BATCHES batches at a time, already shuffled, and cut them here
+        fetch = tcfg.batch_size * FETCH_BATCHES
+        shuffle = dict(local_shuffle_buffer_size=fetch * 4, local_shuffle_seed=seed) if seed is not None else {}
+        for b in shards[split].iter_torch_batches(batch_size=fetch, device=device, **shuffle):
+            yield from b["x"].split(tcfg.batch_size)
 
     report = _after_epoch(len(_schedule(mcfg, tcfg)), lambda row, st, due: _report(row, inner, opt, st, rank, due),
                           verbose=rank == 0)
