@@ -16,7 +16,7 @@ interpreter exit. Epoch rows: the first epoch (it pays torch's lazy imports and,
 dataset iterator's start), then the median of the others; the overhead ratio compares that median
 plus the per-epoch report/checkpoint cost with the plain loop's median epoch.
 
-    .venv/bin/python bench/train_overhead.py                     # ~3 min on 2 cores
+    .venv/bin/python bench/train_overhead.py   # about 6 min on the shared 2-core machine (timings noisy there)
     .venv/bin/python bench/train_overhead.py --rows 300000 --epochs 3 --digits-epochs 5
 """
 
