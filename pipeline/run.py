@@ -96,6 +96,8 @@ def save_run(path: Path, meta: dict, state: dict) -> None:
 
 
 def load_run(path: str | Path) -> Run:
+    import torch
+
     from pipeline.models import build_model
 
     path = Path(path)
