@@ -33,6 +33,8 @@ RAY_ADDRESS names a cluster.
 """)
 
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
+ENGINE = typer.Option("auto", help="auto: up to 20,000 rows in this process without starting Ray, more on Ray; "
+                                    "or force local / ray.")
 
 
 def _run(fn, *args, **kwargs):
@@ -178,18 +180,20 @@ def decode(
     out: Path = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy."),
     rows: Optional[str] = typer.Option(None, help="Only store rows A:B (positions in the store)."),
     ids: Optional[str] = typer.Option(None, help="Only these ids, comma-separated, in this order."),
+    ids_file: Optional[Path] = typer.Option(None, help="Only the ids in this text file, one a line, in its order."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
     concurrency: int = typer.Option(1, help="Decoder actors."),
     gpus: float = typer.Option(0, help="GPUs per decoder actor."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    engine: str = ENGINE,
     address: Optional[str] = ADDRESS,
 ):
     """Reconstruct rows from their codes, in the data's original units."""
     from pipeline.decode import decode as decode_fn
 
-    _ray(address)
-    n = _run(decode_fn, str(codes), str(model), out, rows=rows, ids=ids.split(",") if ids else None,
-             batch_size=batch_size, concurrency=concurrency, num_gpus=gpus, overwrite=overwrite)
+    wanted = _run(_id_list, ids, ids_file)
+    n = _run(decode_fn, str(codes), str(model), out, rows=rows, ids=wanted, batch_size=batch_size,
+             concurrency=concurrency, num_gpus=gpus, overwrite=overwrite, engine=engine, address=address)
     typer.echo(f"decoded {n} rows -> {out}")
 
 
@@ -248,6 +252,74 @@ def models():
         opts = ", ".join(f"--{o.replace('_', '-')} ({getattr(defaults, o)})" for o in cls.options)
         typer.echo(f"{name:12s} {doc}\n{'':12s} hidden default {cls.default_hidden}"
                    + (f"; options: {opts}" if opts else "") + "\n")
+
+
+# ---------------------------------------------------------------- decoder jobs and downstream use (issue 9)
+
+def _id_list(ids: Optional[str], ids_file: Optional[Path]) -> Optional[list[str]]:
+    """--ids a,b,c or --ids-file (one id a line); not both."""
+    if ids and ids_file:
+        raise AepipeError("--ids and --ids-file: give one of them")
+    if ids_file is None:
+        return ids.split(",") if ids else None
+    try:
+        wanted = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise AepipeError(f"--ids-file {ids_file}: cannot read it ({e.strerror})") from None
+    if not wanted:
+        raise AepipeError(f"--ids-file {ids_file}: holds no ids")
+    return wanted
+
+
+@app.command()
+def score(
+    data: str = typer.Argument(..., help="Data to score, with the schema the model was trained on."),
+    model: Path = typer.Option(..., "--model", help="Run dir from aepipe train."),
+    out: Path = typer.Option(..., "--out", help="SCORES.parquet or SCORES.zarr."),
+    per_feature: bool = typer.Option(False, "--per-feature", help="Tables: also each column's error (COLUMN_error)."),
+    threshold: Optional[str] = typer.Option(None, help="auto (training scores' 1 - contamination quantile) or a "
+                                                        "number: adds a boolean anomaly column."),
+    contamination: float = typer.Option(0.01, help="With --threshold auto: share of training rows above it."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: the model's)."),
+    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    concurrency: int = typer.Option(1, help="Model actors."),
+    gpus: float = typer.Option(0, help="GPUs per actor."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    engine: str = ENGINE,
+    address: Optional[str] = ADDRESS,
+):
+    """Per-row anomaly score: the reconstruction error in the model's units (its training loss)."""
+    from pipeline.reconstruct import score as score_fn
+
+    attrs = _run(score_fn, data, str(model), out, per_feature=per_feature, threshold=threshold,
+                 contamination=contamination, id_column=id_column, batch_size=batch_size, concurrency=concurrency,
+                 num_gpus=gpus, overwrite=overwrite, engine=engine, address=address)
+    t = attrs["threshold"]
+    typer.echo(f"scored {attrs['n_rows']} rows ({attrs['loss']} per feature)"
+               + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}")
+
+
+@app.command()
+def denoise(
+    data: str = typer.Argument(..., help="Noisy data, with the schema the model was trained on."),
+    model: Path = typer.Option(..., "--model", help="Run dir, ideally of the denoising family."),
+    out: Path = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy (as decode writes them)."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: the model's)."),
+    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    concurrency: int = typer.Option(1, help="Model actors."),
+    gpus: float = typer.Option(0, help="GPUs per actor."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    engine: str = ENGINE,
+    address: Optional[str] = ADDRESS,
+):
+    """Encode and decode DATA in one pass (no codes store): the model's clean version of each row."""
+    from pipeline.reconstruct import denoise as denoise_fn
+
+    done = _run(denoise_fn, data, str(model), out, id_column=id_column, batch_size=batch_size,
+                concurrency=concurrency, num_gpus=gpus, overwrite=overwrite, engine=engine, address=address)
+    if done["note"]:
+        typer.echo(f"aepipe: note: {done['note']}", err=True)
+    typer.echo(f"denoised {done['n_rows']} rows -> {out}")
 
 
 def main():

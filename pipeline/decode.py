@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from pipeline import AepipeError
-from pipeline.data import Source, to_dataset
-from pipeline.encode import ModelActor, actor_pool, check_out, provenance
+from pipeline.actors import ModelActor, model_job
+from pipeline.data import Source
+from pipeline.encode import check_out, provenance
 from pipeline.run import load_run
 from pipeline.runtime import user_errors
 from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
@@ -71,8 +72,10 @@ def select(src: Source, rows: str | None, ids: list[str] | None) -> Source:
 
 
 def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids: list[str] | None = None,
-           batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False) -> int:
-    """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written."""
+           batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False,
+           engine: str = "auto", address: str | None = None) -> int:
+    """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written.
+    Small selections run in this process (pipeline.actors.model_job), large ones on Ray."""
     out = Path(out)
     check_out(out, overwrite, (".zarr", ".parquet", ".npy"))
     run = load_run(model)
@@ -82,12 +85,15 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
                           f"not by {model} ({run.fingerprint})")
     src = select(src, rows, ids)
     lo, hi = quant_range(attrs)
-    ds = to_dataset(src).map_batches(
-        Decoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi,
-                                            num_gpus=num_gpus),
-        batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
+    ds = model_job(src, Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi, num_gpus=num_gpus),
+                   batch_size, concurrency, num_gpus, engine, address)
+    write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
+    return src.n_rows
+
+
+def write_rows(ds, out: Path, src: Source, run, meta: dict) -> None:
+    """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr or Parquet."""
     shape = run.schema.shape
-    meta = provenance(run, str(codes), n_rows=src.n_rows, shape=list(shape))
     with user_errors():
         if out.suffix == ".npy":
             _write_npy(ds, out, src.n_rows, shape)
@@ -99,7 +105,6 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
             data_cols = run.schema.columns if run.schema.tabular else "list"
             name = "x" if run.schema.tabular else run.schema.columns[0]
             ds.write_datasink(ParquetSink(out, src.n_rows, {"id": ("id", "scalar"), name: ("x", data_cols)}, meta))
-    return src.n_rows
 
 
 def _write_npy(ds, out: Path, n: int, shape) -> None:
