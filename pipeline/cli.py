@@ -322,6 +322,23 @@ def denoise(
     typer.echo(f"denoised {done['n_rows']} rows -> {out}")
 
 
+@app.command()
+def probe(
+    codes: Path = typer.Argument(..., help="A codes store from aepipe encode."),
+    labels: str = typer.Option(..., "--labels", help="CSV or Parquet with an id and a label column, or builtin:digits."),
+    label_column: str = typer.Option("y", help="The labels' column."),
+    labels_id_column: str = typer.Option("id", help="The labels' id column (joined to the store's ids)."),
+    data: Optional[str] = typer.Option(None, help="The encoded DATA: adds the same probe on raw inputs and on PCA."),
+):
+    """Linear probe: logistic regression on the codes, one fixed 70/30 split, accuracy and macro-F1."""
+    from pipeline.evaluate import format_table, probe as probe_fn
+
+    rows = _run(probe_fn, str(codes), labels, label_column=label_column, data=data, labels_id_column=labels_id_column)
+    typer.echo(f"{rows[0]['n_train']} train / {rows[0]['n_test']} test rows, joined by id\n")
+    typer.echo(format_table(["features", "dims", "accuracy", "macro-F1"],
+                            [[r["features"], r["dims"], r["accuracy"], r["macro_f1"]] for r in rows]))
+
+
 def main():
     app(prog_name="aepipe")
 

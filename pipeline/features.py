@@ -87,15 +87,12 @@ class AutoencoderFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         return {k: v for k, v in self.__dict__.items() if k != "_loaded"}
 
     @property
-    def n_features_in_(self) -> int:
-        return self._run.schema.size
-
-    @property
     def _n_features_out(self) -> int:
         return self._run.code_dim
 
     def fit(self, X, y=None):
         self._rows(X)  # no training: only refuse data of the wrong width
+        self.n_features_in_ = self._run.schema.size
         return self
 
     def _rows(self, X, width=None) -> np.ndarray:
@@ -103,7 +100,7 @@ class AutoencoderFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         X = check_array(X, dtype=np.float32, allow_nd=True)
         X = X.reshape(len(X), -1)
-        want = width or self.n_features_in_
+        want = width or self._run.schema.size
         if X.shape[1] != want:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} ({self.run_dir}) "
                              f"is expecting {want} features as input.")
