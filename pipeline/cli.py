@@ -339,6 +339,27 @@ def probe(
                             [[r["features"], r["dims"], r["accuracy"], r["macro_f1"]] for r in rows]))
 
 
+@app.command()
+def report(
+    model: Path = typer.Option(..., "--model", help="Run dir from aepipe train."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.png and report.html."),
+    data: Optional[str] = typer.Option(None, help="Rows to show (default: the data the model was trained on)."),
+    labels: Optional[str] = typer.Option(None, help="CSV or Parquet of id and label, to colour the code map "
+                                                    "(built-in sets bring their own)."),
+    label_column: str = typer.Option("y", help="The labels' column."),
+    labels_id_column: str = typer.Option("id", help="The labels' id column."),
+    rows: int = typer.Option(2000, help="How many of DATA's first rows to show."),
+    tsne: bool = typer.Option(False, "--tsne", help="Map the codes with t-SNE instead of PCA."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier report in OUT."),
+):
+    """One page on a model: loss, reconstructions, scores, code map, error per code dtype (PNG + HTML)."""
+    from pipeline.report import report as report_fn
+
+    done = _run(report_fn, str(model), out, data=data, labels=labels, label_column=label_column,
+                labels_id_column=labels_id_column, rows=rows, tsne=tsne, overwrite=overwrite)
+    typer.echo(f"report -> {done['png']} and {done['html']}")
+
+
 def main():
     app(prog_name="aepipe")
 
