@@ -62,13 +62,89 @@ def select(src: Source, rows: str | None, ids: list[str] | None) -> Source:
             raise AepipeError(f"--rows {rows}: the store has rows 0:{src.n_rows}")
         return Selection(src, np.arange(a, b))
     if ids:
-        all_ids = np.concatenate([src.read(a, b)[0] for a, b in src.ranges()]).astype(str)
-        where = {v: i for i, v in enumerate(all_ids)}
-        missing = [i for i in ids if i not in where]
-        if missing:
-            raise AepipeError(f'--ids: no row with id "{missing[0]}" in the store')
-        return Selection(src, np.array([where[i] for i in ids]))
+        return Selection(src, find_ids(src, ids))
     return src
+
+
+def find_ids(src: Source, ids: list[str]) -> np.ndarray:
+    """Store positions of `ids` (given as text), without reading the codes: a few ids in a Zarr
+    store are looked up by bisection (ids written in order, as row indices are, need ~log2(N) reads
+    each), Parquet row groups whose id statistics cannot hold them are skipped; else the ids alone
+    are scanned."""
+    from pipeline.store import ZarrCodesSource
+
+    found = {}
+    if isinstance(src, ZarrCodesSource) and len(ids) <= 64:
+        found = _bisect_ids(src, ids)
+    rest = [i for i in ids if i not in found]
+    if rest:
+        for start, values in _id_blocks(src, rest):
+            where = {v: start + k for k, v in enumerate(values.astype(str))}
+            found.update({i: where[i] for i in rest if i in where and i not in found})
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise AepipeError(f'--ids: no row with id "{missing[0]}" in the store')
+    return np.array([found[i] for i in ids], dtype=np.int64)
+
+
+def _bisect_ids(src, ids: list[str]) -> dict:
+    """Bisection over the ids array, trusting only exact hits: an unsorted store just finds fewer."""
+    import zarr
+
+    arr = zarr.open_group(src.path, mode="r")["ids"]
+    found = {}
+    for text in ids:
+        try:
+            want = int(text) if arr.dtype.kind in "iu" else text
+        except ValueError:
+            continue
+        lo, hi = 0, arr.shape[0]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            v = arr[mid].item() if hasattr(arr[mid], "item") else arr[mid]
+            if v == want:
+                found[text] = mid
+                break
+            lo, hi = (mid + 1, hi) if v < want else (lo, mid)
+    return found
+
+
+def _id_blocks(src: Source, wanted: list[str]):
+    """(first position, ids) per block of the store, reading the id column only where possible."""
+    from pipeline.data import ParquetSource
+    from pipeline.store import ZarrCodesSource
+
+    if isinstance(src, ZarrCodesSource):
+        import zarr
+
+        arr = zarr.open_group(src.path, mode="r")["ids"]
+        step = arr.chunks[0] * max(1, 2 ** 20 // arr.chunks[0])
+        for a in range(0, arr.shape[0], step):
+            yield a, arr[a:a + step]
+    elif isinstance(src, ParquetSource) and src.id_column:
+        import pyarrow.parquet as pq
+
+        for start, n, fi, g in src.groups:
+            if _group_may_hold(pq.ParquetFile(src.files[fi]).metadata.row_group(g), src.id_column, wanted):
+                col = pq.ParquetFile(src.files[fi]).read_row_group(g, columns=[src.id_column]).column(0)
+                yield start, col.to_numpy(zero_copy_only=False)
+    else:
+        for a, b in src.ranges():
+            yield a, src.read(a, b)[0]
+
+
+def _group_may_hold(meta, column: str, wanted: list[str]) -> bool:
+    """A row group's min/max statistics of the id column rule it out when no wanted id fits."""
+    for i in range(meta.num_columns):
+        c = meta.column(i)
+        if c.path_in_schema == column and c.is_stats_set and c.statistics.has_min_max:
+            lo, hi = c.statistics.min, c.statistics.max
+            try:
+                keys = [type(lo)(w) for w in wanted]
+            except (TypeError, ValueError):
+                return True
+            return any(lo <= k <= hi for k in keys)
+    return True
 
 
 def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids: list[str] | None = None,

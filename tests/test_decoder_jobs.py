@@ -58,6 +58,14 @@ def test_subset_decode_equals_the_same_rows_of_a_full_decode(digits_run, digits_
     g = zarr.open_group(str(tmp_path / "ids.zarr"), mode="r")
     assert list(g["ids"][:]) == [1500, 7, 3]
     np.testing.assert_allclose(g["data"][:], x[[1500, 7, 3]], rtol=1e-5, atol=1e-4)
+    # int8 Parquet: ids found from the row groups' id statistics, rows as in a full decode of that store
+    run_aepipe("decode", digits_codes / "q.parquet", "--model", digits_run, "--out", tmp_path / "q_all.npy")
+    run_aepipe("decode", digits_codes / "q.parquet", "--model", digits_run, "--out", tmp_path / "q_ids.npy",
+               "--ids", "1500,7")
+    store_ids = pads.dataset(str(digits_codes / "q.parquet")).to_table().column("id").to_numpy()
+    q_all = np.load(tmp_path / "q_all.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "q_ids.npy"),
+                               q_all[[int(np.flatnonzero(store_ids == i)[0]) for i in (1500, 7)]], rtol=1e-5, atol=1e-4)
     # the whole store in-process equals the Ray pass too
     decode(digits_codes / "c.zarr", digits_run, tmp_path / "local.npy", engine="local")
     np.testing.assert_allclose(np.load(tmp_path / "local.npy"), x, rtol=1e-5, atol=1e-4)
@@ -124,6 +132,11 @@ def test_score_per_feature_keeps_the_tables_id_column(ray_local, tmp_path):
     per = np.column_stack([t.column(f"c{j}_error").to_numpy() for j in range(4)])
     np.testing.assert_allclose(per, direct_scores(run_dir, x.astype(np.float32)), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(t.column("score").to_numpy(), per.mean(1), rtol=1e-5)
+    # a table's report draws rows as lines over their columns; labels come from a CSV joined by id
+    (tmp_path / "y.csv").write_text("key,y\n" + "".join(f"k{i},{i % 3}\n" for i in range(300)))
+    run_aepipe("report", "--model", run_dir, "--out", tmp_path / "rep", "--labels", tmp_path / "y.csv",
+               "--labels-id-column", "key")
+    _check_png(tmp_path / "rep" / "report.png")
 
 
 def test_scores_rank_a_class_the_model_never_saw_above_pca(ray_local, tmp_path):
@@ -235,3 +248,23 @@ def test_autoencoder_features_in_a_scikit_learn_pipeline(digits_run):
     perm = np.random.default_rng(0).permutation(len(xte))
     np.testing.assert_allclose(feats.transform(xte[perm] * 16), feats.transform(xte * 16)[perm], rtol=1e-5, atol=1e-6)
     assert feats.n_features_in_ == 64
+
+
+def _check_png(path, size=(1600, 960)):
+    from PIL import Image
+
+    img = np.asarray(Image.open(path).convert("L"), np.float32)
+    assert img.shape == size[::-1]
+    assert img.std() > 20 and (img < 128).mean() > 0.02  # ink on the page, not a blank canvas
+
+
+def test_report_png_and_html(digits_run, tmp_path):
+    done = run_aepipe("report", "--model", digits_run, "--out", tmp_path / "rep", "--data", "builtin:digits-test")
+    png = tmp_path / "rep" / "report.png"
+    _check_png(png)
+    import base64
+
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert base64.b64encode(png.read_bytes()).decode() in page and "threshold" in page  # self-contained
+    assert "report.png" in done.stdout
+    fails_cleanly(["report", "--model", digits_run, "--out", tmp_path / "rep"], "already holds a report")
