@@ -145,7 +145,7 @@ def test_scores_rank_a_class_the_model_never_saw_above_pca(ray_local, tmp_path):
     np.save(tmp_path / "threes.npy", (xtr[ytr == 3] * 16).reshape(-1, 8, 8).astype(np.float32))
     run_dir = tmp_path / "threes"
     train(str(tmp_path / "threes.npy"), run_dir, ModelConfig(family="dense", code_dim=8, hidden=(64,)),
-          TrainConfig(epochs=40, batch_size=16, lr=3e-3, patience=0))
+          TrainConfig(epochs=25, batch_size=16, lr=3e-3, patience=0))
     run_aepipe("score", "builtin:digits-test", "--model", run_dir, "--out", tmp_path / "s.parquet")
     score = pq.read_table(tmp_path / "s.parquet").column("score").to_numpy()
     pca = PCA(8, random_state=0).fit(xtr[ytr == 3])
@@ -172,7 +172,7 @@ def test_denoise_beats_the_noisy_input_and_pca(ray_local, tmp_path):
     run_aepipe("denoise", tmp_path / "noisy.npy", "--model", run_dir, "--out", tmp_path / "clean.parquet",
                "--engine", "ray", address=ray_local)
     t = pads.dataset(str(tmp_path / "clean.parquet")).to_table().sort_by("id")
-    got = np.stack(t.column("x").to_numpy(zero_copy_only=False))
+    got = np.stack(t.column("pixels").to_numpy(zero_copy_only=False))  # the training data's column name
     np.testing.assert_allclose(got.reshape(len(xte), 64), np.load(tmp_path / "clean.npy").reshape(len(xte), 64),
                                rtol=1e-5, atol=1e-4)
 
@@ -268,3 +268,20 @@ def test_report_png_and_html(digits_run, tmp_path):
     assert base64.b64encode(png.read_bytes()).decode() in page and "threshold" in page  # self-contained
     assert "report.png" in done.stdout
     fails_cleanly(["report", "--model", digits_run, "--out", tmp_path / "rep"], "already holds a report")
+
+
+def test_readme_python_example_runs(digits_run, digits_codes, tmp_path, monkeypatch):
+    """The README's scikit-learn example, run as written against a run dir laid out as `aepipe demo` leaves it."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    demo = tmp_path / "runs" / "demo"
+    demo.mkdir(parents=True)
+    (demo / "model").symlink_to(digits_run)
+    (demo / "codes.zarr").symlink_to(digits_codes / "c.zarr")
+    (demo / "codes_int8.parquet").symlink_to(digits_codes / "q.parquet")
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    exec(compile(block, "README.md", "exec"), {"print": printed.append})
+    assert 0.3 < printed[0] <= 1.0  # a probe on an 8-d code of a 4-epoch model: far above chance (0.1)
