@@ -144,7 +144,7 @@ def _loss_panel(ax, metrics) -> None:
     ax.axvline(metrics["best_epoch"] + 1, color="grey", ls=":", label="best (weights kept)")
     ax.set(title="loss per epoch", xlabel="epoch", ylabel="loss (log scale)", yscale="log")
     ax.xaxis.set_major_locator(__import__("matplotlib").ticker.MaxNLocator(integer=True))
-    ax.legend()
+    ax.legend(loc="upper right")
 
 
 def _recon_panel(ax, run, x, res) -> None:
@@ -175,9 +175,9 @@ def _montage(ax, kinds: dict, shape, lo: float, hi: float) -> None:
     block rows so the panel stays near 3:2 whatever the number of kinds."""
     h, w = shape[:2]
     n = min(len(v) for v in kinds.values())
-    per_row = max(1, min(n, round(np.sqrt(n * len(kinds) * (h + 1) / (w + 1) * 1.5))))
-    blocks = -(-n // per_row)
     k = len(kinds)
+    blocks = max(1, min(n, round(np.sqrt(n * (w + 1) / (k * (h + 1) * 1.5)))))
+    per_row = -(-n // blocks)
     canvas = np.full((blocks * (k * (h + 1) + 1), per_row * (w + 1)) + tuple(shape[2:]), np.nan, np.float32)
     ticks, names = [], []
     for i in range(n):
