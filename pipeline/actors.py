@@ -41,8 +41,9 @@ def actor_pool(concurrency: int, num_gpus: float) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
-    if concurrency < 1:
-        raise AepipeError(f"--concurrency {concurrency}: need at least one actor")
+    from pipeline.runtime import require
+
+    require(gpus=num_gpus * concurrency, what=f"--concurrency {concurrency} --gpus {num_gpus:g}")
     cpus = ray.cluster_resources().get("CPU", 1)
     return dict(compute=ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
                 num_cpus=min(1.0, max(cpus - 1, 0.25) / concurrency))
@@ -63,11 +64,8 @@ def runs_local(n_rows: int, engine: str = "auto", address: str | None = None, co
 def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurrency: int = 1,
               num_gpus: float = 0, engine: str = "auto", address: str | None = None,
               rows_per_task: int = ROWS_PER_TASK):
-    """Rows of `src` through actor(**kwargs), as a Ray Dataset or, for small jobs, LocalRows."""
-    if concurrency < 1:
-        raise AepipeError(f"--concurrency {concurrency}: need at least one actor")
-    if batch_size < 1:
-        raise AepipeError(f"--batch-size {batch_size}: need at least one row per batch")
+    """Rows of `src` through actor(**kwargs), as a Ray Dataset or, for small jobs, LocalRows.
+    Options are checked by the caller (encode.check_job_options), before anything starts."""
     if runs_local(src.n_rows, engine, address, concurrency, num_gpus):
         return LocalRows(src, actor(**kwargs), batch_size, rows_per_task)
     from pipeline.data import to_dataset

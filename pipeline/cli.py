@@ -42,23 +42,25 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except AepipeError as e:
-        typer.echo(f"aepipe: error: {e}", err=True)
-        raise typer.Exit(e.exit_code)
+        _die(f"aepipe: error: {e}", e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("aepipe: interrupted", err=True)
-        raise typer.Exit(130)
+        _die("aepipe: error: interrupted", 130)
     except Exception as e:
         if os.environ.get("AEPIPE_DEBUG"):
             raise
-        typer.echo(f"aepipe: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                   "(set AEPIPE_DEBUG=1 for the traceback)", err=True)
-        raise typer.Exit(1)
+        _die(f"aepipe: error: failed at run time: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+             "(set AEPIPE_DEBUG=1 for the traceback)", 1)
 
 
-def _ray(address):
-    from pipeline.runtime import init_ray
-
-    _run(init_ray, address)
+def _die(line: str, code: int):
+    """Print the one line and leave at once: Ray's exit hooks would otherwise print their own
+    messages (or wait on a job being torn down) after ours."""
+    typer.echo(line, err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code in (1, 130) and "ray" in sys.modules:
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -76,6 +78,8 @@ def _config_file(path: Optional[Path]) -> dict:
         cfg = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as e:
         raise AepipeError(f"--config {path}: cannot read it ({e})") from None
+    if not isinstance(cfg, dict):
+        raise AepipeError(f"--config {path}: expected a table of options, e.g. {{\"epochs\": 50}}")
     return {k.replace("-", "_"): v for k, v in cfg.items()}
 
 
@@ -135,14 +139,14 @@ def train(
         unknown = sorted(set(opts) - known)
         if unknown:
             raise AepipeError(f'--config: unknown option "{unknown[0]}"')
-        if opts.get("hidden") is not None:
-            opts["hidden"] = tuple(opts["hidden"])
-        return (ModelConfig(**{k: v for k, v in opts.items() if k in mfields}),
-                TrainConfig(**{k: v for k, v in opts.items() if k in tfields}), opts.get("id_column"))
+        where = f"--config {config}" if config else "options"
+        return (ModelConfig(**typed_options(ModelConfig, opts, where)),
+                TrainConfig(**typed_options(TrainConfig, opts, where)), opts.get("id_column"))
+
+    from pipeline.checks import typed_options
 
     mcfg, tcfg, id_column = _run(build)
-    _ray(address)
-    meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume)
+    meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume, address=address)
     m = meta["metrics"]
     typer.echo(f"trained {meta['family']} (code {mcfg.code_dim}) in {m['seconds']:.1f} s: best val loss "
                f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1} -> {out}")
@@ -166,10 +170,9 @@ def encode(
     """Stream DATA through the encoder; one code per row, keyed by its id."""
     from pipeline.encode import encode as encode_fn
 
-    _ray(address)
     attrs = _run(encode_fn, data, str(model), out, dtype=dtype, scores=scores, batch_size=batch_size,
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
-                 overwrite=overwrite)
+                 overwrite=overwrite, address=address)
     typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}")
 
 
@@ -221,20 +224,28 @@ def demo(
 ):
     """Digits end to end: train, encode (Zarr float32, Parquet int8), decode, compare with PCA."""
     from pipeline.evaluate import demo as demo_fn
+    from pipeline.runtime import init_ray
 
-    _ray(address)
+    _run(init_ray, address)
     table = _run(demo_fn, out, code_dim=code_dim, epochs=epochs)
     typer.echo("\n" + table)
     typer.echo(f"\nmodel, codes, loss_curve.png and reconstructions.png in {out}")
 
 
 @app.command()
-def info(path: Path = typer.Argument(..., help="A run dir or a codes store.")):
-    """Show what a run dir or a codes/reconstruction store holds."""
-    from pipeline.run import META, describe_run
-    from pipeline.store import describe_store
+def info(path: Path = typer.Argument(..., help="A run dir or a codes store."),
+         verify: bool = typer.Option(False, "--verify", help="Read every chunk or file and check it: "
+                                     "missing or damaged chunks, row counts, checksums.")):
+    """Show what a run dir or a codes/reconstruction store holds (--verify: check all of it)."""
+    from pipeline.run import META, describe_run, load_run
+    from pipeline.store import describe_store, verify_store
 
-    rows = _run(describe_run, path) if (path / META).is_file() else _run(describe_store, path)
+    is_run = (path / META).is_file()
+    rows = _run(describe_run, path) if is_run else _run(describe_store, path)
+    if verify:
+        _run(load_run, path) if is_run else _run(verify_store, path)
+        rows.append(("verified", "every chunk present and its checksum correct" if not is_run
+                     else "weights match the fingerprint in aepipe.json"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         typer.echo(f"{k.ljust(width)}  {v}")
@@ -252,6 +263,12 @@ def models():
         opts = ", ".join(f"--{o.replace('_', '-')} ({getattr(defaults, o)})" for o in cls.options)
         typer.echo(f"{name:12s} {doc}\n{'':12s} hidden default {cls.default_hidden}"
                    + (f"; options: {opts}" if opts else "") + "\n")
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Also show Ray's own log lines and progress.")):
+    if verbose:
+        os.environ["AEPIPE_VERBOSE"] = "1"
 
 
 # ---------------------------------------------------------------- decoder jobs and downstream use (issue 9)
@@ -361,7 +378,27 @@ def report(
 
 
 def main():
-    app(prog_name="aepipe")
+    """Usage mistakes (a missing option, a value that is not a number) end like any other bad
+    input: one `aepipe: error:` line and exit 2."""
+    try:  # typer 0.2x carries its own click; older ones use click itself
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover
+        from click.exceptions import NoArgsIsHelp as NoArgsIsHelpError, UsageError
+
+    try:
+        app(prog_name="aepipe", standalone_mode=False)
+    except NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else "")
+        sys.exit(0)
+    except UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        typer.echo(f"aepipe: error: {e.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aepipe: error: interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -112,8 +112,9 @@ class NpySource(Source):
     def __init__(self, path: Path):
         self.spec, self.path = str(path), str(path)
         arr = self._open()
-        if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.number):
-            raise AepipeError(f"{path}: expected a numeric array shaped (rows, features...), "
+        real = np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)
+        if arr.ndim < 2 or not (real or arr.dtype == bool):  # bool as 0/1, as in Parquet
+            raise AepipeError(f"{path}: expected a real-valued array shaped (rows, features...), "
                               f"got {arr.dtype} {arr.shape}")
         self.n_rows = arr.shape[0]
         self.schema = Schema(("x",), tuple(arr.shape[1:]), tabular=False)
@@ -147,18 +148,20 @@ class ParquetSource(Source):
             raise AepipeError(f"{path}: folder holds no .parquet files")
         self.files = [str(f) for f in files]
         self.groups = []  # (global start, n rows, file index, row-group index)
-        start = 0
+        start, arrow_schema = 0, None
         for fi, f in enumerate(self.files):
             try:
                 meta = pq.ParquetFile(f).metadata
+                schema = meta.schema.to_arrow_schema()
             except Exception as e:
                 raise AepipeError(f"{f}: not a readable Parquet file ({e})") from None
+            arrow_schema = arrow_schema or schema
+            _same_columns(arrow_schema, schema, self.files[0], f)
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 self.groups.append((start, n, fi, g))
                 start += n
         self.n_rows = start
-        arrow_schema = pq.read_schema(self.files[0])
         self.id_column = id_column or ("id" if "id" in arrow_schema.names else None)
         if self.id_column and self.id_column not in arrow_schema.names:
             raise AepipeError(f'{path}: no id column "{self.id_column}" (columns: {_short(arrow_schema.names)})')
@@ -198,7 +201,7 @@ class ParquetSource(Source):
         for g0, n, fi, g in self.groups:
             if g0 + n > start and g0 < stop:
                 first = g0 if first is None else first
-                parts.append(pq.ParquetFile(self.files[fi]).read_row_group(g))
+                parts.append(_read_group(self.files[fi], g))
         table = pa.concat_tables(parts, promote_options="permissive").slice(start - first, stop - start)
         ids = table.column(self.id_column).to_numpy() if self.id_column else np.arange(start, stop)
         return ids, self._features(table, start)
@@ -218,6 +221,30 @@ class ParquetSource(Source):
             raise AepipeError(f'{self.spec}: row {start + r} of column "{s.columns[0]}" has '
                               f"{lengths[r]} values, the others {s.size}")
         return pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32)
+
+
+def _same_columns(first: pa.Schema, other: pa.Schema, first_file, other_file) -> None:
+    """Every file of a folder holds the same columns with the same types as the first one, checked
+    from the footers before any row is read (else a row would show up as "holds nan" later)."""
+    if other_file == first_file:
+        return
+    for f in first:
+        if f.name not in other.names:
+            raise AepipeError(f'{other_file}: no column "{f.name}", which {first_file} has; '
+                              "every file of a Parquet folder needs the same columns")
+        t = other.field(f.name).type
+        if t != f.type and not (pa.types.is_floating(t) and pa.types.is_floating(f.type)):
+            raise AepipeError(f'{other_file}: column "{f.name}" is {t}, but {f.type} in {first_file}')
+    extra = [n for n in other.names if n not in first.names]
+    if extra:
+        raise AepipeError(f'{other_file}: has column "{extra[0]}", which {first_file} lacks')
+
+
+def _read_group(path: str, group: int) -> pa.Table:
+    try:  # page checksums are verified where the writer stored them (aepipe's own stores do)
+        return pq.ParquetFile(path, page_checksum_verification=True).read_row_group(group)
+    except Exception as e:
+        raise AepipeError(f"{path}: row group {group} is damaged ({str(e).splitlines()[0][:160]})") from None
 
 
 def builtin(name: str) -> ArraySource:

@@ -9,11 +9,15 @@ import torch
 
 from pipeline import AepipeError
 from pipeline.actors import ModelActor, model_job
+from pipeline.checks import output_path, positive
 from pipeline.data import Source
-from pipeline.encode import check_out, provenance
+from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
-from pipeline.runtime import user_errors
+from pipeline.runtime import run_interruptibly, user_errors
 from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
+
+
+SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
 
 
 class Decoder(ModelActor):
@@ -152,10 +156,10 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
            engine: str = "auto", address: str | None = None) -> int:
     """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written.
     Small selections run in this process (pipeline.actors.model_job), large ones on Ray."""
-    out = Path(out)
-    check_out(out, overwrite, (".zarr", ".parquet", ".npy"))
+    check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
     src, attrs = open_codes(codes)
+    out = output_path(out, overwrite, (".zarr", ".parquet", ".npy"), inputs=(codes, model))
     if attrs["model_fingerprint"] != run.fingerprint:
         raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
                           f"not by {model} ({run.fingerprint})")
@@ -170,22 +174,22 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
 def write_rows(ds, out: Path, src: Source, run, meta: dict) -> None:
     """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr or Parquet."""
     shape = run.schema.shape
-    with user_errors():
-        if out.suffix == ".npy":
-            _write_npy(ds, out, src.n_rows, shape)
-        elif out.suffix == ".zarr":
-            arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), id_dtype(src))}
-            chunk = chunk_rows_for(4 * int(np.prod(shape)))
-            ds.write_datasink(ZarrSink(out, src.n_rows, arrays, meta, chunk))
-        else:
-            data_cols = run.schema.columns if run.schema.tabular else "list"
-            name = "x" if run.schema.tabular else run.schema.columns[0]
-            ds.write_datasink(ParquetSink(out, src.n_rows, {"id": ("id", "scalar"), name: ("x", data_cols)}, meta))
+    if out.suffix == ".npy":
+        with user_errors():
+            run_interruptibly(_write_npy, ds, out, src.n_rows, shape, partial=[out.with_name(out.name + ".partial")])
+    elif out.suffix == ".zarr":
+        arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), id_dtype(src))}
+        write(ds, ZarrSink(out, src.n_rows, arrays, meta, chunk_rows_for(4 * int(np.prod(shape)))))
+    else:
+        data_cols = run.schema.columns if run.schema.tabular else "list"
+        name = "x" if run.schema.tabular else run.schema.columns[0]
+        write(ds, ParquetSink(out, src.n_rows, {"id": ("id", "scalar"), name: ("x", data_cols)}, meta))
 
 
 def _write_npy(ds, out: Path, n: int, shape) -> None:
     """.npy is one file on the driver's disk: stream batches into a memory map, rename when full."""
     tmp = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)  # as the Zarr and Parquet writers do
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
     seen = 0
     try:
@@ -203,13 +207,18 @@ def _write_npy(ds, out: Path, n: int, shape) -> None:
 
 def sample(model: str, n: int, out: str | Path, seed: int = 0, overwrite: bool = False) -> np.ndarray:
     """VAE only: n rows drawn from the prior and decoded, in the data's units, saved as .npy."""
-    out = Path(out)
-    check_out(out, overwrite, (".npy",))
+    positive("n", n)
     run = load_run(model)
+    out = output_path(out, overwrite, (".npy",), inputs=(model,))
     if not hasattr(run.model, "sample"):
         raise AepipeError(f'{model}: family "{run.meta["family"]}" cannot sample; only vae can')
-    if n < 1:
-        raise AepipeError(f"--n {n}: ask for at least one row")
+    if n * run.schema.size * 4 > SAMPLE_MAX_BYTES:
+        raise AepipeError(f"--n {n}: {n} rows of {run.schema.size} floats is {n * run.schema.size * 4 / 2**30:.1f} GiB; "
+                          f"sample at most {SAMPLE_MAX_BYTES // (run.schema.size * 4):,} rows per call")
     x = run.normalizer.invert(run.model.sample(n, torch.Generator().manual_seed(seed)).numpy())
-    np.save(out, x)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    with open(tmp, "wb") as f:  # written whole, then renamed: no half file at OUT
+        np.save(f, x)
+    tmp.replace(out)
     return x

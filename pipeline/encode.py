@@ -16,7 +16,8 @@ from pipeline import AepipeError
 from pipeline.actors import ModelActor, actor_pool
 from pipeline.data import open_source, to_dataset
 from pipeline.run import load_run
-from pipeline.runtime import user_errors
+from pipeline.checks import at_least, output_path, positive
+from pipeline.runtime import init_ray, require, run_interruptibly, user_errors
 from pipeline.store import DTYPES, ParquetSink, ZarrSink, chunk_rows_for, id_dtype, quantize, task_rows
 
 
@@ -46,23 +47,30 @@ def provenance(run, data: str, **extra) -> dict:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
-def check_out(out: Path, overwrite: bool, suffixes=(".zarr", ".parquet")) -> None:
-    if out.suffix not in suffixes:
-        raise AepipeError(f'{out}: choose an output ending in {" or ".join(suffixes)}')
-    if out.exists() and not overwrite:
-        raise AepipeError(f"{out} already exists; pass --overwrite to replace it")
+def check_job_options(batch_size: int, concurrency: int, num_gpus: float) -> None:
+    """What every model job (encode, decode, ...) takes, checked before Ray starts."""
+    positive("batch_size", batch_size)
+    positive("concurrency", concurrency)
+    at_least("gpus", num_gpus, 0)
+
+
+def write(ds, sink) -> None:
+    """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
+    with user_errors():
+        run_interruptibly(ds.write_datasink, sink, partial=[sink.tmp])
 
 
 def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
            batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, id_column: str | None = None,
-           chunk_rows: int | None = None, overwrite: bool = False) -> dict:
+           chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None) -> dict:
     """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance."""
     if dtype not in DTYPES:
         raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
-    out = Path(out)
-    check_out(out, overwrite)
+    check_job_options(batch_size, concurrency, num_gpus)
+    positive("chunk_rows", chunk_rows)
     run = load_run(model)
     src = open_source(data, id_column or run.meta.get("id_column"))
+    out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
     src.schema.check_matches(run.schema, data)
     src.schema = run.schema  # columns are read by name, in the order the model was trained on
     d = run.code_dim
@@ -71,12 +79,14 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
                        ids=getattr(src, "id_column", None) or "row index",
                        quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None)
     chunk_rows = chunk_rows or chunk_rows_for(d * np.dtype(dtype).itemsize)
+    ids_kind = id_dtype(src)
+    init_ray(address)  # everything above is checked without Ray: a mistake costs a second, not a start-up
     ds = to_dataset(src, rows_per_task=task_rows(chunk_rows, 4 * src.schema.size))
     ds = ds.map_batches(Encoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=dtype, scores=scores,
                                                             num_gpus=num_gpus),
                         batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
     if out.suffix == ".zarr":
-        arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), id_dtype(src))}
+        arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
         if scores:
             arrays["scores"] = ("score", (), "float32")
         sink = ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows)
@@ -85,6 +95,5 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
         if scores:
             cols["score"] = ("score", "scalar")
         sink = ParquetSink(out, src.n_rows, cols, attrs)
-    with user_errors():
-        ds.write_datasink(sink)
+    write(ds, sink)
     return attrs

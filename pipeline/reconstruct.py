@@ -22,9 +22,9 @@ from pipeline import AepipeError
 from pipeline.actors import ModelActor, model_job
 from pipeline.data import open_source
 from pipeline.decode import write_rows
-from pipeline.encode import check_out, provenance
+from pipeline.checks import output_path
+from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
-from pipeline.runtime import user_errors
 from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, id_dtype, task_rows
 
 QUANTILE_LEVELS = np.round(np.linspace(0.5, 1.0, 501), 4)  # contamination 0.001 .. 0.5 in steps of 0.001
@@ -118,10 +118,10 @@ def denoise(data: str, model: str, out: str | Path, id_column: str | None = None
             address: str | None = None) -> dict:
     """Encode and decode every row of DATA into OUT (.zarr, .parquet or .npy). Returns what it did;
     `note` says when the model was not trained to remove noise (it then only reconstructs)."""
-    out = Path(out)
-    check_out(out, overwrite, (".zarr", ".parquet", ".npy"))
+    check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
     src = open_matching(data, run, id_column)
+    out = output_path(out, overwrite, (".zarr", ".parquet", ".npy"), inputs=(data, model))
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="x", num_gpus=num_gpus),
                    batch_size, concurrency, num_gpus, engine, address)
     write_rows(ds, out, src, run, provenance(run, data, n_rows=src.n_rows, shape=list(run.schema.shape)))
@@ -136,13 +136,13 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
           concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
           address: str | None = None) -> dict:
     """Per-row reconstruction error of DATA into OUT (.parquet or .zarr), keyed by the input's id column."""
-    out = Path(out)
-    check_out(out, overwrite)
+    check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
     t = parse_threshold(threshold, run, contamination)
     if per_feature and not run.schema.tabular:
         raise AepipeError(f"--per-feature: only for tables; {model} takes arrays shaped {run.schema.shape}")
     src = open_matching(data, run, id_column)
+    out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
     id_name = getattr(src, "id_column", None) or "id"
     attrs = provenance(run, data, n_rows=src.n_rows, id_column=id_name, threshold=t,
                        contamination=contamination if threshold == "auto" else None, loss=run.meta["model"]["loss"])
@@ -150,8 +150,7 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="score", per_feature=per_feature,
                                             threshold=t, num_gpus=num_gpus),
                    batch_size, concurrency, num_gpus, engine, address, task_rows(chunk, 4 * src.schema.size))
-    with user_errors():
-        ds.write_datasink(_score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk))
+    write(ds, _score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk))
     return attrs
 
 

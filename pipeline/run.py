@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import pickle
 from pathlib import Path
@@ -35,9 +34,14 @@ def model_config_from_json(d: dict) -> ModelConfig:
 
 
 def weights_fingerprint(state: dict) -> str:
-    buf = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in state.items()}, buf)
-    return hashlib.sha256(buf.getvalue()).hexdigest()[:16]
+    """A hash of every tensor's name, dtype, shape and bytes: the same weights give the same
+    fingerprint however they were saved, and any other weights a different one."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -76,6 +80,7 @@ def load_state(path: str | Path) -> dict:
 
 def save_run(path: Path, meta: dict, state: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "model_fingerprint": weights_fingerprint(state)}  # what load_run checks the weights against
     torch.save(state, path / WEIGHTS)
     tmp = path / (META + ".tmp")  # aepipe.json appears last and whole: its presence means complete
     tmp.write_text(json.dumps(meta, indent=1))
@@ -86,22 +91,41 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise AepipeError(f"{path}: not an aepipe run dir (no {META} and {WEIGHTS}; make one with aepipe train)")
+    meta = read_meta(path)
+    state = load_state(path / WEIGHTS)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AepipeError(f"{path / WEIGHTS}: not a state dict of tensors")
+    found = weights_fingerprint(state)
+    if found != meta.get("model_fingerprint"):  # weights swapped or damaged: never encode with them
+        raise AepipeError(f"{path / WEIGHTS}: its weights (fingerprint {found}) are not the ones {META} "
+                          f"describes ({meta.get('model_fingerprint')}); the run dir was altered")
     try:
-        meta = json.loads((path / META).read_text())
-        cfg = model_config_from_json(meta["model"])
-        model = build_model(cfg)
-        model.load_state_dict(load_state(path / WEIGHTS))
-    except AepipeError:
-        raise
+        model = build_model(model_config_from_json(meta["model"]))
+        model.load_state_dict(state)
+        schema, norm = Schema.from_json(meta["schema"]), Normalizer.from_json(meta["normalizer"])
     except Exception as e:
-        raise AepipeError(f"{path}: run dir is damaged ({type(e).__name__}: {e})") from None
+        raise AepipeError(f"{path}: run dir is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     model.eval()
-    return Run(path, meta, model, Schema.from_json(meta["schema"]), Normalizer.from_json(meta["normalizer"]))
+    return Run(path, meta, model, schema, norm)
+
+
+def read_meta(path: str | Path) -> dict:
+    """aepipe.json as a dict, or one clear error naming the file."""
+    f = Path(path) / META
+    try:
+        meta = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise AepipeError(f"{f}: not readable JSON ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("model", "schema", "normalizer", "model_fingerprint") if k not in meta] \
+        if isinstance(meta, dict) else ["model"]
+    if missing:
+        raise AepipeError(f'{f}: damaged, no "{missing[0]}" entry')
+    return meta
 
 
 def describe_run(path: Path) -> list[tuple[str, str]]:
     """What `aepipe info RUN_DIR` prints."""
-    m = json.loads((Path(path) / META).read_text())
+    m = read_meta(path)
     hist = m["metrics"]["history"]
     opts = {k: v for k, v in m["model"].items() if k not in ("family", "input_shape", "code_dim", "hidden", "loss")}
     return [("run dir", str(path)), ("family", m["family"]), ("code size", str(m["model"]["code_dim"])),

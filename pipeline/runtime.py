@@ -1,15 +1,51 @@
-"""Connecting to Ray, and turning errors raised inside Ray workers back into user errors."""
+"""Connecting to Ray, checking what the cluster offers, keeping Ray's own messages off the console,
+stopping cleanly on Ctrl-C, and turning errors raised inside Ray workers back into user errors."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
 
 from pipeline import AepipeError
 
 # Under Ray Train v2 every ray.train.report waits for the controller's next poll (default 2 s):
 # measured here, 20 epoch reports took 54 s at the default and 15 s at 0.1 s.
 TRAIN_POLL_S = "0.1"
+CONNECT_TIMEOUT_S = 10  # a cluster that does not answer a TCP connect in this long is not there
+RESOURCE_WAIT_S = float(os.environ.get("AEPIPE_RESOURCE_WAIT_S", 300))  # autoscaling clusters: how long to wait
+_JOINED = {"remote": False}  # True once connected to a cluster by address (it may autoscale)
+
+
+def verbose() -> bool:
+    return bool(os.environ.get("AEPIPE_VERBOSE"))
+
+
+def _quiet_env() -> dict:
+    """Environment for the driver and every Ray worker: Ray Data logs at its usual level only with
+    --verbose; otherwise the user sees aepipe's lines, and errors arrive as exceptions."""
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)}
+    if not verbose():
+        env.update(RAY_DATA_LOG_LEVEL="CRITICAL")
+    return env
+
+
+def check_address(address: str) -> None:
+    """Refuse an address nothing answers at, in seconds instead of Ray's minutes of retries."""
+    if address in ("auto", "local") or address.startswith(("ray://", "anyscale://")):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AepipeError(f'--address "{address}": expected HOST:PORT of a Ray head, e.g. 10.0.0.5:6379')
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise AepipeError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); "
+                          "is `ray start --head` running there?", exit_code=1) from None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -18,13 +54,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
-    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
+    env = _quiet_env()
+    os.environ.update(env)
     address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_address(address)
     # Ray's workers log at INFO/WARNING every checkpoint, execution and controller poll (each second):
     # keep the console for aepipe's own lines; errors still arrive, as exceptions
-    quiet = dict(runtime_env=runtime_env, logging_level="warning",
-                 logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"))
+    quiet = dict(runtime_env={"env_vars": env}, logging_level="warning" if verbose() else "error",
+                 logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING" if verbose() else "ERROR"))
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -32,16 +70,40 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
     except ConnectionError as e:
         raise AepipeError(f"cannot reach the Ray cluster at {address}: {e}", exit_code=1) from None
+    _JOINED["remote"] = bool(address)
     import logging
 
     from ray.data import DataContext
 
     # without a terminal Ray Data logs its progress at INFO, several lines a second; bars stay on a tty
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
+    logging.getLogger("ray.data").setLevel(logging.WARNING if verbose() else logging.CRITICAL)
     ctx = DataContext.get_current()
     ctx.enable_operator_progress_bars = False  # one bar per dataset is enough
     ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+
+
+def require(cpus: float = 0, gpus: float = 0, what: str = "this job") -> None:
+    """Refuse work the cluster can never schedule (Ray would wait for it forever). A remote cluster
+    may be autoscaling: wait for it, saying so, up to AEPIPE_RESOURCE_WAIT_S."""
+    import ray
+
+    def short():
+        have = ray.cluster_resources()
+        return [(name, need, have.get(name, 0)) for name, need in (("CPU", cpus), ("GPU", gpus))
+                if need and have.get(name, 0) + 1e-9 < need]
+
+    missing = short()
+    deadline = time.time() + (RESOURCE_WAIT_S if _JOINED["remote"] else 0)  # an embedded Ray never grows
+    while missing and time.time() < deadline:
+        name, need, have = missing[0]
+        print(f"waiting for the cluster to offer {need:g} {name}s for {what} (it has {have:g}) ...", flush=True)
+        time.sleep(min(10, max(deadline - time.time(), 0)))
+        missing = short()
+    if missing:
+        name, need, have = missing[0]
+        raise AepipeError(f"{what} needs {need:g} {name}s but the Ray cluster has {have:g}"
+                          + ("" if name == "CPU" else " (no CUDA device was found)" if have == 0 else ""))
 
 
 def find_user_error(e: BaseException) -> AepipeError | None:
@@ -74,3 +136,49 @@ def user_errors():
         if err is None:
             raise
         raise err from None
+
+
+class Interrupted(AepipeError):
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=130)
+
+
+def run_interruptibly(fn, *args, partial: list[Path] = (), **kwargs):
+    """Run a Ray job so that Ctrl-C stops it. The driver's main thread would sit in a blocking Ray
+    call that only notices SIGINT when the job is done; here the job runs in a thread and the main
+    thread waits in short, interruptible steps. On Ctrl-C: Ray is shut down (an embedded Ray's
+    workers die with it; a cluster's tasks die with their owner), `partial` outputs are removed."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread as is
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True, name="aepipe-job")
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(0.2)
+    except KeyboardInterrupt:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        removed = [p for p in partial if _remove(p)]
+        raise Interrupted("interrupted" + (f"; removed {', '.join(map(str, removed))}" if removed else "")) from None
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _remove(p: Path) -> bool:
+    p = Path(p)
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+        return True
+    if p.exists():
+        p.unlink(missing_ok=True)
+        return True
+    return False

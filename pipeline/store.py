@@ -26,6 +26,7 @@ from pipeline import AepipeError
 from pipeline.data import ROWS_PER_TASK, ParquetSource, Schema, Source, parquet_files
 
 DTYPES = ("float32", "float16", "int8")
+MANIFEST = "_aepipe_manifest.json"  # "_" keeps it out of pyarrow's and Ray's dataset readers
 
 
 # ---------------------------------------------------------------- quantisation
@@ -97,8 +98,11 @@ class ZarrSink(_Staged):
         shutil.rmtree(self.tmp, ignore_errors=True)
         g = zarr.open_group(str(self.tmp), mode="w")
         for name, (_, shape, dtype) in self.arrays.items():
+            # every chunk is written, even one equal to the fill value, so a missing chunk file always
+            # means damage; crc32c makes a damaged chunk fail its read instead of decoding as garbage
             g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape),
-                           dtype=str if dtype == "str" else dtype)
+                           dtype=str if dtype == "str" else dtype, config={"write_empty_chunks": True},
+                           compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()])
         g.attrs.update({**self.attrs, "complete": False})
 
     def _put(self, batch: dict, select: np.ndarray) -> None:
@@ -168,17 +172,20 @@ class ParquetSink(_Staged):
         table = pa.table(cols)
         return table.replace_schema_metadata({"aepipe": json.dumps(self.metadata)})
 
-    def write(self, blocks, ctx) -> int:
+    def write(self, blocks, ctx) -> dict:
         batch = _to_numpy(blocks)
         if not batch:
-            return 0
+            return {}
         dest = self.tmp / f"part-{ctx.task_idx:05d}.parquet"
-        pq.write_table(self._table(batch), str(dest) + ".tmp")
+        pq.write_table(self._table(batch), str(dest) + ".tmp", write_page_checksum=True)
         Path(str(dest) + ".tmp").replace(dest)
-        return len(batch["row"])
+        return {dest.name: len(batch["row"])}
 
     def on_write_complete(self, write_result) -> None:
-        self._check_count(sum(write_result.write_returns))
+        files = {k: v for r in write_result.write_returns if r for k, v in r.items()}
+        self._check_count(sum(files.values()))
+        # the manifest names every part and its rows: a deleted or truncated part is found on read
+        (self.tmp / MANIFEST).write_text(json.dumps({"n_rows": self.n_rows, "files": dict(sorted(files.items()))}))
         self._commit()
 
 
@@ -204,7 +211,87 @@ def id_dtype(src: Source) -> str:
     return "str" if src.read(0, 1)[0].dtype.kind in "OUS" else "int64"
 
 
-# ---------------------------------------------------------------- readers
+# ---------------------------------------------------------------- readers and integrity
+
+def _chunk_key(a, i: int) -> str:
+    return a.metadata.encode_chunk_key((i,) + (0,) * (a.ndim - 1))
+
+
+def read_rows(g, name: str, start: int, stop: int, where: str):
+    """Rows [start, stop) of array `name`; a chunk whose checksum or codec fails is named."""
+    a = g[name]
+    try:
+        return a[start:stop]
+    except Exception as e:
+        c = a.chunks[0]
+        for i in range(start // c, (stop - 1) // c + 1):  # find the culprit chunk
+            try:
+                a[i * c:min((i + 1) * c, a.shape[0])]
+            except Exception:
+                raise AepipeError(f"{where}: chunk {name}/{_chunk_key(a, i)} is damaged "
+                                  f"({str(e).splitlines()[0][:120]})") from None
+        raise
+
+
+def missing_chunks(g, where: str) -> None:
+    """Every chunk of every array must be on disk: zarr would read a missing one as fill values."""
+    from zarr.core.sync import sync
+
+    async def keys(store, prefix):
+        return {k async for k in store.list_prefix(prefix)}
+
+    for name in sorted(g.array_keys()):
+        a = g[name]
+        if a.nchunks_initialized == a.nchunks:
+            continue
+        have = sync(keys(a.store, f"{a.path}/"))
+        for i in range(a.nchunks):
+            if f"{a.path}/{_chunk_key(a, i)}" not in have:
+                raise AepipeError(f"{where}: chunk {name}/{_chunk_key(a, i)} is missing "
+                                  f"({a.nchunks - a.nchunks_initialized} of {a.nchunks} chunks lost); the store is damaged")
+
+
+def check_manifest(path: Path) -> None:
+    """A Parquet store's parts against its manifest: every file there, with its row count."""
+    m = path / MANIFEST
+    if not m.is_file():
+        raise AepipeError(f"{path}: no {MANIFEST}; the store is damaged or was not finished")
+    try:
+        files = json.loads(m.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise AepipeError(f"{m}: damaged ({e})") from None
+    found = {f.name for f in parquet_files(path)}
+    extra = sorted(found - set(files))
+    if extra:
+        raise AepipeError(f"{path}: holds {extra[0]}, which the store's manifest does not list")
+    for name, n in files.items():
+        f = path / name
+        if not f.is_file():
+            raise AepipeError(f"{path}: part {name} is missing ({n} rows); the store is damaged")
+        try:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        except Exception as e:
+            raise AepipeError(f"{f}: damaged, not a readable Parquet file ({e})") from None
+        if rows != n:
+            raise AepipeError(f"{f}: holds {rows} rows, the manifest says {n}; the store is damaged")
+
+
+def verify_store(path: str | Path) -> None:
+    """`aepipe info --verify`: read every chunk (Zarr) or every page (Parquet) and check it."""
+    kind, attrs = read_metadata(path)
+    path = Path(path)
+    if kind == "zarr":
+        g = zarr.open_group(str(path), mode="r")
+        for name in sorted(g.array_keys()):
+            a = g[name]
+            for i in range(a.nchunks):
+                read_rows(g, name, i * a.chunks[0], min((i + 1) * a.chunks[0], a.shape[0]), str(path))
+        return
+    for f in parquet_files(path):
+        try:
+            pq.ParquetFile(f, page_checksum_verification=True).read()
+        except Exception as e:
+            raise AepipeError(f"{f}: damaged ({str(e).splitlines()[0][:160]})") from None
 
 class ZarrCodesSource(Source):
     """A Zarr codes store read back as a source of (ids, codes)."""
@@ -218,7 +305,7 @@ class ZarrCodesSource(Source):
 
     def _read(self, start, stop):
         g = zarr.open_group(self.path, mode="r")
-        return g["ids"][start:stop], g["codes"][start:stop]
+        return read_rows(g, "ids", start, stop, self.spec), read_rows(g, "codes", start, stop, self.spec)
 
     def ranges(self, rows_per_task=None):
         return super().ranges(task_rows(self.chunk_rows, 4 * self.schema.size))
@@ -231,9 +318,11 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
         raise AepipeError(f"{path}: no such file or folder")
     if path.suffix == ".zarr":
         try:
-            attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+            g = zarr.open_group(str(path), mode="r")
+            attrs = dict(g.attrs)
+            arrays = {name: g[name] for name in g.array_keys()}  # array metadata read and parsed here
         except Exception as e:
-            raise AepipeError(f"{path}: not a readable Zarr group ({e})") from None
+            raise AepipeError(f"{path}: not a readable Zarr group ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         kind = "zarr"
     elif path.suffix == ".parquet":
         files = parquet_files(path)
@@ -249,6 +338,14 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
         raise AepipeError(f"{path}: not written by aepipe (no provenance metadata)")
     if kind == "zarr" and not attrs.get("complete"):
         raise AepipeError(f"{path}: store is incomplete (its write never finished)")
+    if kind == "zarr":
+        n = attrs.get("n_rows")
+        for name, a in arrays.items():
+            if n is not None and a.shape[0] != n:
+                raise AepipeError(f"{path}: array {name} has {a.shape[0]} rows, the store says {n}; it is damaged")
+        missing_chunks(g, str(path))
+    elif path.is_dir():
+        check_manifest(path)
     return kind, attrs
 
 

@@ -3,10 +3,12 @@ validation on a fixed held-out split, early stopping, resume from the run dir's 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +22,8 @@ from pipeline.data import (Normalizer, block_stats, combine_stats, default_norma
                            in_validation, open_source, to_dataset)
 from pipeline.models import ModelConfig, build_model
 from pipeline.run import META, load_state, save_run, weights_fingerprint
-from pipeline.runtime import user_errors
+from pipeline.checks import run_dir_output, train_options
+from pipeline.runtime import Interrupted, init_ray, require, run_interruptibly, user_errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,14 +235,12 @@ def _check_loss_range(loss: str, norm: Normalizer, stats: dict) -> None:
 
 
 def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_column: str | None = None,
-          resume: bool = False) -> dict:
+          resume: bool = False, address: str | None = None) -> dict:
     """Fit a model on DATA and write a self-describing run dir at `out`. Returns aepipe.json's dict."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    out = Path(out).resolve()
-    if tcfg.epochs < 1:
+    if isinstance(tcfg.epochs, int) and not isinstance(tcfg.epochs, bool) and tcfg.epochs < 1:
         raise AepipeError(f"--epochs {tcfg.epochs}: train for at least one epoch")
+    train_options(mcfg, tcfg)
+    out = run_dir_output(out, data, resume).resolve()
     if (out / META).exists() and not resume:
         raise AepipeError(f"{out} already holds a trained model; choose another --out or pass --resume")
     src = open_source(data, id_column)
@@ -248,18 +249,24 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         build_model(mcfg)  # refuse a bad family/option/shape here, before any Ray work
     except ValueError as e:
         raise AepipeError(str(e)) from None
-    t0 = time.time()
-    with user_errors():
-        stats = combine_stats(to_dataset(src).map_batches(block_stats, batch_size=None).take_all())
-        norm = Normalizer.fit(tcfg.normalize or default_normalizer(src.schema), stats)
-        _check_loss_range(mcfg.loss, norm, stats)
-        datasets = _datasets(src, norm, tcfg.val_fraction)
     storage = out / "checkpoints"
     latest = _latest_checkpoint(storage) if resume else None
     if resume and latest is None:
         raise AepipeError(f"{out}: nothing to resume (no checkpoints under {storage})")
     if latest:
         load_state(Path(latest) / "state.pt")  # refuse an unsafe checkpoint here, before any worker starts
+    init_ray(address)
+    require(cpus=tcfg.workers, gpus=tcfg.workers * tcfg.gpus_per_worker,
+            what=f"--workers {tcfg.workers}" + (f" --gpus-per-worker {tcfg.gpus_per_worker:g}" if tcfg.gpus_per_worker else ""))
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.time()
+    with user_errors():
+        stats = combine_stats(to_dataset(src).map_batches(block_stats, batch_size=None).take_all())
+        norm = Normalizer.fit(tcfg.normalize or default_normalizer(src.schema), stats)
+        _check_loss_range(mcfg.loss, norm, stats)
+        datasets = _datasets(src, norm, tcfg.val_fraction)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
@@ -274,8 +281,18 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
                              logging_config=LoggingConfig(log_level="WARNING")),
         datasets=datasets,
     )
-    with user_errors():
-        result = trainer.fit()
+    fresh = not storage.exists()
+    try:
+        with user_errors():
+            result = run_interruptibly(trainer.fit)
+    except Interrupted:
+        raise Interrupted(f"interrupted; checkpoints kept in {storage}: `aepipe train ... --resume` continues")
+    except BaseException:
+        if fresh:  # a failed first fit leaves no half run dir behind
+            shutil.rmtree(storage, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     with result.checkpoint.as_directory() as d:
         st = load_state(Path(d) / "state.pt")["st"]
     state = st["best_state"]

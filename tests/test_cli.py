@@ -30,7 +30,7 @@ def test_bad_inputs_to_encode(digits_run, tmp_path, table_dir):
     pq.write_table(pa.table({"a": pa.array([], pa.float64())}), tmp_path / "empty.parquet")
     fails_cleanly(["encode", tmp_path / "empty.parquet", "--model", digits_run, "--out", out], "empty", out)
     fails_cleanly(["encode", table_dir, "--model", digits_run, "--out", out], "rows have shape (6,)", out)
-    fails_cleanly(["encode", "builtin:digits", "--model", tmp_path, "--out", out], "not an aepipe run dir", out)
+    fails_cleanly(["encode", "builtin:digits", "--model", tmp_path / "d.csv", "--out", out], "not an aepipe run dir", out)
     fails_cleanly(["encode", "builtin:digits", "--model", digits_run, "--out", tmp_path / "c.txt"], "choose an output")
     fails_cleanly(["encode", "builtin:digits", "--model", digits_run, "--out", out, "--dtype", "int4"], 'unknown --dtype "int4"')
 
@@ -74,7 +74,7 @@ def test_decode_refuses_codes_from_another_model(digits_run, ray_local, tmp_path
     fails_cleanly(["decode", codes, "--model", digits_run, "--out", out], "was encoded by model", out)
     fails_cleanly(["decode", codes, "--model", other, "--out", out, "--rows", "5:999"], "the store has rows 0:200", out)
     fails_cleanly(["decode", codes, "--model", other, "--out", out, "--rows", "1:2:3"], "expected A:B", out)
-    fails_cleanly(["decode", codes, "--model", other, "--out", out, "--concurrency", "0"], "at least one actor", out)
+    fails_cleanly(["decode", codes, "--model", other, "--out", out, "--concurrency", "0"], "--concurrency 0: must be a positive integer", out)
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     fails_cleanly(["decode", tmp_path / "junk.parquet", "--model", other, "--out", out], "not a readable Parquet", out)
     fails_cleanly(["decode", tmp_path / "t.parquet", "--model", other, "--out", out], "not written by aepipe", out)

@@ -1,0 +1,149 @@
+"""Refusing bad input before any work starts: option values, config files, output paths.
+
+Everything here runs before Ray is started or a byte is written, so a mistake costs the user a
+second and leaves nothing behind. Each refusal is one AepipeError naming the option or path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+from pipeline import AepipeError
+
+PARTIAL = ".partial"
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def at_least(name: str, value, lo, hint: str = "") -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < lo:
+        raise AepipeError(f"{flag(name)} {value}: must be a number ≥ {lo:g}" + (f" ({hint})" if hint else ""))
+
+
+def positive(name: str, value, integer: bool = True) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or value <= 0:
+        kind = "a positive integer" if integer else "a positive, finite number"
+        raise AepipeError(f"{flag(name)} {value}: must be {kind}")
+
+
+def fraction(name: str, value, closed_low: bool = False) -> None:
+    """0 < value < 1 (or 0 ≤ value < 1)."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not ((0 <= value) if closed_low else (0 < value)) or value >= 1:
+        raise AepipeError(f"{flag(name)} {value}: must be between 0 and 1" + (" (0 allowed)" if closed_low else ""))
+
+
+def typed_options(cls, opts: dict, source: str) -> dict:
+    """Check each option's type against the dataclass field's default (a config file can hold
+    anything: "epochs": "ten" must be refused here, not become a TypeError deep inside)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in opts:
+            continue
+        v, want = opts[f.name], f.default
+        if v is None and want is None:
+            out[f.name] = v
+            continue
+        if f.name == "hidden":
+            if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+                raise AepipeError(f'{source}: "hidden" must be a list of integers, e.g. [256, 64]; got {v!r}')
+            out[f.name] = tuple(v)
+            continue
+        if f.name == "input_shape":
+            continue
+        kind = type(want) if want is not None else str
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise AepipeError(f'{source}: "{f.name}" must be {kind.__name__}, got {v!r}')
+        out[f.name] = v
+    return out
+
+
+def train_options(mcfg, tcfg) -> None:
+    """Every TrainConfig/ModelConfig value in range; the family-specific names are checked by
+    build_model afterwards (it knows the registry)."""
+    positive("epochs", tcfg.epochs)
+    positive("batch_size", tcfg.batch_size)
+    positive("lr", tcfg.lr, integer=False)
+    positive("workers", tcfg.workers)
+    at_least("gpus_per_worker", tcfg.gpus_per_worker, 0)
+    at_least("patience", tcfg.patience, 0)
+    at_least("seed", tcfg.seed, 0)
+    fraction("val_fraction", tcfg.val_fraction)
+    positive("code_dim", mcfg.code_dim)
+    positive("pretrain_epochs", mcfg.pretrain_epochs)
+    if mcfg.hidden is not None and (not mcfg.hidden or any(h < 1 for h in mcfg.hidden)):
+        raise AepipeError(f"--hidden {','.join(map(str, mcfg.hidden)) or '(empty)'}: widths must be positive integers")
+    for name in ("sparsity_weight", "contractive_weight", "noise_std", "beta"):
+        at_least(name, getattr(mcfg, name), 0)
+    fraction("rho", mcfg.rho)
+    fraction("mask_prob", mcfg.mask_prob, closed_low=True)
+
+
+# ---------------------------------------------------------------- paths
+
+def _inside(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inputs: tuple = ()) -> Path:
+    """Refuse an output aepipe must not write: wrong kind, name too long, already there without
+    --overwrite, an unusable folder, or one that is, holds or lies inside an input (after
+    resolving links) — replacing it would destroy the data being read, whatever --overwrite says."""
+    out = Path(out)
+    if suffixes and out.suffix not in suffixes:
+        raise AepipeError(f'{out}: choose an output ending in {" or ".join(suffixes)}')
+    limit = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if len((out.name + PARTIAL).encode()) > limit:
+        raise AepipeError(f"{out.name[:40]}...: output name too long ({len(out.name.encode())} bytes; "
+                          f"the most is {limit - len(PARTIAL)})")
+    real = out.resolve()
+    for inp in inputs:
+        if inp is None or str(inp).startswith("builtin:"):
+            continue
+        src = Path(inp).resolve()
+        if _inside(real, src) or _inside(src, real):
+            rel = "is" if real == src else "lies inside" if _inside(real, src) else "holds"
+            raise AepipeError(f"--out {out} {rel} the input {inp}; writing there would destroy it "
+                              "(--overwrite does not change this): choose another --out")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise AepipeError(f"{out} already exists; pass --overwrite to replace it")
+    parent = real.parent
+    while not parent.exists():  # missing folders are created; the nearest existing one must be usable
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AepipeError(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AepipeError(f"--out {out}: no permission to write in {parent}")
+    return out
+
+
+def run_dir_output(out: str | Path, data: str, resume: bool) -> Path:
+    """train --out: a run dir, never the data folder nor inside it."""
+    out = Path(out)
+    src = None if str(data).startswith("builtin:") else Path(data)
+    if src is not None and src.exists():
+        real, s = out.resolve(), src.resolve()
+        if _inside(real, s) or _inside(s, real):
+            raise AepipeError(f"--out {out} overlaps the training data {data}; choose a run dir outside it")
+    if out.exists() and not out.is_dir():
+        raise AepipeError(f"--out {out}: exists and is not a folder")
+    parent = out.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise AepipeError(f"--out {out}: cannot create a run dir under {parent}")
+    return out
