@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -385,8 +386,14 @@ def main():
     except ImportError:  # pragma: no cover
         from click.exceptions import NoArgsIsHelp as NoArgsIsHelpError, UsageError
 
+    from pipeline.runtime import quiet_native_logs
+
+    if "--verbose" not in sys.argv:
+        quiet_native_logs()
+        warnings.simplefilter("ignore")  # libraries' advice to developers is not the user's business
     try:
-        app(prog_name="aepipe", standalone_mode=False)
+        code = app(prog_name="aepipe", standalone_mode=False)  # without standalone mode, Exit(n) returns n
+        sys.exit(code if isinstance(code, int) else 0)
     except NoArgsIsHelpError as e:
         typer.echo(e.ctx.get_help() if e.ctx else "")
         sys.exit(0)

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 
 from pipeline import AepipeError
-from pipeline.actors import ModelActor, model_job
 from pipeline.checks import output_path, positive
+from pipeline.actors import ModelActor, model_job
 from pipeline.data import Source
 from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
 from pipeline.runtime import run_interruptibly, user_errors
-from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
+from pipeline.store import chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
@@ -173,6 +173,8 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
 
 def write_rows(ds, out: Path, src: Source, run, meta: dict) -> None:
     """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr or Parquet."""
+    from pipeline.sinks import ParquetSink, ZarrSink
+
     shape = run.schema.shape
     if out.suffix == ".npy":
         with user_errors():

@@ -15,10 +15,10 @@ import pipeline
 from pipeline import AepipeError
 from pipeline.actors import ModelActor, actor_pool
 from pipeline.data import open_source, to_dataset
-from pipeline.run import load_run
 from pipeline.checks import at_least, output_path, positive
+from pipeline.run import load_run
 from pipeline.runtime import init_ray, require, run_interruptibly, user_errors
-from pipeline.store import DTYPES, ParquetSink, ZarrSink, chunk_rows_for, id_dtype, quantize, task_rows
+from pipeline.store import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
 
 
 class Encoder(ModelActor):
@@ -85,6 +85,8 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     ds = ds.map_batches(Encoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=dtype, scores=scores,
                                                             num_gpus=num_gpus),
                         batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
+    from pipeline.sinks import ParquetSink, ZarrSink
+
     if out.suffix == ".zarr":
         arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
         if scores:

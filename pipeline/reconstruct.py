@@ -25,7 +25,7 @@ from pipeline.decode import write_rows
 from pipeline.checks import output_path
 from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
-from pipeline.store import ParquetSink, ZarrSink, chunk_rows_for, id_dtype, task_rows
+from pipeline.store import chunk_rows_for, id_dtype, task_rows
 
 QUANTILE_LEVELS = np.round(np.linspace(0.5, 1.0, 501), 4)  # contamination 0.001 .. 0.5 in steps of 0.001
 
@@ -155,6 +155,8 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
 
 
 def _score_sink(out: Path, src, run, attrs, per_feature: bool, anomaly: bool, id_name: str, chunk: int):
+    from pipeline.sinks import ParquetSink, ZarrSink  # Ray Data comes in with the sinks, only once a job runs
+
     if out.suffix == ".zarr":
         arrays = {"ids": ("id", (), id_dtype(src)), "scores": ("score", (), "float32")}
         if per_feature:

@@ -4,9 +4,12 @@ stopping cleanly on Ctrl-C, and turning errors raised inside Ray workers back in
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -48,6 +51,33 @@ def check_address(address: str) -> None:
                           "is `ray start --head` running there?", exit_code=1) from None
 
 
+_GLOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWE] \d+ \d+\] ")
+
+
+def quiet_native_logs() -> None:
+    """Ray's C++ core writes its log lines (actor restarts, leases, ...) straight to file
+    descriptor 2, below Python. In the command-line process, fd 2 becomes a pipe read by a thread
+    that drops lines in that log format and passes everything else on; Python's own stderr
+    (aepipe's messages, warnings, tracebacks) keeps the real terminal. Off with --verbose."""
+    if verbose():
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    sys.stderr = io.TextIOWrapper(io.FileIO(real, "w", closefd=False), line_buffering=True,
+                                  encoding=sys.stderr.encoding, errors="backslashreplace")
+
+    def pump():
+        with io.FileIO(read_end, "r") as pipe:
+            for line in pipe:
+                if not _GLOG_LINE.match(line):
+                    os.write(real, line)
+
+    threading.Thread(target=pump, daemon=True, name="aepipe-stderr").start()
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to the cluster at `address` (or RAY_ADDRESS), else start an embedded local Ray."""
     import ray
@@ -61,7 +91,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         check_address(address)
     # Ray's workers log at INFO/WARNING every checkpoint, execution and controller poll (each second):
     # keep the console for aepipe's own lines; errors still arrive, as exceptions
+    # Workers' stdout/stderr reach this console only with --verbose: Ray's internal actors print
+    # warnings and tracebacks of their own there; errors that matter come back as exceptions
     quiet = dict(runtime_env={"env_vars": env}, logging_level="warning" if verbose() else "error",
+                 log_to_driver=verbose(),
                  logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING" if verbose() else "ERROR"))
     try:
         if address:
@@ -71,7 +104,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     except ConnectionError as e:
         raise AepipeError(f"cannot reach the Ray cluster at {address}: {e}", exit_code=1) from None
     _JOINED["remote"] = bool(address)
+    # Ray's own helpers (Train's placement-group cleaner) look the cluster up again by address and
+    # fail when several Rays run on one host: name ours
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     import logging
+    import warnings
+
+    if not verbose():
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
 
     from ray.data import DataContext
 

@@ -1,0 +1,167 @@
+"""Where codes and reconstructions land: Zarr and Parquet datasinks for Ray Data.
+
+Both sinks write into `OUT.partial` and rename it to OUT only once every row is in and counted,
+so a store at OUT is always complete; a failed job removes its `.partial`.
+
+Zarr: Ray 2.60 has no Zarr writer, so ZarrSink is one. Each write task puts its rows at their
+global positions (`row`). Whole chunks go straight from the workers; rows of a chunk that a task
+only partly holds come back to the driver (at most two chunks per task, since read tasks follow
+chunk boundaries) and are written there, so no two processes ever write the same chunk. Every
+chunk is written and checksummed (crc32c); Parquet parts carry page checksums and a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from pipeline import AepipeError
+from pipeline.store import MANIFEST
+
+def _to_numpy(blocks) -> dict:
+    parts = [BlockAccessor.for_block(b).to_numpy() for b in blocks]
+    parts = [p for p in parts if len(p["row"])]
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _runs(rows: np.ndarray):
+    """Split sorted rows into contiguous runs: (first index, end index) into the sorted array."""
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(rows)]])
+    return zip(starts, ends)
+
+
+class _Staged(Datasink):
+    """Shared by both sinks: write into OUT.partial, count rows, rename into place."""
+
+    def __init__(self, path: str | Path, n_rows: int):
+        self.final = Path(path)
+        self.tmp = self.final.with_name(self.final.name + ".partial")
+        self.n_rows = n_rows
+
+    def _check_count(self, written: int) -> None:
+        if written != self.n_rows:  # a dropped or doubled block: refuse to present it as done
+            raise AepipeError(f"{self.final}: wrote {written} rows, expected {self.n_rows}", exit_code=1)
+
+    def _commit(self) -> None:
+        if self.final.is_dir():
+            shutil.rmtree(self.final)
+        elif self.final.exists():
+            self.final.unlink()
+        self.tmp.rename(self.final)
+
+    def on_write_failed(self, error: Exception) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ZarrSink(_Staged):
+    """arrays: zarr array name -> (batch column, per-row shape, dtype)."""
+
+    def __init__(self, path, n_rows: int, arrays: dict, attrs: dict, chunk_rows: int):
+        super().__init__(path, n_rows)
+        self.arrays, self.attrs, self.chunk_rows = arrays, attrs, chunk_rows
+
+    def on_write_start(self, schema=None) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        g = zarr.open_group(str(self.tmp), mode="w")
+        for name, (_, shape, dtype) in self.arrays.items():
+            # every chunk is written, even one equal to the fill value, so a missing chunk file always
+            # means damage; crc32c makes a damaged chunk fail its read instead of decoding as garbage
+            g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape),
+                           dtype=str if dtype == "str" else dtype, config={"write_empty_chunks": True},
+                           compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()])
+        g.attrs.update({**self.attrs, "complete": False})
+
+    def _put(self, batch: dict, select: np.ndarray) -> None:
+        rows = batch["row"][select]
+        if not len(rows):
+            return
+        g = zarr.open_group(str(self.tmp), mode="r+")
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        for name, (col, _, dtype) in self.arrays.items():
+            values = batch[col][select][order]
+            if dtype == "str":
+                values = values.astype(str)
+            for a, b in _runs(rows):
+                g[name][rows[a]:rows[a] + (b - a)] = values[a:b]
+
+    def write(self, blocks, ctx) -> dict:
+        batch = _to_numpy(blocks)
+        if not batch:
+            return {"n": 0, "partial": None}
+        chunk = batch["row"] // self.chunk_rows
+        held = np.bincount(chunk, minlength=chunk.max() + 1)
+        size = np.minimum(self.chunk_rows, self.n_rows - np.arange(len(held)) * self.chunk_rows)
+        whole = (held == size)[chunk]  # rows whose chunk this task holds entirely
+        self._put(batch, whole)
+        partial = {k: v[~whole] for k, v in batch.items()} if (~whole).any() else None
+        return {"n": len(batch["row"]), "partial": partial}
+
+    def on_write_complete(self, write_result) -> None:
+        results = write_result.write_returns
+        partials = [r["partial"] for r in results if r["partial"] is not None]
+        if partials:
+            merged = {k: np.concatenate([p[k] for p in partials]) for k in partials[0]}
+            self._put(merged, np.ones(len(merged["row"]), bool))
+        self._check_count(sum(r["n"] for r in results))
+        zarr.open_group(str(self.tmp), mode="r+").attrs["complete"] = True
+        self._commit()
+
+
+class ParquetSink(_Staged):
+    """One file per write task, named by the task's index so a retried task overwrites its own file.
+
+    columns: output column -> (batch column, kind); kind "scalar", "list" (fixed-size list), or a
+    tuple of names to split an (N, k) array into k scalar columns (a table's own columns)."""
+
+    def __init__(self, path, n_rows: int, columns: dict, metadata: dict):
+        super().__init__(path, n_rows)
+        self.columns, self.metadata = columns, metadata
+
+    def on_write_start(self, schema=None) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+
+    def _table(self, batch: dict) -> pa.Table:
+        order = np.argsort(batch["row"], kind="stable")
+        cols = {}
+        for name, (col, kind) in self.columns.items():
+            v = batch[col][order]
+            if kind == "scalar":
+                cols[name] = pa.array(v)
+            elif kind == "list":
+                flat = v.reshape(len(v), -1)
+                cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+            else:
+                flat = v.reshape(len(v), -1)
+                cols.update({c: pa.array(flat[:, i]) for i, c in enumerate(kind)})
+        table = pa.table(cols)
+        return table.replace_schema_metadata({"aepipe": json.dumps(self.metadata)})
+
+    def write(self, blocks, ctx) -> dict:
+        batch = _to_numpy(blocks)
+        if not batch:
+            return {}
+        dest = self.tmp / f"part-{ctx.task_idx:05d}.parquet"
+        pq.write_table(self._table(batch), str(dest) + ".tmp", write_page_checksum=True)
+        Path(str(dest) + ".tmp").replace(dest)
+        return {dest.name: len(batch["row"])}
+
+    def on_write_complete(self, write_result) -> None:
+        files = {k: v for r in write_result.write_returns if r for k, v in r.items()}
+        self._check_count(sum(files.values()))
+        # the manifest names every part and its rows: a deleted or truncated part is found on read
+        (self.tmp / MANIFEST).write_text(json.dumps({"n_rows": self.n_rows, "files": dict(sorted(files.items()))}))
+        self._commit()
