@@ -63,7 +63,9 @@ def typed_options(cls, opts: dict, source: str) -> dict:
             continue
         if f.name == "input_shape":
             continue
-        kind = type(want) if want is not None else str
+        # the default's type, or for a None default the annotation's first type ("bool | None")
+        kind = type(want) if want is not None else {"bool": bool, "int": int, "float": float}.get(
+            str(f.type).split("|")[0].strip(), str)
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):

@@ -120,9 +120,10 @@ def train(
     cell: Optional[str] = typer.Option(None, help="recurrent: gru or lstm. [default: gru]"),
     config: Optional[Path] = typer.Option(None, help="JSON or TOML file of these options; flags given here win."),
     resume: bool = typer.Option(False, help="Continue from the run dir's last checkpoint."),
+    ray_train: Optional[bool] = typer.Option(None, "--ray-train/--in-process", help="Force the fit path. [default: in this process for 1 CPU worker, data in memory and no --address; else Ray Train]"),
     address: Optional[str] = ADDRESS,
 ):
-    """Fit an autoencoder with Ray Train and write a self-describing run dir."""
+    """Fit an autoencoder (in this process, or with Ray Train) and write a self-describing run dir."""
     given = {k: v for k, v in locals().items() if v is not None}  # flags given here beat --config
     from pipeline.models import ModelConfig
     from pipeline.train import TrainConfig, train as train_fn
@@ -225,10 +226,8 @@ def demo(
 ):
     """Digits end to end: train, encode (Zarr float32, Parquet int8), decode, compare with PCA."""
     from pipeline.evaluate import demo as demo_fn
-    from pipeline.runtime import init_ray
 
-    _run(init_ray, address)
-    table = _run(demo_fn, out, code_dim=code_dim, epochs=epochs)
+    table = _run(demo_fn, out, code_dim=code_dim, epochs=epochs, address=address)  # starts Ray after the fit
     typer.echo("\n" + table)
     typer.echo(f"\nmodel, codes, loss_curve.png and reconstructions.png in {out}")
 

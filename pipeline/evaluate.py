@@ -81,19 +81,21 @@ def plot_reconstructions(originals: np.ndarray, recons: dict, path: Path, n: int
     plt.close(fig)
 
 
-def demo(out: str | Path, code_dim: int = 16, epochs: int = 200, workers: int = 1) -> str:
+def demo(out: str | Path, code_dim: int = 16, epochs: int = 200, workers: int = 1, address: str | None = None) -> str:
     """builtin digits: train on the anchors' train split, encode all 1797 rows to Zarr (float32) and
     Parquet (int8), decode both, and compare with PCA of the same size and raw pixels."""
     from pipeline.decode import decode
     from pipeline.encode import encode
     from pipeline.models import ModelConfig
+    from pipeline.runtime import init_ray
     from pipeline.train import TrainConfig, train
 
     out = Path(out)
     run_dir = out / "model"
     if not (run_dir / "aepipe.json").exists():  # a second demo reuses the model it trained before
         train("builtin:digits-train", run_dir, ModelConfig(family="dense", code_dim=code_dim),
-              TrainConfig(epochs=epochs, workers=workers))
+              TrainConfig(epochs=epochs, workers=workers), address=address)
+    init_ray(address)  # after the fit: on one machine, Ray's start-up would take CPU from it
     xtr, ytr, idtr, xte, yte, idte = digits_split()
     rows = [["raw pixels", 64 * 4, 0.0, "inf", probe_accuracy(xtr, ytr, xte, yte)]]
     ztr, zte, rec = pca_baseline(code_dim, xtr, xte)

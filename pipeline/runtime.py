@@ -183,10 +183,10 @@ class Interrupted(AepipeError):
         super().__init__(message, exit_code=130)
 
 
-def run_interruptibly(fn, *args, partial: list[Path] = (), **kwargs):
+def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
     """Run a Ray job so that Ctrl-C stops it. The driver's main thread would sit in a blocking Ray
     call that only notices SIGINT when the job is done; here the job runs in a thread and the main
-    thread waits in short, interruptible steps. On Ctrl-C: Ray is shut down (an embedded Ray's
+    thread waits in short, interruptible steps (calling `poll()` at each, e.g. to print progress). On Ctrl-C: Ray is shut down (an embedded Ray's
     workers die with it; a cluster's tasks die with their owner), `partial` outputs are removed."""
     box = {}
 
@@ -201,6 +201,10 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), **kwargs):
     try:
         while t.is_alive():
             t.join(0.2)
+            if poll:
+                poll()
+        if poll:
+            poll()  # what came in the last step
     except KeyboardInterrupt:
         import ray
 

@@ -1,13 +1,19 @@
-"""Training on Ray Train: a TorchTrainer with N workers (DDP), a checkpoint every epoch,
-validation on a fixed held-out split, early stopping, resume from the run dir's checkpoints."""
+"""Training: one fit loop (`fit`), run either in this process or on Ray Train workers.
+
+With no cluster named, one CPU worker and data that fit in memory, the fit runs in the calling
+process without starting Ray (Ray Train's fixed start-up was ~30 s of a 1-epoch digits fit here).
+Otherwise a TorchTrainer with N workers (DDP) runs it. Both paths share the statistics,
+normalisation and split functions, early stopping, metrics, run dir and checkpoint format, so
+`--resume` continues from either. Checkpoints: every CHECKPOINT_EVERY_S and at the end."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import logging
+import contextlib
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -19,11 +25,11 @@ import torch
 import pipeline
 from pipeline import AepipeError
 from pipeline.data import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
-                           in_validation, open_source, to_dataset)
+                           in_validation, open_source, read_block, to_dataset)
 from pipeline.models import ModelConfig, build_model
 from pipeline.run import META, load_state, save_run, weights_fingerprint
 from pipeline.checks import run_dir_output, train_options
-from pipeline.runtime import Interrupted, init_ray, require, run_interruptibly, user_errors
+from pipeline.runtime import Interrupted, require, run_interruptibly, user_errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,16 @@ class TrainConfig:
     val_fraction: float = 0.1  # rows held out by a fixed hash of their index
     patience: int = 10  # stop after this many epochs without a better validation loss; 0: never
     normalize: str | None = None  # None: "global" for arrays/images, "feature" for tables
+    ray_train: bool | None = None  # None: choose (see fit_path); True/False: force Ray Train / this process
+
+
+# Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
+# memory (fit's st), a checkpoint is written when this much time passed since the last, and at the end.
+CHECKPOINT_EVERY_S = 30.0
+# Ray Train path: batches taken from Ray Data's iterator at a time (see train_loop's batches)
+FETCH_BATCHES = 16
+# The in-process path holds the raw and normalised rows: keep that under this share of free memory
+MEMORY_SHARE = 0.25
 
 
 def _prepare(batch: dict, norm: Normalizer, fraction: float, want_val: bool) -> dict:
@@ -127,26 +143,107 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
     return st
 
 
-def fit_local(mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_val: np.ndarray):
-    """The same fit in this process, on arrays already normalised: for benchmarks that train
-    a hundred small models, where Ray Train's start-up (~10 s a fit here) would dominate."""
+def _start(mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, prepare=lambda m: m):
+    """Model, optimiser and fit state: fresh for the seed, or continued from a checkpoint's dict."""
     torch.manual_seed(tcfg.seed)
-    model = build_model(mcfg)
+    model = prepare(build_model(mcfg))
+    inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    data = {"train": torch.from_numpy(x_train), "val": torch.from_numpy(x_val)}
+    st = new_state()
+    if saved:
+        inner.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        st = saved["st"]
+    st["timings"] = {"epochs": 0.0, "checkpoints": 0.0}  # this call's, not an earlier fit's
+    return model, inner, opt, st
+
+
+def _array_batches(arrays: dict, batch_size: int):
+    """fit's batches(split, seed) over in-memory arrays: train shuffled by seed, val in order."""
+    data = {k: torch.from_numpy(v) for k, v in arrays.items()}
 
     def batches(split, seed):
         x = data[split]
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) if seed is not None else None
-        for i in range(0, len(x), tcfg.batch_size):
-            yield x[order[i:i + tcfg.batch_size]] if order is not None else x[i:i + tcfg.batch_size]
+        for i in range(0, len(x), batch_size):
+            yield x[order[i:i + batch_size]] if order is not None else x[i:i + batch_size]
 
-    st = fit(model, opt, batches, mcfg, tcfg, new_state())
+    return batches
+
+
+def fit_local(mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_val: np.ndarray):
+    """The same fit in this process, on arrays already normalised, writing nothing: for benchmarks
+    that train a hundred small models."""
+    model, _, opt, st = _start(mcfg, tcfg, None)
+    st = fit(model, opt, _array_batches({"train": x_train, "val": x_val}, tcfg.batch_size), mcfg, tcfg, st)
     return model.eval(), st
 
 
+def _epoch_line(row: dict, n_epochs: int) -> str:
+    stage = "" if row["stage"] is None else f" (layer {row['stage']})"
+    return f"epoch {row['epoch'] + 1}/{n_epochs}{stage}  train {row['train_loss']:.5f}  val {row['val_loss']:.5f}"
+
+
+def _after_epoch(n_epochs: int, save, say=print):
+    """fit's after_epoch on both paths: say the epoch's line, then save(row, st, due), where due
+    says a checkpoint is wanted (CHECKPOINT_EVERY_S since the last); time both for the metrics."""
+    last = [time.time()]
+
+    def after_epoch(row, st):
+        if say:
+            say(_epoch_line(row, n_epochs))
+        t0 = time.time()
+        due = t0 - last[0] >= CHECKPOINT_EVERY_S
+        save(row, st, due)
+        if due:
+            last[0] = time.time()
+        st["timings"]["epochs"] += row["seconds"]
+        st["timings"]["checkpoints"] += time.time() - t0
+
+    return after_epoch
+
+
+def _checkpoint(inner, opt, st) -> dict:
+    """What a checkpoint's state.pt holds, on either path: tensors and plain values (see load_state)."""
+    return {"model": inner.state_dict(), "opt": opt.state_dict(), "st": st}
+
+
+def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | None, ckpt_dir: Path) -> dict:
+    """The in-process path: fit on normalised arrays, checkpoint on the interval and at the end."""
+    model, inner, opt, st = _start(mcfg, tcfg, saved)
+    batches = _array_batches(arrays, tcfg.batch_size)
+
+    def save(row, st, due):
+        if due:
+            _save_checkpoint(ckpt_dir, inner, opt, st)
+
+    # one worker, one CPU thread, as Ray Train gives a 1-CPU worker (OMP_NUM_THREADS=1): on this
+    # busy 2-core machine torch's idle threads spinning made a digits epoch 10x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        st = fit(model, opt, batches, mcfg, tcfg, st, _after_epoch(len(_schedule(mcfg, tcfg)), save))
+        st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
+        from pipeline.reconstruct import training_quantiles  # score --threshold auto reads these
+        st["score_quantiles"] = training_quantiles(inner, batches("train", None))
+    finally:
+        torch.set_num_threads(threads)
+    st["device"] = "cpu"
+    _save_checkpoint(ckpt_dir, inner, opt, st)
+    return st
+
+
+def _save_checkpoint(ckpt_dir: Path, inner, opt, st: dict) -> None:
+    """Ray Train's checkpoint layout (DIR/checkpoint_*/state.pt), so _latest_checkpoint finds either."""
+    d = ckpt_dir / "checkpoint_latest"
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / "state.pt.tmp"
+    torch.save(_checkpoint(inner, opt, st), tmp)
+    tmp.replace(d / "state.pt")  # a crash mid-write leaves the previous checkpoint whole
+
+
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker. Rank 0 writes checkpoints; every rank reports."""
+    """Runs on every Ray Train worker. Rank 0 writes checkpoints; every rank reports every epoch."""
     import ray.train
     import ray.train.torch
 
@@ -154,54 +251,73 @@ def train_loop(config: dict) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     mcfg, tcfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
     rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(tcfg.seed)
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(
-        build_model(mcfg), parallel_strategy_kwargs={"find_unused_parameters": mcfg.layerwise})
-    inner = getattr(model, "module", model)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    st = new_state()
     # a restart after a worker failure gets its checkpoint from Ray; --resume names one from an earlier fit
-    ckpt = ray.train.get_checkpoint() or (config["resume_from"] and ray.train.Checkpoint(config["resume_from"]))
+    saved, ckpt = None, ray.train.get_checkpoint() or (config["resume_from"] and ray.train.Checkpoint(config["resume_from"]))
     if ckpt:
         with ckpt.as_directory() as d:
             saved = load_state(Path(d) / "state.pt")
-        inner.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        st = saved["st"]
+    model, inner, opt, st = _start(mcfg, tcfg, saved, lambda m: ray.train.torch.prepare_model(
+        m, parallel_strategy_kwargs={"find_unused_parameters": mcfg.layerwise}))
     shards = {s: ray.train.get_dataset_shard(s) for s in ("train", "val")}
 
     def batches(split, seed):
-        shuffle = dict(local_shuffle_buffer_size=tcfg.batch_size * 16, local_shuffle_seed=seed) if seed is not None else {}
-        for b in shards[split].iter_torch_batches(batch_size=tcfg.batch_size, device=device, **shuffle):
-            yield b["x"]
+        # Ray Data's iterator costs a few ms per batch it yields (a 300k-row epoch at batch 64 took 1.8x
+        # a plain loop's): take FETCH_BATCHES batches at a time, already shuffled, and cut them here
+        fetch = tcfg.batch_size * FETCH_BATCHES
+        shuffle = dict(local_shuffle_buffer_size=fetch * 4, local_shuffle_seed=seed) if seed is not None else {}
+        for b in shards[split].iter_torch_batches(batch_size=fetch, device=device, **shuffle):
+            yield from b["x"].split(tcfg.batch_size)
 
-    n_epochs = len(_schedule(mcfg, tcfg))
-
-    def after_epoch(row, st):
-        if rank == 0:
-            stage = "" if row["stage"] is None else f" (layer {row['stage']})"
-            print(f"epoch {row['epoch'] + 1}/{n_epochs}{stage}  train {row['train_loss']:.5f}"
-                  f"  val {row['val_loss']:.5f}", flush=True)
-        _report(row, inner, opt, st, rank)
-
-    st = fit(model, opt, batches, mcfg, tcfg, st, after_epoch)
+    report = _after_epoch(len(_schedule(mcfg, tcfg)), lambda row, st, due: _report(row, inner, opt, st, rank, due),
+                          say=rank == 0 and _appender(config["progress"]))
+    st = fit(model, opt, batches, mcfg, tcfg, st, report)
     st["device"] = str(device)
     st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
     from pipeline.reconstruct import training_quantiles  # score --threshold auto reads these
     st["score_quantiles"] = training_quantiles(inner, batches("train", None))
-    _report({"epoch": st["step"], "final": True}, inner, opt, st, rank)
+    _report({"epoch": st["step"], "final": True}, inner, opt, st, rank, True)
 
 
-def _report(metrics: dict, inner, opt, st: dict, rank: int) -> None:
+def _appender(path: str):
+    """Rank 0's epoch lines go to a file under the run dir's storage, which the driver prints as
+    they come: workers' own stdout reaches the console only with --verbose (see runtime.init_ray)."""
+    def say(line: str) -> None:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    return say
+
+
+class _Tail:
+    """Prints the lines a file gains, from the driver's wait loop."""
+
+    def __init__(self, path: Path):
+        self.path, self.pos = path, 0
+
+    def __call__(self) -> None:
+        try:
+            with open(self.path) as f:
+                f.seek(self.pos)
+                text = f.read()
+        except OSError:
+            return
+        done = text[:text.rfind("\n") + 1]  # whole lines only
+        self.pos += len(done)
+        if done:
+            print(done, end="", flush=True)
+
+
+def _report(metrics: dict, inner, opt, st: dict, rank: int, checkpoint: bool) -> None:
+    """Every rank reports (Ray Train expects it); rank 0 attaches a checkpoint when one is due."""
     import ray.train
 
+    metrics = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    if not (checkpoint and rank == 0):
+        ray.train.report(metrics, checkpoint=None)
+        return
     with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            torch.save({"model": inner.state_dict(), "opt": opt.state_dict(), "st": st}, Path(d) / "state.pt")
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report({k: v for k, v in metrics.items() if not isinstance(v, dict)}, checkpoint=checkpoint)
+        torch.save(_checkpoint(inner, opt, st), Path(d) / "state.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def _datasets(src, norm: Normalizer, fraction: float):
@@ -217,11 +333,21 @@ def _datasets(src, norm: Normalizer, fraction: float):
             out[name] = to_dataset(src).map_batches(
                 _prepare, fn_kwargs=dict(norm=norm, fraction=fraction, want_val=want_val),
                 batch_format="numpy").materialize()
-            if out[name].count() == 0:
-                raise AepipeError(f"{src.spec}: too few rows ({src.n_rows}) for a {name} split")
+            _check_split(src, name, out[name].count())
         return out
     finally:
         ctx.enable_progress_bars = bars
+
+
+def _check_split(src, name: str, n: int) -> None:
+    if n == 0:
+        raise AepipeError(f"{src.spec}: too few rows ({src.n_rows}) for a {name} split")
+
+
+def _normalizer(src, mcfg: ModelConfig, tcfg: TrainConfig, stats: dict) -> Normalizer:
+    norm = Normalizer.fit(tcfg.normalize or default_normalizer(src.schema), stats)
+    _check_loss_range(mcfg.loss, norm, stats)
+    return norm
 
 
 def _check_loss_range(loss: str, norm: Normalizer, stats: dict) -> None:
@@ -234,43 +360,74 @@ def _check_loss_range(loss: str, norm: Normalizer, stats: dict) -> None:
                           f"[{lo:.3g}, {hi:.3g}]; use --normalize global or feature, or --loss mse")
 
 
-def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_column: str | None = None,
-          resume: bool = False, address: str | None = None) -> dict:
-    """Fit a model on DATA and write a self-describing run dir at `out`. Returns aepipe.json's dict."""
-    if isinstance(tcfg.epochs, int) and not isinstance(tcfg.epochs, bool) and tcfg.epochs < 1:
-        raise AepipeError(f"--epochs {tcfg.epochs}: train for at least one epoch")
-    train_options(mcfg, tcfg)
-    out = run_dir_output(out, data, resume).resolve()
-    if (out / META).exists() and not resume:
-        raise AepipeError(f"{out} already holds a trained model; choose another --out or pass --resume")
-    src = open_source(data, id_column)
-    mcfg = dataclasses.replace(mcfg, input_shape=src.schema.shape)
+def _free_memory() -> int:
+    """Bytes this machine can still hand out (Linux MemAvailable; elsewhere half the RAM)."""
     try:
-        build_model(mcfg)  # refuse a bad family/option/shape here, before any Ray work
-    except ValueError as e:
-        raise AepipeError(str(e)) from None
-    storage = out / "checkpoints"
-    latest = _latest_checkpoint(storage) if resume else None
-    if resume and latest is None:
-        raise AepipeError(f"{out}: nothing to resume (no checkpoints under {storage})")
-    if latest:
-        load_state(Path(latest) / "state.pt")  # refuse an unsafe checkpoint here, before any worker starts
-    init_ray(address)
-    require(cpus=tcfg.workers, gpus=tcfg.workers * tcfg.gpus_per_worker,
-            what=f"--workers {tcfg.workers}" + (f" --gpus-per-worker {tcfg.gpus_per_worker:g}" if tcfg.gpus_per_worker else ""))
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        except (ValueError, OSError, AttributeError):
+            return 0  # unknown: Ray Train, which streams
+
+
+def fit_path(src, tcfg: TrainConfig, address: str | None = None) -> str:
+    """Why the fit runs on Ray Train, or "" to run it in this process."""
+    if tcfg.ray_train is False:
+        if tcfg.workers > 1 or tcfg.gpus_per_worker:
+            raise AepipeError("--in-process fits with one CPU worker; drop --workers / --gpus-per-worker")
+        return ""
+    cluster = address or os.environ.get("RAY_ADDRESS")
+    held = 2 * src.n_rows * src.schema.size * 4  # raw and normalised float32 rows
+    why = [("--ray-train", tcfg.ray_train), (f"--workers {tcfg.workers}", tcfg.workers > 1),
+           ("GPUs asked", tcfg.gpus_per_worker > 0), (f"cluster {cluster}", cluster),
+           (f"data ({held / 2**30:.1f} GiB) past memory", held > MEMORY_SHARE * _free_memory())]
+    return ", ".join(w for w, yes in why if yes)
+
+
+def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, storage: Path):
+    """Statistics, split and fit without Ray: the source read once, range by range, into memory."""
+    tm, t = {}, time.time()
+    blocks = [read_block(src, a, b) for a, b in src.ranges()]  # the blocks to_dataset would make
+    stats = combine_stats([block_stats(b) for b in blocks])
+    norm = _normalizer(src, mcfg, tcfg, stats)
+    tm["statistics"], t = time.time() - t, time.time()
+    arrays = {}
+    for name in ("train", "val"):
+        arrays[name] = np.concatenate([_prepare(b, norm, tcfg.val_fraction, name == "val")["x"] for b in blocks])
+        _check_split(src, name, len(arrays[name]))
+    del blocks
+    tm["datasets"], t = time.time() - t, time.time()
+    st = _fit_here(mcfg, tcfg, arrays, saved, storage / "process")
+    tm["fit"] = time.time() - t
+    return stats, norm, st, tm
+
+
+def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None, storage: Path, address):
+    """Statistics and split as Ray Data jobs, the fit on a TorchTrainer's workers."""
+    tm, t = {}, time.time()  # "ray_start" counts importing Ray too
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    t0 = time.time()
+    from pipeline.runtime import init_ray
+
+    init_ray(address)
+    require(cpus=tcfg.workers, gpus=tcfg.workers * tcfg.gpus_per_worker,
+            what=f"--workers {tcfg.workers}" + (f" --gpus-per-worker {tcfg.gpus_per_worker:g}" if tcfg.gpus_per_worker else ""))
+    tm["ray_start"], t = time.time() - t, time.time()
     with user_errors():
         stats = combine_stats(to_dataset(src).map_batches(block_stats, batch_size=None).take_all())
-        norm = Normalizer.fit(tcfg.normalize or default_normalizer(src.schema), stats)
-        _check_loss_range(mcfg.loss, norm, stats)
+        norm = _normalizer(src, mcfg, tcfg, stats)
+        tm["statistics"], t = time.time() - t, time.time()
         datasets = _datasets(src, norm, tcfg.val_fraction)
+    tm["datasets"], t = time.time() - t, time.time()
+    storage.mkdir(parents=True, exist_ok=True)
+    progress = storage / f"progress-{int(time.time())}.txt"
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
-                           "resume_from": latest},
+                           "resume_from": latest, "progress": str(progress)},
         scaling_config=ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.gpus_per_worker > 0,
                                      resources_per_worker={"CPU": 1, **({"GPU": tcfg.gpus_per_worker}
                                                                         if tcfg.gpus_per_worker else {})}),
@@ -281,21 +438,62 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
                              logging_config=LoggingConfig(log_level="WARNING")),
         datasets=datasets,
     )
+    with user_errors():
+        result = run_interruptibly(trainer.fit, poll=_Tail(progress))
+    with result.checkpoint.as_directory() as d:
+        st = load_state(Path(d) / "state.pt")["st"]
+    tm["fit"] = time.time() - t
+    return stats, norm, st, tm
+
+
+def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_column: str | None = None,
+          resume: bool = False, address: str | None = None) -> dict:
+    """Fit a model on DATA and write a self-describing run dir at `out`. Returns aepipe.json's dict.
+    address (or RAY_ADDRESS) names a Ray cluster, which sends the fit to Ray Train (see fit_path)."""
+    started = time.time()
+    if isinstance(tcfg.epochs, int) and not isinstance(tcfg.epochs, bool) and tcfg.epochs < 1:
+        raise AepipeError(f"--epochs {tcfg.epochs}: train for at least one epoch")
+    train_options(mcfg, tcfg)
+    out = run_dir_output(out, data, resume).resolve()
+    if (out / META).exists() and not resume:
+        raise AepipeError(f"{out} already holds a trained model; choose another --out or pass --resume")
+    src = open_source(data, id_column)
+    mcfg = dataclasses.replace(mcfg, input_shape=src.schema.shape)
+    try:
+        build_model(mcfg)  # refuse a bad family/option/shape here, before any work
+    except ValueError as e:
+        raise AepipeError(str(e)) from None
+    why_ray = fit_path(src, tcfg, address)
+    storage = out / "checkpoints"
+    latest = _latest_checkpoint(storage) if resume else None
+    if resume and latest is None:
+        raise AepipeError(f"{out}: nothing to resume (no checkpoints under {storage})")
+    saved = load_state(Path(latest) / "state.pt") if latest else None  # refuse an unsafe one before any work
+    t0 = time.time()
     fresh = not storage.exists()
     try:
-        with user_errors():
-            result = run_interruptibly(trainer.fit)
-    except Interrupted:
-        raise Interrupted(f"interrupted; checkpoints kept in {storage}: `aepipe train ... --resume` continues")
+        if why_ray:
+            print(f"fitting with Ray Train ({why_ray}; {tcfg.workers} worker{'s' * (tcfg.workers > 1)})", flush=True)
+            stats, norm, st, tm = _train_on_ray(src, mcfg, tcfg, latest, storage, address)
+        else:
+            print("fitting in this process (1 worker, data in memory); --workers 2 or --address uses Ray Train",
+                  flush=True)
+            stats, norm, st, tm = _train_here(src, mcfg, tcfg, saved, storage)
+    except (Interrupted, KeyboardInterrupt):
+        if storage.exists():
+            raise Interrupted(f"interrupted; checkpoints kept in {storage}: `aepipe train ... --resume` continues") from None
+        raise Interrupted("interrupted") from None
     except BaseException:
         if fresh:  # a failed first fit leaves no half run dir behind
             shutil.rmtree(storage, ignore_errors=True)
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
-    with result.checkpoint.as_directory() as d:
-        st = load_state(Path(d) / "state.pt")["st"]
     state = st["best_state"]
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    plot_loss(st["history"], out / "loss_curve.png", title=f"{mcfg.family}, code {mcfg.code_dim}")
+    tm.update(st.get("timings", {}), plot=time.time() - t, started_at=started)
     meta = {
         "aepipe_version": pipeline.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -313,10 +511,11 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "score_quantiles": st.get("score_quantiles"),
         "metrics": {"history": st["history"], "best_epoch": st["best_epoch"], "best_val_loss": st["best_val"],
                     "stopped_early": len(st["history"]) < len(_schedule(mcfg, tcfg)), "device": st["device"],
-                    "seconds": time.time() - t0},
+                    "path": "ray train" if why_ray else "process", "seconds": time.time() - t0,
+                    # where this call's wall time went (bench/train_overhead.py reads it)
+                    "timings": {**tm, "before_save": time.time()}},
     }
     save_run(out, meta, state)
-    plot_loss(meta["metrics"]["history"], out / "loss_curve.png", title=f"{mcfg.family}, code {mcfg.code_dim}")
     return meta
 
 
