@@ -12,3 +12,13 @@ class AepipeError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def __getattr__(name: str):
+    """pipeline.load_codes and pipeline.AutoencoderFeatures, imported on first use: `import pipeline`
+    stays light (no torch, no scikit-learn) for the command line."""
+    if name in ("load_codes", "AutoencoderFeatures"):
+        from pipeline import features
+
+        return getattr(features, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -34,6 +34,8 @@ RAY_ADDRESS names a cluster.
 """)
 
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
+ENGINE = typer.Option("auto", help="auto: up to 20,000 rows in this process without starting Ray, more on Ray; "
+                                    "or force local / ray.")
 
 
 def _run(fn, *args, **kwargs):
@@ -183,17 +185,20 @@ def decode(
     out: Path = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy."),
     rows: Optional[str] = typer.Option(None, help="Only store rows A:B (positions in the store)."),
     ids: Optional[str] = typer.Option(None, help="Only these ids, comma-separated, in this order."),
+    ids_file: Optional[Path] = typer.Option(None, help="Only the ids in this text file, one a line, in its order."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
     concurrency: int = typer.Option(1, help="Decoder actors."),
     gpus: float = typer.Option(0, help="GPUs per decoder actor."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    engine: str = ENGINE,
     address: Optional[str] = ADDRESS,
 ):
     """Reconstruct rows from their codes, in the data's original units."""
     from pipeline.decode import decode as decode_fn
 
-    n = _run(decode_fn, str(codes), str(model), out, rows=rows, ids=ids.split(",") if ids else None,
-             batch_size=batch_size, concurrency=concurrency, num_gpus=gpus, overwrite=overwrite, address=address)
+    wanted = _run(_id_list, ids, ids_file)
+    n = _run(decode_fn, str(codes), str(model), out, rows=rows, ids=wanted, batch_size=batch_size,
+             concurrency=concurrency, num_gpus=gpus, overwrite=overwrite, engine=engine, address=address)
     typer.echo(f"decoded {n} rows -> {out}")
 
 
@@ -264,6 +269,112 @@ def models():
 def _options(verbose: bool = typer.Option(False, "--verbose", help="Also show Ray's own log lines and progress.")):
     if verbose:
         os.environ["AEPIPE_VERBOSE"] = "1"
+
+
+# ---------------------------------------------------------------- decoder jobs and downstream use (issue 9)
+
+def _id_list(ids: Optional[str], ids_file: Optional[Path]) -> Optional[list[str]]:
+    """--ids a,b,c or --ids-file (one id a line); not both."""
+    if ids and ids_file:
+        raise AepipeError("--ids and --ids-file: give one of them")
+    if ids_file is None:
+        return ids.split(",") if ids else None
+    try:
+        wanted = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise AepipeError(f"--ids-file {ids_file}: cannot read it ({e.strerror})") from None
+    if not wanted:
+        raise AepipeError(f"--ids-file {ids_file}: holds no ids")
+    return wanted
+
+
+@app.command()
+def score(
+    data: str = typer.Argument(..., help="Data to score, with the schema the model was trained on."),
+    model: Path = typer.Option(..., "--model", help="Run dir from aepipe train."),
+    out: Path = typer.Option(..., "--out", help="SCORES.parquet or SCORES.zarr."),
+    per_feature: bool = typer.Option(False, "--per-feature", help="Tables: also each column's error (COLUMN_error)."),
+    threshold: Optional[str] = typer.Option(None, help="auto (training scores' 1 - contamination quantile) or a "
+                                                        "number: adds a boolean anomaly column."),
+    contamination: float = typer.Option(0.01, help="With --threshold auto: share of training rows above it."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: the model's)."),
+    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    concurrency: int = typer.Option(1, help="Model actors."),
+    gpus: float = typer.Option(0, help="GPUs per actor."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    engine: str = ENGINE,
+    address: Optional[str] = ADDRESS,
+):
+    """Per-row anomaly score: the reconstruction error in the model's units (its training loss)."""
+    from pipeline.reconstruct import score as score_fn
+
+    attrs = _run(score_fn, data, str(model), out, per_feature=per_feature, threshold=threshold,
+                 contamination=contamination, id_column=id_column, batch_size=batch_size, concurrency=concurrency,
+                 num_gpus=gpus, overwrite=overwrite, engine=engine, address=address)
+    t = attrs["threshold"]
+    typer.echo(f"scored {attrs['n_rows']} rows ({attrs['loss']} per feature)"
+               + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}")
+
+
+@app.command()
+def denoise(
+    data: str = typer.Argument(..., help="Noisy data, with the schema the model was trained on."),
+    model: Path = typer.Option(..., "--model", help="Run dir, ideally of the denoising family."),
+    out: Path = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy (as decode writes them)."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: the model's)."),
+    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    concurrency: int = typer.Option(1, help="Model actors."),
+    gpus: float = typer.Option(0, help="GPUs per actor."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    engine: str = ENGINE,
+    address: Optional[str] = ADDRESS,
+):
+    """Encode and decode DATA in one pass (no codes store): the model's clean version of each row."""
+    from pipeline.reconstruct import denoise as denoise_fn
+
+    done = _run(denoise_fn, data, str(model), out, id_column=id_column, batch_size=batch_size,
+                concurrency=concurrency, num_gpus=gpus, overwrite=overwrite, engine=engine, address=address)
+    if done["note"]:
+        typer.echo(f"aepipe: note: {done['note']}", err=True)
+    typer.echo(f"denoised {done['n_rows']} rows -> {out}")
+
+
+@app.command()
+def probe(
+    codes: Path = typer.Argument(..., help="A codes store from aepipe encode."),
+    labels: str = typer.Option(..., "--labels", help="CSV or Parquet with an id and a label column, or builtin:digits."),
+    label_column: str = typer.Option("y", help="The labels' column."),
+    labels_id_column: str = typer.Option("id", help="The labels' id column (joined to the store's ids)."),
+    data: Optional[str] = typer.Option(None, help="The encoded DATA: adds the same probe on raw inputs and on PCA."),
+):
+    """Linear probe: logistic regression on the codes, one fixed 70/30 split, accuracy and macro-F1."""
+    from pipeline.evaluate import format_table, probe as probe_fn
+
+    rows = _run(probe_fn, str(codes), labels, label_column=label_column, data=data, labels_id_column=labels_id_column)
+    typer.echo(f"{rows[0]['n_train']} train / {rows[0]['n_test']} test rows, joined by id\n")
+    typer.echo(format_table(["features", "dims", "accuracy", "macro-F1"],
+                            [[r["features"], r["dims"], r["accuracy"], r["macro_f1"]] for r in rows]))
+
+
+@app.command()
+def report(
+    model: Path = typer.Option(..., "--model", help="Run dir from aepipe train."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.png and report.html."),
+    data: Optional[str] = typer.Option(None, help="Rows to show (default: the data the model was trained on)."),
+    labels: Optional[str] = typer.Option(None, help="CSV or Parquet of id and label, to colour the code map "
+                                                    "(built-in sets bring their own)."),
+    label_column: str = typer.Option("y", help="The labels' column."),
+    labels_id_column: str = typer.Option("id", help="The labels' id column."),
+    rows: int = typer.Option(2000, help="How many of DATA's first rows to show."),
+    tsne: bool = typer.Option(False, "--tsne", help="Map the codes with t-SNE instead of PCA."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier report in OUT."),
+):
+    """One page on a model: loss, reconstructions, scores, code map, error per code dtype (PNG + HTML)."""
+    from pipeline.report import report as report_fn
+
+    done = _run(report_fn, str(model), out, data=data, labels=labels, label_column=label_column,
+                labels_id_column=labels_id_column, rows=rows, tsne=tsne, overwrite=overwrite)
+    typer.echo(f"report -> {done['png']} and {done['html']}")
 
 
 def main():

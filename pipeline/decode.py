@@ -9,10 +9,11 @@ import torch
 
 from pipeline import AepipeError
 from pipeline.checks import output_path, positive
-from pipeline.data import Source, to_dataset
-from pipeline.encode import ModelActor, actor_pool, check_job_options, provenance, write
+from pipeline.actors import ModelActor, model_job
+from pipeline.data import Source
+from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
-from pipeline.runtime import init_ray, run_interruptibly, user_errors
+from pipeline.runtime import run_interruptibly, user_errors
 from pipeline.store import chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
 
 
@@ -65,19 +66,96 @@ def select(src: Source, rows: str | None, ids: list[str] | None) -> Source:
             raise AepipeError(f"--rows {rows}: the store has rows 0:{src.n_rows}")
         return Selection(src, np.arange(a, b))
     if ids:
-        all_ids = np.concatenate([src.read(a, b)[0] for a, b in src.ranges()]).astype(str)
-        where = {v: i for i, v in enumerate(all_ids)}
-        missing = [i for i in ids if i not in where]
-        if missing:
-            raise AepipeError(f'--ids: no row with id "{missing[0]}" in the store')
-        return Selection(src, np.array([where[i] for i in ids]))
+        return Selection(src, find_ids(src, ids))
     return src
+
+
+def find_ids(src: Source, ids: list[str]) -> np.ndarray:
+    """Store positions of `ids` (given as text), without reading the codes: a few ids in a Zarr
+    store are looked up by bisection (ids written in order, as row indices are, need ~log2(N) reads
+    each), Parquet row groups whose id statistics cannot hold them are skipped; else the ids alone
+    are scanned."""
+    from pipeline.store import ZarrCodesSource
+
+    found = {}
+    if isinstance(src, ZarrCodesSource) and len(ids) <= 64:
+        found = _bisect_ids(src, ids)
+    rest = [i for i in ids if i not in found]
+    if rest:
+        for start, values in _id_blocks(src, rest):
+            where = {v: start + k for k, v in enumerate(values.astype(str))}
+            found.update({i: where[i] for i in rest if i in where and i not in found})
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise AepipeError(f'--ids: no row with id "{missing[0]}" in the store')
+    return np.array([found[i] for i in ids], dtype=np.int64)
+
+
+def _bisect_ids(src, ids: list[str]) -> dict:
+    """Bisection over the ids array, trusting only exact hits: an unsorted store just finds fewer."""
+    import zarr
+
+    arr = zarr.open_group(src.path, mode="r")["ids"]
+    found = {}
+    for text in ids:
+        try:
+            want = int(text) if arr.dtype.kind in "iu" else text
+        except ValueError:
+            continue
+        lo, hi = 0, arr.shape[0]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            v = arr[mid].item() if hasattr(arr[mid], "item") else arr[mid]
+            if v == want:
+                found[text] = mid
+                break
+            lo, hi = (mid + 1, hi) if v < want else (lo, mid)
+    return found
+
+
+def _id_blocks(src: Source, wanted: list[str]):
+    """(first position, ids) per block of the store, reading the id column only where possible."""
+    from pipeline.data import ParquetSource
+    from pipeline.store import ZarrCodesSource
+
+    if isinstance(src, ZarrCodesSource):
+        import zarr
+
+        arr = zarr.open_group(src.path, mode="r")["ids"]
+        step = arr.chunks[0] * max(1, 2 ** 20 // arr.chunks[0])
+        for a in range(0, arr.shape[0], step):
+            yield a, arr[a:a + step]
+    elif isinstance(src, ParquetSource) and src.id_column:
+        import pyarrow.parquet as pq
+
+        for start, n, fi, g in src.groups:
+            if _group_may_hold(pq.ParquetFile(src.files[fi]).metadata.row_group(g), src.id_column, wanted):
+                col = pq.ParquetFile(src.files[fi]).read_row_group(g, columns=[src.id_column]).column(0)
+                yield start, col.to_numpy(zero_copy_only=False)
+    else:
+        for a, b in src.ranges():
+            yield a, src.read(a, b)[0]
+
+
+def _group_may_hold(meta, column: str, wanted: list[str]) -> bool:
+    """A row group's min/max statistics of the id column rule it out when no wanted id fits."""
+    for i in range(meta.num_columns):
+        c = meta.column(i)
+        if c.path_in_schema == column and c.is_stats_set and c.statistics.has_min_max:
+            lo, hi = c.statistics.min, c.statistics.max
+            try:
+                keys = [type(lo)(w) for w in wanted]
+            except (TypeError, ValueError):
+                return True
+            return any(lo <= k <= hi for k in keys)
+    return True
 
 
 def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids: list[str] | None = None,
            batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False,
-           address: str | None = None) -> int:
-    """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written."""
+           engine: str = "auto", address: str | None = None) -> int:
+    """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written.
+    Small selections run in this process (pipeline.actors.model_job), large ones on Ray."""
     check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
     src, attrs = open_codes(codes)
@@ -87,27 +165,27 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
                           f"not by {model} ({run.fingerprint})")
     src = select(src, rows, ids)
     lo, hi = quant_range(attrs)
-    ids_kind = id_dtype(src)
-    init_ray(address)
-    ds = to_dataset(src).map_batches(
-        Decoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi,
-                                            num_gpus=num_gpus),
-        batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
+    ds = model_job(src, Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi, num_gpus=num_gpus),
+                   batch_size, concurrency, num_gpus, engine, address)
+    write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
+    return src.n_rows
+
+
+def write_rows(ds, out: Path, src: Source, run, meta: dict) -> None:
+    """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr or Parquet."""
     from pipeline.sinks import ParquetSink, ZarrSink
 
     shape = run.schema.shape
-    meta = provenance(run, str(codes), n_rows=src.n_rows, shape=list(shape))
     if out.suffix == ".npy":
         with user_errors():
             run_interruptibly(_write_npy, ds, out, src.n_rows, shape, partial=[out.with_name(out.name + ".partial")])
     elif out.suffix == ".zarr":
-        arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), ids_kind)}
+        arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), id_dtype(src))}
         write(ds, ZarrSink(out, src.n_rows, arrays, meta, chunk_rows_for(4 * int(np.prod(shape)))))
     else:
         data_cols = run.schema.columns if run.schema.tabular else "list"
         name = "x" if run.schema.tabular else run.schema.columns[0]
         write(ds, ParquetSink(out, src.n_rows, {"id": ("id", "scalar"), name: ("x", data_cols)}, meta))
-    return src.n_rows
 
 
 def _write_npy(ds, out: Path, n: int, shape) -> None:

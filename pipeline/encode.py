@@ -13,33 +13,12 @@ import torch
 
 import pipeline
 from pipeline import AepipeError
+from pipeline.actors import ModelActor, actor_pool
 from pipeline.data import open_source, to_dataset
 from pipeline.checks import at_least, output_path, positive
 from pipeline.run import load_run
 from pipeline.runtime import init_ray, require, run_interruptibly, user_errors
 from pipeline.store import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
-
-
-class ModelActor:
-    """What encoder and decoder actors share: the run loaded once, the model on its device."""
-
-    def __init__(self, run_dir: str, num_gpus: float = 0):
-        self.run = load_run(run_dir)
-        self.device = torch.device("cuda" if num_gpus and torch.cuda.is_available() else "cpu")
-        self.model = self.run.model.to(self.device)
-
-
-def actor_pool(concurrency: int, num_gpus: float) -> dict:
-    """map_batches arguments for C model-holding actors. The actors never take the cluster's last
-    CPU: read and write tasks need one, and without it the pipeline waits forever (seen with
-    --concurrency 2 on a 2-CPU machine)."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    require(gpus=num_gpus * concurrency, what=f"--concurrency {concurrency} --gpus {num_gpus:g}")
-    cpus = ray.cluster_resources().get("CPU", 1)
-    return dict(compute=ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
-                num_cpus=min(1.0, max(cpus - 1, 0.25) / concurrency))
 
 
 class Encoder(ModelActor):

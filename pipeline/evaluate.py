@@ -115,3 +115,101 @@ def demo(out: str | Path, code_dim: int = 16, epochs: int = 200, workers: int = 
                          out / "reconstructions.png")
     header = ["codes", "bytes/row", "test MSE", "test PSNR dB", "probe accuracy"]
     return format_table(header, rows)
+
+
+# ---------------------------------------------------------------- aepipe probe
+
+def read_labels(spec: str, label_column: str = "y", id_column: str = "id") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) from a CSV or Parquet file, or from a built-in set (builtin:digits)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from pipeline import AepipeError
+    from pipeline.data import open_source
+
+    if spec.startswith("builtin:"):
+        src = open_source(spec)
+        return src.ids, src.labels
+    path = Path(spec)
+    if not path.exists():
+        raise AepipeError(f"--labels {spec}: no such file")
+    try:
+        table = pacsv.read_csv(path) if path.suffix == ".csv" else pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise AepipeError(f"--labels {spec}: not a readable CSV or Parquet file ({str(e).splitlines()[0]})") from None
+    for col, flag in ((id_column, "--labels-id-column"), (label_column, "--label-column")):
+        if col not in table.column_names:
+            raise AepipeError(f'--labels {spec}: no column "{col}" (columns: {", ".join(table.column_names[:8])}); '
+                              f"name it with {flag}")
+    return (table.column(id_column).to_numpy(zero_copy_only=False),
+            table.column(label_column).to_numpy(zero_copy_only=False))
+
+
+def join_by_id(ids: np.ndarray, label_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into ids, their labels) for the ids that have a label, in the store's order.
+    Ids are compared as text, so 7 in a CSV meets 7 in an int64 store."""
+    from pipeline import AepipeError
+
+    lookup = dict(zip(map(str, label_ids), labels))
+    pos = np.array([i for i, v in enumerate(map(str, ids)) if v in lookup], dtype=np.int64)
+    if len(pos) < 10:
+        raise AepipeError(f"only {len(pos)} rows of the codes have a label (joined by id); need at least 10")
+    return pos, np.array([lookup[str(ids[i])] for i in pos])
+
+
+def fixed_split(y: np.ndarray):
+    """The anchors' split: 30 % test, random_state 0, stratified when every class has two rows."""
+    from sklearn.model_selection import train_test_split
+
+    _, counts = np.unique(y, return_counts=True)
+    return train_test_split(np.arange(len(y)), test_size=0.3, random_state=0,
+                            stratify=y if counts.min() >= 2 else None)
+
+
+def probe_scores(train_x, train_y, test_x, test_y) -> dict:
+    """The anchors' probe (logistic regression, max_iter 5000): accuracy and macro-F1."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    pred = LogisticRegression(max_iter=5000).fit(train_x, train_y).predict(test_x)
+    return {"accuracy": float(np.mean(pred == test_y)), "macro_f1": float(f1_score(test_y, pred, average="macro"))}
+
+
+def raw_rows(data: str, ids: np.ndarray, id_column: str | None = None) -> np.ndarray:
+    """DATA's rows for `ids`, flattened and scaled as aepipe normalises by default (global range for
+    arrays, per column for tables), so raw digits are pixels / 16 as in the anchors."""
+    from pipeline import AepipeError
+    from pipeline.data import default_normalizer, open_source
+
+    src = open_source(data, id_column)
+    src_ids, x = src.read(0, src.n_rows)
+    where = {str(v): i for i, v in enumerate(src_ids)}
+    missing = [v for v in map(str, ids) if v not in where]
+    if missing:
+        raise AepipeError(f'--data {data}: no row with id "{missing[0]}" of the codes store')
+    x = x[[where[str(v)] for v in ids]].reshape(len(ids), -1).astype(np.float64)
+    per_column = default_normalizer(src.schema) == "feature"
+    lo, hi = (x.min(0), x.max(0)) if per_column else (x.min(), x.max())
+    return (x - lo) / np.where(np.asarray(hi - lo) > 0, hi - lo, 1.0)
+
+
+def probe(codes: str, labels: str, label_column: str = "y", data: str | None = None,
+          labels_id_column: str = "id") -> list[dict]:
+    """Logistic-regression probe on the codes (and, with DATA, on raw inputs and PCA of the same
+    size) on one fixed split of the labelled rows. Returns one dict per feature set."""
+    from pipeline.features import load_codes
+
+    ids, z = load_codes(codes)
+    pos, y = join_by_id(ids, *read_labels(labels, label_column, labels_id_column))
+    tr, te = fixed_split(y)
+    z = z[pos]
+    rows = [{"features": f"codes ({Path(codes).name})", "dims": z.shape[1], **probe_scores(z[tr], y[tr], z[te], y[te])}]
+    if data:
+        x = raw_rows(data, ids[pos])
+        rows.append({"features": "raw inputs", "dims": x.shape[1], **probe_scores(x[tr], y[tr], x[te], y[te])})
+        ptr, pte, _ = pca_baseline(z.shape[1], x[tr], x[te])
+        rows.append({"features": f"PCA {z.shape[1]}", "dims": z.shape[1], **probe_scores(ptr, y[tr], pte, y[te])})
+    for r in rows:
+        r.update(n_train=len(tr), n_test=len(te))
+    return rows

@@ -224,6 +224,8 @@ def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | 
     try:
         st = fit(model, opt, batches, mcfg, tcfg, st, _after_epoch(len(_schedule(mcfg, tcfg)), save))
         st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
+        from pipeline.reconstruct import training_quantiles  # score --threshold auto reads these
+        st["score_quantiles"] = training_quantiles(inner, batches("train", None))
     finally:
         torch.set_num_threads(threads)
     st["device"] = "cpu"
@@ -272,6 +274,8 @@ def train_loop(config: dict) -> None:
     st = fit(model, opt, batches, mcfg, tcfg, st, report)
     st["device"] = str(device)
     st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
+    from pipeline.reconstruct import training_quantiles  # score --threshold auto reads these
+    st["score_quantiles"] = training_quantiles(inner, batches("train", None))
     _report({"epoch": st["step"], "final": True}, inner, opt, st, rank, True)
 
 
@@ -504,6 +508,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "data_fingerprint": fingerprint(src, stats),
         "model_fingerprint": weights_fingerprint(state),
         "code_range": {"lo": st["code_lo"], "hi": st["code_hi"]},
+        "score_quantiles": st.get("score_quantiles"),
         "metrics": {"history": st["history"], "best_epoch": st["best_epoch"], "best_val_loss": st["best_val"],
                     "stopped_early": len(st["history"]) < len(_schedule(mcfg, tcfg)), "device": st["device"],
                     "path": "ray train" if why_ray else "process", "seconds": time.time() - t0,

@@ -1,0 +1,109 @@
+"""Where model jobs run: the actor every model job shares (encode, decode, denoise, score), and
+the choice between a Ray Data pass and this process.
+
+    model_job(src, Actor, kwargs) -> Ray Dataset            large data, --address, several actors
+                                  -> LocalRows               small asks: no Ray started at all
+
+Both answer `write_datasink(sink)` and `iter_batches(...)`, so a job writes its output the same way
+whichever ran it. The cut: starting Ray costs ~20 s here, while one CPU pushes a dense model through
+tens of thousands of rows a second, so jobs of up to LOCAL_ROWS rows run in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+import torch
+
+from pipeline import AepipeError
+from pipeline.data import ROWS_PER_TASK, Source
+from pipeline.run import load_run
+
+LOCAL_ROWS = 20_000  # at most this many rows run in-process (measured in README: "small asks")
+ENGINES = ("auto", "local", "ray")
+
+
+class ModelActor:
+    """What every model job's actor shares: the run loaded once, the model on its device."""
+
+    def __init__(self, run_dir: str, num_gpus: float = 0):
+        self.run = load_run(run_dir)
+        self.device = torch.device("cuda" if num_gpus and torch.cuda.is_available() else "cpu")
+        self.model = self.run.model.to(self.device)
+
+
+def actor_pool(concurrency: int, num_gpus: float) -> dict:
+    """map_batches arguments for C model-holding actors. The actors never take the cluster's last
+    CPU: read and write tasks need one, and without it the pipeline waits forever (seen with
+    --concurrency 2 on a 2-CPU machine)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from pipeline.runtime import require
+
+    require(gpus=num_gpus * concurrency, what=f"--concurrency {concurrency} --gpus {num_gpus:g}")
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return dict(compute=ActorPoolStrategy(size=concurrency), num_gpus=num_gpus or None,
+                num_cpus=min(1.0, max(cpus - 1, 0.25) / concurrency))
+
+
+def runs_local(n_rows: int, engine: str = "auto", address: str | None = None, concurrency: int = 1,
+               num_gpus: float = 0) -> bool:
+    """auto: in-process when the job is small and nothing asks for Ray (no cluster address, one
+    actor, no GPU); `local` and `ray` force the choice."""
+    if engine not in ENGINES:
+        raise AepipeError(f'--engine "{engine}": choose one of {", ".join(ENGINES)}')
+    if engine != "auto":
+        return engine == "local"
+    return (n_rows <= LOCAL_ROWS and not (address or os.environ.get("RAY_ADDRESS"))
+            and concurrency == 1 and not num_gpus)
+
+
+def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurrency: int = 1,
+              num_gpus: float = 0, engine: str = "auto", address: str | None = None,
+              rows_per_task: int = ROWS_PER_TASK):
+    """Rows of `src` through actor(**kwargs), as a Ray Dataset or, for small jobs, LocalRows.
+    Options are checked by the caller (encode.check_job_options), before anything starts."""
+    if runs_local(src.n_rows, engine, address, concurrency, num_gpus):
+        return LocalRows(src, actor(**kwargs), batch_size, rows_per_task)
+    from pipeline.data import to_dataset
+    from pipeline.runtime import init_ray
+
+    init_ray(address)  # a no-op when the caller (or a test) already connected
+    return to_dataset(src, rows_per_task=rows_per_task).map_batches(
+        actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
+        **actor_pool(concurrency, num_gpus))
+
+
+class LocalRows:
+    """A model job in this process: one block per row range, as Ray would make them, through one
+    actor instance. Streams: one range in memory at a time."""
+
+    def __init__(self, src: Source, fn, batch_size: int, rows_per_task: int):
+        self.src, self.fn, self.batch_size, self.rows_per_task = src, fn, batch_size, rows_per_task
+
+    def _blocks(self):
+        for a, b in self.src.ranges(self.rows_per_task):
+            ids, x = self.src.read(a, b)
+            rows = np.arange(a, b, dtype=np.int64)
+            outs = [self.fn({"row": rows[i:i + self.batch_size], "id": ids[i:i + self.batch_size],
+                             "x": x[i:i + self.batch_size]}) for i in range(0, b - a, self.batch_size)]
+            yield {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    def iter_batches(self, batch_format="numpy", batch_size=None):
+        yield from self._blocks()
+
+    def write_datasink(self, sink) -> None:
+        """The calls Ray makes on a Datasink, in its order, so sinks stay staged and all-or-nothing."""
+        from ray.data.block import BlockAccessor
+
+        try:
+            sink.on_write_start()
+            returns = [sink.write([BlockAccessor.batch_to_block(block)], types.SimpleNamespace(task_idx=i))
+                       for i, block in enumerate(self._blocks())]
+            sink.on_write_complete(types.SimpleNamespace(write_returns=returns))
+        except BaseException as e:
+            sink.on_write_failed(e)
+            raise

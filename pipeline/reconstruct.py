@@ -1,0 +1,172 @@
+"""DATA through the whole autoencoder in one pass (no codes store in between): denoise and score.
+
+    aepipe denoise: read -> Reconstructor (encode + decode) -> rows written as decode writes them
+    aepipe score:   read -> Reconstructor (per-row error)   -> id, score [, per-feature errors, anomaly]
+
+A score is the reconstruction error in the model's own units: the per-row mean of its training loss
+(squared error for mse, absolute for l1, binary cross-entropy for bce) on normalised inputs, so it
+compares with the training quantiles stored in the run dir (`score_quantiles`, see
+training_quantiles) and, for mse models, equals `aepipe encode --scores`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline import AepipeError
+from pipeline.actors import ModelActor, model_job
+from pipeline.data import open_source
+from pipeline.decode import write_rows
+from pipeline.checks import output_path
+from pipeline.encode import check_job_options, provenance, write
+from pipeline.run import load_run
+from pipeline.store import chunk_rows_for, id_dtype, task_rows
+
+QUANTILE_LEVELS = np.round(np.linspace(0.5, 1.0, 501), 4)  # contamination 0.001 .. 0.5 in steps of 0.001
+
+
+def row_errors(model, x: torch.Tensor) -> torch.Tensor:
+    """(B, features) reconstruction error of normalised rows, elementwise, in the training loss."""
+    logits = model.decode_logits(model.encode(x))
+    if model.cfg.loss == "bce":
+        e = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    elif model.cfg.loss == "l1":
+        e = (logits - x).abs()
+    else:
+        e = (logits - x).pow(2)
+    return e.flatten(1)
+
+
+def training_quantiles(model, batches) -> dict:
+    """Quantiles of the per-row score over the training rows (normalised x batches), gathered from
+    every Ray Train worker: what `score --threshold auto` turns into a threshold. Runs at training time."""
+    model.eval()
+    with torch.no_grad():
+        errs = np.concatenate([row_errors(model, x).mean(1).cpu().numpy() for x in batches])
+    if torch.distributed.is_initialized():  # each worker scored its own shard
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, errs)
+        errs = np.concatenate(parts)
+    return {"levels": QUANTILE_LEVELS.tolist(), "values": np.quantile(errs, QUANTILE_LEVELS).tolist(),
+            "n_rows": int(len(errs))}
+
+
+def auto_threshold(run, contamination: float) -> float:
+    """The training score above which a share `contamination` of the training rows lie."""
+    q = run.meta.get("score_quantiles")
+    if not q:
+        raise AepipeError(f"{run.path}: run dir predates stored training scores, so --threshold auto has "
+                          "nothing to go by; retrain it, or pass --threshold X")
+    if not 0.001 <= contamination <= 0.5:
+        raise AepipeError(f"--contamination {contamination}: choose a share between 0.001 and 0.5")
+    return float(np.interp(1 - contamination, q["levels"], q["values"]))
+
+
+def parse_threshold(text: str | None, run, contamination: float) -> float | None:
+    if text is None:
+        return None
+    if text == "auto":
+        return auto_threshold(run, contamination)
+    try:
+        t = float(text)
+    except ValueError:
+        t = math.nan
+    if not math.isfinite(t) or t < 0:
+        raise AepipeError(f'--threshold "{text}": expected auto or a score >= 0')
+    return t
+
+
+class Reconstructor(ModelActor):
+    """Per batch: the denoised rows in the data's units (want="x"), or each row's score (want="score")."""
+
+    def __init__(self, run_dir: str, want: str, per_feature: bool = False, threshold: float | None = None,
+                 num_gpus: float = 0):
+        super().__init__(run_dir, num_gpus)
+        self.want, self.per_feature, self.threshold = want, per_feature, threshold
+
+    def __call__(self, batch: dict) -> dict:
+        x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
+        out = {"row": batch["row"], "id": batch["id"]}
+        with torch.inference_mode():
+            if self.want == "x":
+                out["x"] = self.run.normalizer.invert(self.model.decode(self.model.encode(x)).cpu().numpy())
+                return out
+            err = row_errors(self.model, x)
+            out["score"] = err.mean(1).cpu().numpy()
+        if self.per_feature:
+            out["err"] = err.cpu().numpy()
+        if self.threshold is not None:
+            out["anomaly"] = out["score"] > self.threshold
+        return out
+
+
+def open_matching(data: str, run, id_column: str | None = None):
+    """DATA opened with the model's id column and checked against its schema; read in its column order."""
+    src = open_source(data, id_column or run.meta.get("id_column"))
+    src.schema.check_matches(run.schema, data)
+    src.schema = run.schema
+    return src
+
+
+def denoise(data: str, model: str, out: str | Path, id_column: str | None = None, batch_size: int = 1024,
+            concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
+            address: str | None = None) -> dict:
+    """Encode and decode every row of DATA into OUT (.zarr, .parquet or .npy). Returns what it did;
+    `note` says when the model was not trained to remove noise (it then only reconstructs)."""
+    check_job_options(batch_size, concurrency, num_gpus)
+    run = load_run(model)
+    src = open_matching(data, run, id_column)
+    out = output_path(out, overwrite, (".zarr", ".parquet", ".npy"), inputs=(data, model))
+    ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="x", num_gpus=num_gpus),
+                   batch_size, concurrency, num_gpus, engine, address)
+    write_rows(ds, out, src, run, provenance(run, data, n_rows=src.n_rows, shape=list(run.schema.shape)))
+    note = None if run.meta["family"] == "denoising" else (
+        f'{model} is a "{run.meta["family"]}" model, not trained as denoising: rows were reconstructed, '
+        "not specifically cleaned of noise")
+    return {"n_rows": src.n_rows, "note": note}
+
+
+def score(data: str, model: str, out: str | Path, per_feature: bool = False, threshold: str | None = None,
+          contamination: float = 0.01, id_column: str | None = None, batch_size: int = 1024,
+          concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
+          address: str | None = None) -> dict:
+    """Per-row reconstruction error of DATA into OUT (.parquet or .zarr), keyed by the input's id column."""
+    check_job_options(batch_size, concurrency, num_gpus)
+    run = load_run(model)
+    t = parse_threshold(threshold, run, contamination)
+    if per_feature and not run.schema.tabular:
+        raise AepipeError(f"--per-feature: only for tables; {model} takes arrays shaped {run.schema.shape}")
+    src = open_matching(data, run, id_column)
+    out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
+    id_name = getattr(src, "id_column", None) or "id"
+    attrs = provenance(run, data, n_rows=src.n_rows, id_column=id_name, threshold=t,
+                       contamination=contamination if threshold == "auto" else None, loss=run.meta["model"]["loss"])
+    chunk = chunk_rows_for(4 * (1 + (run.schema.size if per_feature else 0)))
+    ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="score", per_feature=per_feature,
+                                            threshold=t, num_gpus=num_gpus),
+                   batch_size, concurrency, num_gpus, engine, address, task_rows(chunk, 4 * src.schema.size))
+    write(ds, _score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk))
+    return attrs
+
+
+def _score_sink(out: Path, src, run, attrs, per_feature: bool, anomaly: bool, id_name: str, chunk: int):
+    from pipeline.sinks import ParquetSink, ZarrSink  # Ray Data comes in with the sinks, only once a job runs
+
+    if out.suffix == ".zarr":
+        arrays = {"ids": ("id", (), id_dtype(src)), "scores": ("score", (), "float32")}
+        if per_feature:
+            arrays["errors"] = ("err", (run.schema.size,), "float32")
+        if anomaly:
+            arrays["anomaly"] = ("anomaly", (), "bool")
+        return ZarrSink(out, src.n_rows, arrays, {**attrs, "columns": list(run.schema.columns)}, chunk)
+    cols = {id_name: ("id", "scalar"), "score": ("score", "scalar")}
+    if per_feature:
+        cols["err"] = ("err", tuple(f"{c}_error" for c in run.schema.columns))
+    if anomaly:
+        cols["anomaly"] = ("anomaly", "scalar")
+    return ParquetSink(out, src.n_rows, cols, attrs)

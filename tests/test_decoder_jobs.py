@@ -1,0 +1,287 @@
+"""Decoder jobs and downstream use: decode subsets, denoise, score, probe, load_codes, the
+scikit-learn transformer, and the report, through the installed command and on real stores.
+
+Small asks run in the calling process (pipeline.actors.LOCAL_ROWS) and large ones on Ray; several
+tests compare the two paths on the same rows."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score
+
+import pipeline
+from pipeline.data import open_source
+from pipeline.decode import decode
+from pipeline.encode import encode
+from pipeline.evaluate import digits_split, fixed_split, probe_scores, psnr
+from pipeline.models import ModelConfig
+from pipeline.reconstruct import row_errors
+from pipeline.run import load_run
+from pipeline.train import TrainConfig, train
+from tests.conftest import run_aepipe
+from tests.test_cli import fails_cleanly
+
+
+@pytest.fixture(scope="module")
+def digits_codes(digits_run, tmp_path_factory):
+    """All 1797 digits encoded once (float32 Zarr and int8 Parquet), on Ray."""
+    d = tmp_path_factory.mktemp("codes")
+    encode("builtin:digits", digits_run, d / "c.zarr")
+    encode("builtin:digits", digits_run, d / "q.parquet", dtype="int8")
+    return d
+
+
+def direct_scores(run_dir, x):
+    run = load_run(run_dir)
+    with torch.inference_mode():
+        return row_errors(run.model, torch.from_numpy(run.normalizer.apply(x))).numpy()
+
+
+def test_subset_decode_equals_the_same_rows_of_a_full_decode(digits_run, digits_codes, tmp_path):
+    full = tmp_path / "full.npy"
+    assert decode(digits_codes / "c.zarr", digits_run, full, engine="ray") == 1797  # the Ray Data path
+    x = np.load(full)
+    # small asks: in the calling process (no --address, few rows), through the installed command
+    run_aepipe("decode", digits_codes / "c.zarr", "--model", digits_run, "--out", tmp_path / "rows.npy", "--rows", "100:130")
+    np.testing.assert_allclose(np.load(tmp_path / "rows.npy"), x[100:130], rtol=1e-5, atol=1e-4)
+    (tmp_path / "ids.txt").write_text("1500\n7\n\n3\n")
+    run_aepipe("decode", digits_codes / "c.zarr", "--model", digits_run, "--out", tmp_path / "ids.zarr",
+               "--ids-file", tmp_path / "ids.txt")
+    g = zarr.open_group(str(tmp_path / "ids.zarr"), mode="r")
+    assert list(g["ids"][:]) == [1500, 7, 3]
+    np.testing.assert_allclose(g["data"][:], x[[1500, 7, 3]], rtol=1e-5, atol=1e-4)
+    # int8 Parquet: ids found from the row groups' id statistics, rows as in a full decode of that store
+    run_aepipe("decode", digits_codes / "q.parquet", "--model", digits_run, "--out", tmp_path / "q_all.npy")
+    run_aepipe("decode", digits_codes / "q.parquet", "--model", digits_run, "--out", tmp_path / "q_ids.npy",
+               "--ids", "1500,7")
+    store_ids = pads.dataset(str(digits_codes / "q.parquet")).to_table().column("id").to_numpy()
+    q_all = np.load(tmp_path / "q_all.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "q_ids.npy"),
+                               q_all[[int(np.flatnonzero(store_ids == i)[0]) for i in (1500, 7)]], rtol=1e-5, atol=1e-4)
+    # the whole store in-process equals the Ray pass too
+    decode(digits_codes / "c.zarr", digits_run, tmp_path / "local.npy", engine="local")
+    np.testing.assert_allclose(np.load(tmp_path / "local.npy"), x, rtol=1e-5, atol=1e-4)
+    out = tmp_path / "bad.npy"
+    fails_cleanly(["decode", digits_codes / "c.zarr", "--model", digits_run, "--out", out, "--ids", "1",
+                   "--ids-file", tmp_path / "ids.txt"], "give one of them", out)
+    fails_cleanly(["decode", digits_codes / "c.zarr", "--model", digits_run, "--out", out,
+                   "--ids-file", tmp_path / "nope.txt"], "cannot read it", out)
+    fails_cleanly(["decode", digits_codes / "c.zarr", "--model", digits_run, "--out", out, "--ids", "99999"],
+                  'no row with id "99999"', out)
+
+
+def test_score_auto_threshold_and_stores(digits_run, ray_local, tmp_path):
+    run = load_run(digits_run)
+    q = run.meta["score_quantiles"]
+    assert q["n_rows"] > 1000 and q["values"] == sorted(q["values"])
+    out = tmp_path / "s.parquet"
+    run_aepipe("score", "builtin:digits-train", "--model", digits_run, "--out", out, "--threshold", "auto")
+    t = pq.read_table(out)
+    assert t.column_names == ["id", "score", "anomaly"]
+    src = open_source("builtin:digits-train")
+    want = direct_scores(digits_run, src.x).mean(1)
+    assert np.array_equal(t.column("id").to_numpy(), src.ids)
+    np.testing.assert_allclose(t.column("score").to_numpy(), want, rtol=1e-5, atol=1e-7)
+    threshold = json.loads(t.schema.metadata[b"aepipe"])["threshold"]
+    assert np.array_equal(t.column("anomaly").to_numpy(zero_copy_only=False), want > threshold)
+    # the stored quantiles were taken on the training rows (validation rows out): about 1 % above it
+    assert 0.002 <= t.column("anomaly").to_numpy(zero_copy_only=False).mean() <= 0.03
+    # the same on Ray, to Zarr, with a hand-set threshold
+    run_aepipe("score", "builtin:digits-train", "--model", digits_run, "--out", tmp_path / "s.zarr",
+               "--threshold", "0.2", "--engine", "ray", address=ray_local)
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    np.testing.assert_allclose(g["scores"][:], want, rtol=1e-5, atol=1e-7)
+    assert np.array_equal(g["anomaly"][:], want > 0.2) and g.attrs["threshold"] == 0.2
+    # a run dir trained before quantiles were stored
+    old = tmp_path / "old_run"
+    shutil.copytree(digits_run, old, ignore=shutil.ignore_patterns("checkpoints"))
+    meta = json.loads((old / "aepipe.json").read_text())
+    del meta["score_quantiles"]
+    (old / "aepipe.json").write_text(json.dumps(meta))
+    bad = tmp_path / "b.parquet"
+    fails_cleanly(["score", "builtin:digits", "--model", old, "--out", bad, "--threshold", "auto"], "predates", bad)
+    run_aepipe("score", "builtin:digits", "--model", old, "--out", bad)  # without a threshold it still scores
+    fails_cleanly(["score", "builtin:digits", "--model", digits_run, "--out", tmp_path / "c.parquet", "--threshold", "x"],
+                  '--threshold "x"')
+    fails_cleanly(["score", "builtin:digits", "--model", digits_run, "--out", tmp_path / "c.parquet", "--per-feature"],
+                  "only for tables")
+    fails_cleanly(["score", "builtin:digits", "--model", digits_run, "--out", tmp_path / "c.parquet",
+                   "--threshold", "auto", "--contamination", "0.9"], "--contamination 0.9")
+
+
+def test_score_per_feature_keeps_the_tables_id_column(ray_local, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2)) @ rng.normal(size=(2, 4)) * [1, 10, 100, 1000]
+    cols = {f"c{j}": x[:, j] for j in range(4)}
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(300)], **cols}), tmp_path / "t.parquet")
+    run_dir = tmp_path / "run"
+    run_aepipe("train", tmp_path / "t.parquet", "--id-column", "key", "--out", run_dir, "--code-dim", 2,
+               "--hidden", "8", "--epochs", 2, address=ray_local)
+    run_aepipe("score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "s.parquet", "--per-feature")
+    t = pq.read_table(tmp_path / "s.parquet")
+    assert t.column_names == ["key", "score", "c0_error", "c1_error", "c2_error", "c3_error"]
+    assert t.column("key").to_pylist() == [f"k{i}" for i in range(300)]
+    per = np.column_stack([t.column(f"c{j}_error").to_numpy() for j in range(4)])
+    np.testing.assert_allclose(per, direct_scores(run_dir, x.astype(np.float32)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(t.column("score").to_numpy(), per.mean(1), rtol=1e-5)
+    # a table's report draws rows as lines over their columns; labels come from a CSV joined by id
+    (tmp_path / "y.csv").write_text("key,y\n" + "".join(f"k{i},{i % 3}\n" for i in range(300)))
+    run_aepipe("report", "--model", run_dir, "--out", tmp_path / "rep", "--labels", tmp_path / "y.csv",
+               "--labels-id-column", "key")
+    _check_png(tmp_path / "rep" / "report.png")
+
+
+def test_scores_rank_a_class_the_model_never_saw_above_pca(ray_local, tmp_path):
+    """One-class digits (../shared/anchors.py): trained on the 3s only, scored on the test split."""
+    xtr, ytr, _, xte, yte, _ = digits_split()
+    np.save(tmp_path / "threes.npy", (xtr[ytr == 3] * 16).reshape(-1, 8, 8).astype(np.float32))
+    run_dir = tmp_path / "threes"
+    train(str(tmp_path / "threes.npy"), run_dir, ModelConfig(family="dense", code_dim=8, hidden=(64,)),
+          TrainConfig(epochs=25, batch_size=16, lr=3e-3, patience=0))
+    run_aepipe("score", "builtin:digits-test", "--model", run_dir, "--out", tmp_path / "s.parquet")
+    score = pq.read_table(tmp_path / "s.parquet").column("score").to_numpy()
+    pca = PCA(8, random_state=0).fit(xtr[ytr == 3])
+    pca_auc = roc_auc_score(yte != 3, ((xte - pca.inverse_transform(pca.transform(xte))) ** 2).sum(1))
+    auc = roc_auc_score(yte != 3, score)
+    assert auc > pca_auc > 0.99, (auc, pca_auc)
+
+
+def test_denoise_beats_the_noisy_input_and_pca(ray_local, tmp_path):
+    """sigma 0.25 on digits / 16, clipped to [0, 1], as in ../shared/anchors.json (PCA 16: 16.5 dB)."""
+    xtr, _, _, xte, _, _ = digits_split()
+    noisy = np.clip(xte + np.random.default_rng(0).normal(0, 0.25, xte.shape), 0, 1)
+    np.save(tmp_path / "noisy.npy", (noisy * 16).reshape(-1, 8, 8).astype(np.float32))
+    run_dir = tmp_path / "dn"
+    train("builtin:digits-train", run_dir, ModelConfig(family="denoising", code_dim=16, hidden=(256,), loss="bce"),
+          TrainConfig(epochs=25, batch_size=32, patience=0))
+    done = run_aepipe("denoise", tmp_path / "noisy.npy", "--model", run_dir, "--out", tmp_path / "clean.npy")
+    assert "not trained as denoising" not in done.stderr
+    clean = np.clip(np.load(tmp_path / "clean.npy").reshape(len(xte), 64) / 16, 0, 1)
+    pca = PCA(16, random_state=0).fit(xtr)
+    pca_psnr = psnr(np.clip(pca.inverse_transform(pca.transform(noisy)), 0, 1), xte)
+    assert psnr(clean, xte) > pca_psnr > psnr(noisy, xte), (psnr(clean, xte), pca_psnr, psnr(noisy, xte))
+    # to Parquet on Ray: the same rows; a model of another family says so once
+    run_aepipe("denoise", tmp_path / "noisy.npy", "--model", run_dir, "--out", tmp_path / "clean.parquet",
+               "--engine", "ray", address=ray_local)
+    t = pads.dataset(str(tmp_path / "clean.parquet")).to_table().sort_by("id")
+    got = np.stack(t.column("pixels").to_numpy(zero_copy_only=False))  # the training data's column name
+    np.testing.assert_allclose(got.reshape(len(xte), 64), np.load(tmp_path / "clean.npy").reshape(len(xte), 64),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_denoise_with_a_plain_model_says_so_once(digits_run, tmp_path):
+    done = run_aepipe("denoise", "builtin:digits-test", "--model", digits_run, "--out", tmp_path / "d.npy")
+    assert done.stderr.count("not trained as denoising") == 1
+    assert np.load(tmp_path / "d.npy").shape == (540, 8, 8)
+
+
+def test_probe_equals_a_direct_scikit_learn_fit(digits_run, digits_codes, tmp_path):
+    src = open_source("builtin:digits")
+    # labels in a CSV, rows shuffled, ids as text: the join is by id
+    order = np.random.default_rng(0).permutation(1797)
+    (tmp_path / "labels.csv").write_text("id,digit\n" + "".join(f"{i},{y}\n" for i, y in zip(src.ids[order], src.labels[order])))
+    out = run_aepipe("probe", digits_codes / "q.parquet", "--labels", tmp_path / "labels.csv",
+                     "--label-column", "digit", "--data", "builtin:digits").stdout
+    ids, z = pipeline.load_codes(digits_codes / "q.parquet")
+    y = src.labels[ids.astype(int)]
+    tr, te = fixed_split(y)
+    direct = probe_scores(z[tr], y[tr], z[te], y[te])
+    line = next(l for l in out.splitlines() if "codes" in l)
+    assert f"{direct['accuracy']:.4f}" in line and f"{direct['macro_f1']:.4f}" in line, out
+    anchors = {"raw inputs": 0.9704, "PCA 8": 0.9056}  # ../shared/anchors.json, same split
+    for name, acc in anchors.items():
+        assert f"{acc:.4f}" in next(l for l in out.splitlines() if name in l), out
+    fails_cleanly(["probe", digits_codes / "q.parquet", "--labels", tmp_path / "labels.csv"], 'no column "y"')
+
+
+def test_load_codes_in_three_formats(digits_codes):
+    ids, z = pipeline.load_codes(digits_codes / "c.zarr")
+    assert z.dtype == np.float32 and z.shape == (1797, 8) and np.array_equal(ids, np.arange(1797))
+    df = pipeline.load_codes(f"file://{digits_codes / 'c.zarr'}", as_="pandas")
+    assert list(df.columns) == [f"code_{i}" for i in range(8)] and np.array_equal(df.to_numpy(), z)
+    table = pipeline.load_codes(digits_codes / "q.parquet", as_="arrow")
+    zq = np.stack(table.column("code").to_numpy(zero_copy_only=False))
+    by_id = dict(zip(table.column("id").to_pylist(), zq))
+    step = np.ptp(z, 0) / 254  # de-quantised int8 codes sit within about a step of the float codes
+    assert (np.median(np.abs(np.stack([by_id[i] for i in range(1797)]) - z), 0) < step).all()
+
+
+def test_autoencoder_features_in_a_scikit_learn_pipeline(digits_run):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.utils.estimator_checks import check_estimator
+
+    xtr, ytr, _, xte, yte, _ = digits_split()
+    feats = pipeline.AutoencoderFeatures(digits_run)
+    z = feats.transform(xtr * 16)  # rows in the data's units, flattened
+    run = load_run(digits_run)
+    with torch.inference_mode():
+        want = run.model.encode(torch.from_numpy(run.normalizer.apply((xtr * 16).reshape(-1, 8, 8).astype(np.float32))))
+    np.testing.assert_allclose(z, want.numpy(), rtol=1e-5, atol=1e-6)
+    back = feats.inverse_transform(z)
+    assert back.shape == (len(xtr), 64)
+    assert list(feats.get_feature_names_out()) == [f"autoencoderfeatures{i}" for i in range(8)]
+    clf = make_pipeline(pipeline.AutoencoderFeatures(digits_run), LogisticRegression(max_iter=5000)).fit(xtr * 16, ytr)
+    assert clf.score(xte * 16, yte) == probe_scores(z, ytr, feats.transform(xte * 16), yte)["accuracy"]
+    # scikit-learn's own checks: those that feed made-up data of other widths cannot apply to a
+    # model trained on 64 pixels; every other check must pass
+    results = check_estimator(feats, on_fail=None)
+    failed = {r["check_name"]: f'{r["exception"]} {r["exception"].__cause__}' for r in results if r["status"] == "failed"}
+    wrong_width = {k for k, v in failed.items() if "is expecting 64 features" in v}
+    assert set(failed) == wrong_width, {k: v for k, v in failed.items() if k not in wrong_width}
+    passed = [r["check_name"] for r in results if r["status"] == "passed"]
+    assert {"check_estimator_cloneable", "check_get_params_invariance", "check_set_params", "check_fit1d",
+            "check_no_attributes_set_in_init", "check_estimators_empty_data_messages"} <= set(passed), passed
+    # what the width-bound checks test, on rows of the right width: pickling, fit returning self, row order
+    import pickle
+
+    again = pickle.loads(pickle.dumps(feats.fit(xtr * 16)))
+    np.testing.assert_array_equal(again.transform(xte * 16), feats.transform(xte * 16))
+    perm = np.random.default_rng(0).permutation(len(xte))
+    np.testing.assert_allclose(feats.transform(xte[perm] * 16), feats.transform(xte * 16)[perm], rtol=1e-5, atol=1e-6)
+    assert feats.n_features_in_ == 64
+
+
+def _check_png(path, size=(1600, 960)):
+    from PIL import Image
+
+    img = np.asarray(Image.open(path).convert("L"), np.float32)
+    assert img.shape == size[::-1]
+    assert img.std() > 20 and (img < 128).mean() > 0.02  # ink on the page, not a blank canvas
+
+
+def test_report_png_and_html(digits_run, tmp_path):
+    done = run_aepipe("report", "--model", digits_run, "--out", tmp_path / "rep", "--data", "builtin:digits-test")
+    png = tmp_path / "rep" / "report.png"
+    _check_png(png)
+    import base64
+
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert base64.b64encode(png.read_bytes()).decode() in page and "threshold" in page  # self-contained
+    assert "report.png" in done.stdout
+    fails_cleanly(["report", "--model", digits_run, "--out", tmp_path / "rep"], "already holds a report")
+
+
+def test_readme_python_example_runs(digits_run, digits_codes, tmp_path, monkeypatch):
+    """The README's scikit-learn example, run as written against a run dir laid out as `aepipe demo` leaves it."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    demo = tmp_path / "runs" / "demo"
+    demo.mkdir(parents=True)
+    (demo / "model").symlink_to(digits_run)
+    (demo / "codes.zarr").symlink_to(digits_codes / "c.zarr")
+    (demo / "codes_int8.parquet").symlink_to(digits_codes / "q.parquet")
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    exec(compile(block, "README.md", "exec"), {"print": printed.append})
+    assert 0.3 < printed[0] <= 1.0  # a probe on an 8-d code of a 4-epoch model: far above chance (0.1)
