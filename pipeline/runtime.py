@@ -59,11 +59,17 @@ def quiet_native_logs() -> None:
     descriptor 2, below Python. In the command-line process, fd 2 becomes a pipe read by a thread
     that drops lines in that log format and passes everything else on; Python's own stderr
     (aepipe's messages, warnings, tracebacks) keeps the real terminal. Off with --verbose."""
-    if verbose():
+    # The pump needs the GIL; Python's own C-level writes to fd 2 (-X importtime) hold it, so a
+    # full pipe would deadlock them: skip those runs, and give the pipe room (1 MiB) for bursts.
+    if verbose() or "importtime" in sys._xoptions:
         return
     sys.stderr.flush()
     real = os.dup(2)
     read_end, write_end = os.pipe()
+    with contextlib.suppress(Exception):
+        import fcntl
+
+        fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 2 ** 20)
     os.dup2(write_end, 2)
     os.close(write_end)
     sys.stderr = io.TextIOWrapper(io.FileIO(real, "w", closefd=False), line_buffering=True,
@@ -104,9 +110,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     except ConnectionError as e:
         raise AepipeError(f"cannot reach the Ray cluster at {address}: {e}", exit_code=1) from None
     _JOINED["remote"] = bool(address)
-    # Ray's own helpers (Train's placement-group cleaner) look the cluster up again by address and
-    # fail when several Rays run on one host: name ours
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     import logging
     import warnings
 
