@@ -27,13 +27,13 @@ def at_least(name: str, value, lo, hint: str = "") -> None:
         raise AepipeError(f"{flag(name)} {value}: must be a number ≥ {lo:g}" + (f" ({hint})" if hint else ""))
 
 
-def positive(name: str, value, integer: bool = True) -> None:
+def positive(name: str, value, integer: bool = True, hint: str = "") -> None:
     if value is None:
         return
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok or not math.isfinite(value) or value <= 0:
         kind = "a positive integer" if integer else "a positive, finite number"
-        raise AepipeError(f"{flag(name)} {value}: must be {kind}")
+        raise AepipeError(f"{flag(name)} {value}: must be {kind}" + (f" ({hint})" if hint else ""))
 
 
 def fraction(name: str, value, closed_low: bool = False) -> None:
@@ -77,7 +77,7 @@ def typed_options(cls, opts: dict, source: str) -> dict:
 def train_options(mcfg, tcfg) -> None:
     """Every TrainConfig/ModelConfig value in range; the family-specific names are checked by
     build_model afterwards (it knows the registry)."""
-    positive("epochs", tcfg.epochs)
+    positive("epochs", tcfg.epochs, hint="train for at least one epoch")
     positive("batch_size", tcfg.batch_size)
     positive("lr", tcfg.lr, integer=False)
     positive("workers", tcfg.workers)

@@ -13,11 +13,11 @@ import torch
 
 import pipeline
 from pipeline import AepipeError
-from pipeline.actors import ModelActor, actor_pool
-from pipeline.data import open_source, to_dataset
+from pipeline.actors import ModelActor, model_job
+from pipeline.data import open_source
 from pipeline.checks import at_least, output_path, positive
 from pipeline.run import load_run
-from pipeline.runtime import init_ray, require, run_interruptibly, user_errors
+from pipeline.runtime import run_interruptibly, user_errors
 from pipeline.store import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
 
 
@@ -80,11 +80,10 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
                        quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None)
     chunk_rows = chunk_rows or chunk_rows_for(d * np.dtype(dtype).itemsize)
     ids_kind = id_dtype(src)
-    init_ray(address)  # everything above is checked without Ray: a mistake costs a second, not a start-up
-    ds = to_dataset(src, rows_per_task=task_rows(chunk_rows, 4 * src.schema.size))
-    ds = ds.map_batches(Encoder, fn_constructor_kwargs=dict(run_dir=str(run.path), dtype=dtype, scores=scores,
-                                                            num_gpus=num_gpus),
-                        batch_size=batch_size, batch_format="numpy", **actor_pool(concurrency, num_gpus))
+    # everything above is checked without Ray: a mistake costs a second, not a start-up
+    ds = model_job(src, Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus),
+                   batch_size, concurrency, num_gpus, engine="ray", address=address,
+                   rows_per_task=task_rows(chunk_rows, 4 * src.schema.size))
     from pipeline.sinks import ParquetSink, ZarrSink
 
     if out.suffix == ".zarr":

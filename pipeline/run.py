@@ -84,7 +84,7 @@ def load_state(path: str | Path) -> dict:
         raise AepipeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 
-def save_run(path: Path, meta: dict, state: dict) -> None:
+def save_run(path: Path, meta: dict, state: dict) -> dict:
     import torch
 
     path.mkdir(parents=True, exist_ok=True)
@@ -93,6 +93,7 @@ def save_run(path: Path, meta: dict, state: dict) -> None:
     tmp = path / (META + ".tmp")  # aepipe.json appears last and whole: its presence means complete
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(path / META)
+    return meta
 
 
 def load_run(path: str | Path) -> Run:

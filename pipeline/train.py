@@ -27,7 +27,7 @@ from pipeline import AepipeError
 from pipeline.data import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
                            in_validation, open_source, read_block, to_dataset)
 from pipeline.models import ModelConfig, build_model
-from pipeline.run import META, load_state, save_run, weights_fingerprint
+from pipeline.run import META, load_state, save_run
 from pipeline.checks import run_dir_output, train_options
 from pipeline.runtime import Interrupted, require, run_interruptibly, user_errors
 
@@ -451,8 +451,6 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
     """Fit a model on DATA and write a self-describing run dir at `out`. Returns aepipe.json's dict.
     address (or RAY_ADDRESS) names a Ray cluster, which sends the fit to Ray Train (see fit_path)."""
     started = time.time()
-    if isinstance(tcfg.epochs, int) and not isinstance(tcfg.epochs, bool) and tcfg.epochs < 1:
-        raise AepipeError(f"--epochs {tcfg.epochs}: train for at least one epoch")
     train_options(mcfg, tcfg)
     out = run_dir_output(out, data, resume).resolve()
     if (out / META).exists() and not resume:
@@ -506,7 +504,6 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "schema": src.schema.to_json(),
         "normalizer": norm.to_json(),
         "data_fingerprint": fingerprint(src, stats),
-        "model_fingerprint": weights_fingerprint(state),
         "code_range": {"lo": st["code_lo"], "hi": st["code_hi"]},
         "score_quantiles": st.get("score_quantiles"),
         "metrics": {"history": st["history"], "best_epoch": st["best_epoch"], "best_val_loss": st["best_val"],
@@ -515,7 +512,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
                     # where this call's wall time went (bench/train_overhead.py reads it)
                     "timings": {**tm, "before_save": time.time()}},
     }
-    save_run(out, meta, state)
+    meta = save_run(out, meta, state)  # with the weights fingerprint it computed
     return meta
 
 
