@@ -189,8 +189,8 @@ class Interrupted(AepipeError):
 def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
     """Run a Ray job so that Ctrl-C stops it. The driver's main thread would sit in a blocking Ray
     call that only notices SIGINT when the job is done; here the job runs in a thread and the main
-    thread waits in short, interruptible steps (calling `poll()` at each, e.g. to print progress). On Ctrl-C: Ray is shut down (an embedded Ray's
-    workers die with it; a cluster's tasks die with their owner), `partial` outputs are removed."""
+    thread waits in short, interruptible steps (calling `poll()` at each, e.g. to print progress).
+    On Ctrl-C the job's work is stopped (see _stop_ray) and the `partial` outputs are removed."""
     box = {}
 
     def target():
@@ -209,15 +209,29 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
         if poll:
             poll()  # what came in the last step
     except KeyboardInterrupt:
-        import ray
-
-        with contextlib.suppress(Exception):
-            ray.shutdown()
+        _stop_ray()
         removed = [p for p in partial if _remove(p)]
+        time.sleep(0.5)  # a cluster worker caught mid-write finishes it; its next write finds no store
+        for p in partial:
+            _remove(p)
         raise Interrupted("interrupted" + (f"; removed {', '.join(map(str, removed))}" if removed else "")) from None
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def _stop_ray() -> None:
+    """Stop the job's work without ray.shutdown(): shutting Ray down while the job thread is inside
+    a Ray call can end this process from Ray's C++ core (exit 1, nothing printed; seen once in CI).
+    An embedded Ray's processes (GCS, raylet, agents, workers) are this process's children: kill
+    them. A cluster kills a job's tasks and actors when its driver exits, which the CLI does next."""
+    import psutil
+
+    kids = psutil.Process().children(recursive=True)
+    for kid in kids:
+        with contextlib.suppress(psutil.Error):
+            kid.kill()
+    psutil.wait_procs(kids, timeout=5)
 
 
 def _remove(p: Path) -> bool:
