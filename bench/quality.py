@@ -27,7 +27,7 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.data import in_validation
+from pipeline.normalize import in_validation
 from pipeline.evaluate import digits_split, format_table, probe_accuracy, psnr
 from pipeline.models import REGISTRY, ModelConfig
 from pipeline.train import TrainConfig, fit_local

@@ -85,7 +85,8 @@ def plain(data: str, epochs: int, batch_size: int) -> None:
     """A bare script: read, normalise, split, then Adam over shuffled batches; one JSON line out."""
     import torch
 
-    from pipeline.data import in_validation, open_source
+    from pipeline.normalize import in_validation
+    from pipeline.sources import open_source
     from pipeline.models import ModelConfig, build_model
 
     imported = time.time()

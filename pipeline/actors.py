@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline import AepipeError
-from pipeline.data import ROWS_PER_TASK, Source
+from pipeline.sources import ROWS_PER_TASK, Source
 from pipeline.run import load_run
 
 LOCAL_ROWS = 20_000  # at most this many rows run in-process (measured in README: "small asks")
@@ -68,7 +68,7 @@ def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurre
     Options are checked by the caller (encode.check_job_options), before anything starts."""
     if runs_local(src.n_rows, engine, address, concurrency, num_gpus):
         return LocalRows(src, actor(**kwargs), batch_size, rows_per_task)
-    from pipeline.data import to_dataset
+    from pipeline.sources import to_dataset
     from pipeline.runtime import init_ray
 
     init_ray(address)  # a no-op when the caller (or a test) already connected

@@ -34,6 +34,33 @@ RAY_ADDRESS names a cluster.
 """)
 
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
+# How DATA is read, for every command that reads it (train, encode, score, denoise). Training
+# keeps what it learned (categories, means, image size) in the run dir; the others reuse it.
+READ_HELP = "Reading DATA"
+COLUMNS = typer.Option(None, help="Tables: feature columns to use, comma-separated (default: all but the id).",
+                       rich_help_panel=READ_HELP)
+MODE = typer.Option(None, help="Images: L (grayscale) or RGB. [default: L, or the model's]", rich_help_panel=READ_HELP)
+IMAGE_SIZE = typer.Option(None, help="Images: H or H,W; resized and centre-cropped to it. [default: the first "
+                                     "image's size, or the model's]", rich_help_panel=READ_HELP)
+ON_BAD_ROW = typer.Option(None, help="fail: stop at a corrupt image or row, naming it; skip: leave it out and list "
+                                     "it in the output's metadata. [default: fail]", rich_help_panel=READ_HELP)
+FILL_MISSING = typer.Option(None, help="CSV: mean fills an empty cell with the training mean of its column "
+                                       "(default: refuse, naming row and column).", rich_help_panel=READ_HELP)
+READ_OPTIONS = ("columns", "mode", "image_size", "on_bad_row", "fill_missing")
+
+
+def _read_options(columns=None, mode=None, image_size=None, on_bad_row=None, fill_missing=None) -> dict:
+    """Command-line read options as open_source takes them; None where not given."""
+    if isinstance(columns, str):
+        columns = tuple(c.strip() for c in columns.split(",") if c.strip())
+    if isinstance(image_size, str):
+        hw = _ints(image_size, "--image-size")
+        if len(hw) not in (1, 2):
+            raise AepipeError(f'--image-size "{image_size}": expected H or H,W, e.g. 64 or 48,64')
+        image_size = (hw[0], hw[-1])
+    return dict(columns=columns, mode=mode, image_size=image_size, on_bad_row=on_bad_row, fill_missing=fill_missing)
+
+
 ENGINE = typer.Option("auto", help="auto: up to 20,000 rows in this process without starting Ray, more on Ray; "
                                     "or force local / ray.")
 
@@ -120,6 +147,11 @@ def train(
     cell: Optional[str] = typer.Option(None, help="recurrent: gru or lstm. [default: gru]"),
     config: Optional[Path] = typer.Option(None, help="JSON or TOML file of these options; flags given here win."),
     resume: bool = typer.Option(False, help="Continue from the run dir's last checkpoint."),
+    columns: Optional[str] = COLUMNS,
+    mode: Optional[str] = MODE,
+    image_size: Optional[str] = IMAGE_SIZE,
+    on_bad_row: Optional[str] = ON_BAD_ROW,
+    fill_missing: Optional[str] = FILL_MISSING,
     ray_train: Optional[bool] = typer.Option(None, "--ray-train/--in-process", help="Force the fit path. [default: in this process for 1 CPU worker, data in memory and no --address; else Ray Train]"),
     address: Optional[str] = ADDRESS,
 ):
@@ -136,19 +168,21 @@ def train(
             opts["hidden"] = (opts.get("width") or 64,) * (opts.get("depth") or 1)
         mfields = {f.name for f in dataclasses.fields(ModelConfig)}
         tfields = {f.name for f in dataclasses.fields(TrainConfig)}
-        known = mfields | tfields | {"data", "out", "config", "resume", "address", "depth", "width", "id_column"}
+        known = mfields | tfields | {"data", "out", "config", "resume", "address", "depth", "width", "id_column",
+                                     *READ_OPTIONS}
         opts.pop("resume", None)  # a flag of this call, not a setting a config file carries
         unknown = sorted(set(opts) - known)
         if unknown:
             raise AepipeError(f'--config: unknown option "{unknown[0]}"')
         where = f"--config {config}" if config else "options"
         return (ModelConfig(**typed_options(ModelConfig, opts, where)),
-                TrainConfig(**typed_options(TrainConfig, opts, where)), opts.get("id_column"))
+                TrainConfig(**typed_options(TrainConfig, opts, where)), opts.get("id_column"),
+                _read_options(**{k: opts.get(k) for k in READ_OPTIONS}))
 
     from pipeline.checks import typed_options
 
-    mcfg, tcfg, id_column = _run(build)
-    meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume, address=address)
+    mcfg, tcfg, id_column, read = _run(build)
+    meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume, address=address, read=read)
     m = meta["metrics"]
     typer.echo(f"trained {meta['family']} (code {mcfg.code_dim}) in {m['seconds']:.1f} s: best val loss "
                f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1} -> {out}")
@@ -167,6 +201,11 @@ def encode(
     id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: a column named id)."),
     chunk_rows: Optional[int] = typer.Option(None, help="Zarr rows per chunk (default: about 1 MiB)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    columns: Optional[str] = COLUMNS,
+    mode: Optional[str] = MODE,
+    image_size: Optional[str] = IMAGE_SIZE,
+    on_bad_row: Optional[str] = ON_BAD_ROW,
+    fill_missing: Optional[str] = FILL_MISSING,
     address: Optional[str] = ADDRESS,
 ):
     """Stream DATA through the encoder; one code per row, keyed by its id."""
@@ -174,7 +213,8 @@ def encode(
 
     attrs = _run(encode_fn, data, str(model), out, dtype=dtype, scores=scores, batch_size=batch_size,
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
-                 overwrite=overwrite, address=address)
+                 overwrite=overwrite, address=address,
+                 read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}")
 
 
@@ -302,6 +342,11 @@ def score(
     concurrency: int = typer.Option(1, help="Model actors."),
     gpus: float = typer.Option(0, help="GPUs per actor."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    columns: Optional[str] = COLUMNS,
+    mode: Optional[str] = MODE,
+    image_size: Optional[str] = IMAGE_SIZE,
+    on_bad_row: Optional[str] = ON_BAD_ROW,
+    fill_missing: Optional[str] = FILL_MISSING,
     engine: str = ENGINE,
     address: Optional[str] = ADDRESS,
 ):
@@ -310,7 +355,8 @@ def score(
 
     attrs = _run(score_fn, data, str(model), out, per_feature=per_feature, threshold=threshold,
                  contamination=contamination, id_column=id_column, batch_size=batch_size, concurrency=concurrency,
-                 num_gpus=gpus, overwrite=overwrite, engine=engine, address=address)
+                 num_gpus=gpus, overwrite=overwrite, engine=engine, address=address,
+                 read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     t = attrs["threshold"]
     typer.echo(f"scored {attrs['n_rows']} rows ({attrs['loss']} per feature)"
                + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}")
@@ -326,6 +372,11 @@ def denoise(
     concurrency: int = typer.Option(1, help="Model actors."),
     gpus: float = typer.Option(0, help="GPUs per actor."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    columns: Optional[str] = COLUMNS,
+    mode: Optional[str] = MODE,
+    image_size: Optional[str] = IMAGE_SIZE,
+    on_bad_row: Optional[str] = ON_BAD_ROW,
+    fill_missing: Optional[str] = FILL_MISSING,
     engine: str = ENGINE,
     address: Optional[str] = ADDRESS,
 ):
@@ -333,7 +384,8 @@ def denoise(
     from pipeline.reconstruct import denoise as denoise_fn
 
     done = _run(denoise_fn, data, str(model), out, id_column=id_column, batch_size=batch_size,
-                concurrency=concurrency, num_gpus=gpus, overwrite=overwrite, engine=engine, address=address)
+                concurrency=concurrency, num_gpus=gpus, overwrite=overwrite, engine=engine, address=address,
+                read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     if done["note"]:
         typer.echo(f"aepipe: note: {done['note']}", err=True)
     typer.echo(f"denoised {done['n_rows']} rows -> {out}")

@@ -10,7 +10,7 @@ import torch
 from pipeline import AepipeError
 from pipeline.checks import output_path, positive
 from pipeline.actors import ModelActor, model_job
-from pipeline.data import Source
+from pipeline.sources import Source
 from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
 from pipeline.runtime import run_interruptibly, user_errors
@@ -115,7 +115,7 @@ def _bisect_ids(src, ids: list[str]) -> dict:
 
 def _id_blocks(src: Source, wanted: list[str]):
     """(first position, ids) per block of the store, reading the id column only where possible."""
-    from pipeline.data import ParquetSource
+    from pipeline.sources.parquet import ParquetSource
     from pipeline.store import ZarrCodesSource
 
     if isinstance(src, ZarrCodesSource):

@@ -14,7 +14,7 @@ import torch
 import pipeline
 from pipeline import AepipeError
 from pipeline.actors import ModelActor, model_job
-from pipeline.data import open_source
+from pipeline.sources import open_for_run
 from pipeline.checks import at_least, output_path, positive
 from pipeline.run import load_run
 from pipeline.runtime import run_interruptibly, user_errors
@@ -62,14 +62,15 @@ def write(ds, sink) -> None:
 
 def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
            batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, id_column: str | None = None,
-           chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None) -> dict:
+           chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
+           read: dict | None = None) -> dict:
     """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance."""
     if dtype not in DTYPES:
         raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
     check_job_options(batch_size, concurrency, num_gpus)
     positive("chunk_rows", chunk_rows)
     run = load_run(model)
-    src = open_source(data, id_column or run.meta.get("id_column"))
+    src = open_for_run(data, run.meta, id_column, **(read or {}))
     out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
     src.schema.check_matches(run.schema, data)
     src.schema = run.schema  # columns are read by name, in the order the model was trained on

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import builtin
+from pipeline.sources.arrays import builtin
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -126,7 +126,7 @@ def read_labels(spec: str, label_column: str = "y", id_column: str = "id") -> tu
     import pyarrow.parquet as pq
 
     from pipeline import AepipeError
-    from pipeline.data import open_source
+    from pipeline.sources import open_source
 
     if spec.startswith("builtin:"):
         src = open_source(spec)
@@ -180,7 +180,8 @@ def raw_rows(data: str, ids: np.ndarray, id_column: str | None = None) -> np.nda
     """DATA's rows for `ids`, flattened and scaled as aepipe normalises by default (global range for
     arrays, per column for tables), so raw digits are pixels / 16 as in the anchors."""
     from pipeline import AepipeError
-    from pipeline.data import default_normalizer, open_source
+    from pipeline.normalize import default_normalizer
+    from pipeline.sources import open_source
 
     src = open_source(data, id_column)
     src_ids, x = src.read(0, src.n_rows)

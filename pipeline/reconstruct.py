@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pipeline import AepipeError
 from pipeline.actors import ModelActor, model_job
-from pipeline.data import open_source
+from pipeline.sources import open_for_run
 from pipeline.decode import write_rows
 from pipeline.checks import output_path
 from pipeline.encode import check_job_options, provenance, write
@@ -105,9 +105,9 @@ class Reconstructor(ModelActor):
         return out
 
 
-def open_matching(data: str, run, id_column: str | None = None):
+def open_matching(data: str, run, id_column: str | None = None, read: dict | None = None):
     """DATA opened with the model's id column and checked against its schema; read in its column order."""
-    src = open_source(data, id_column or run.meta.get("id_column"))
+    src = open_for_run(data, run.meta, id_column, **(read or {}))
     src.schema.check_matches(run.schema, data)
     src.schema = run.schema
     return src
@@ -115,12 +115,12 @@ def open_matching(data: str, run, id_column: str | None = None):
 
 def denoise(data: str, model: str, out: str | Path, id_column: str | None = None, batch_size: int = 1024,
             concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
-            address: str | None = None) -> dict:
+            address: str | None = None, read: dict | None = None) -> dict:
     """Encode and decode every row of DATA into OUT (.zarr, .parquet or .npy). Returns what it did;
     `note` says when the model was not trained to remove noise (it then only reconstructs)."""
     check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
-    src = open_matching(data, run, id_column)
+    src = open_matching(data, run, id_column, read)
     out = output_path(out, overwrite, (".zarr", ".parquet", ".npy"), inputs=(data, model))
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="x", num_gpus=num_gpus),
                    batch_size, concurrency, num_gpus, engine, address)
@@ -134,14 +134,14 @@ def denoise(data: str, model: str, out: str | Path, id_column: str | None = None
 def score(data: str, model: str, out: str | Path, per_feature: bool = False, threshold: str | None = None,
           contamination: float = 0.01, id_column: str | None = None, batch_size: int = 1024,
           concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
-          address: str | None = None) -> dict:
+          address: str | None = None, read: dict | None = None) -> dict:
     """Per-row reconstruction error of DATA into OUT (.parquet or .zarr), keyed by the input's id column."""
     check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
     t = parse_threshold(threshold, run, contamination)
     if per_feature and not run.schema.tabular:
         raise AepipeError(f"--per-feature: only for tables; {model} takes arrays shaped {run.schema.shape}")
-    src = open_matching(data, run, id_column)
+    src = open_matching(data, run, id_column, read)
     out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
     id_name = getattr(src, "id_column", None) or "id"
     attrs = provenance(run, data, n_rows=src.n_rows, id_column=id_name, threshold=t,

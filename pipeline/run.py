@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import AepipeError
-from pipeline.data import Normalizer, Schema
+from pipeline.normalize import Normalizer
+from pipeline.sources import Schema
 
 # torch and pipeline.models are imported where used: `aepipe info RUN_DIR` reads JSON only, in well under 1 s
 

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import zarr
 
 from pipeline import AepipeError
-from pipeline.data import ROWS_PER_TASK, ParquetSource, Schema, Source, parquet_files
+from pipeline.sources import ROWS_PER_TASK, Schema, Source
+from pipeline.sources.parquet import ParquetSource, parquet_files
 
 DTYPES = ("float32", "float16", "int8")
 MANIFEST = "_aepipe_manifest.json"  # "_" keeps it out of pyarrow's and Ray's dataset readers

@@ -24,8 +24,9 @@ import torch
 
 import pipeline
 from pipeline import AepipeError
-from pipeline.data import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
-                           in_validation, open_source, read_block, to_dataset)
+from pipeline.normalize import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
+                                in_validation)
+from pipeline.sources import open_source, read_block, to_dataset
 from pipeline.models import ModelConfig, build_model
 from pipeline.run import META, load_state, save_run
 from pipeline.checks import run_dir_output, train_options
@@ -447,7 +448,7 @@ def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None,
 
 
 def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_column: str | None = None,
-          resume: bool = False, address: str | None = None) -> dict:
+          resume: bool = False, address: str | None = None, read: dict | None = None) -> dict:
     """Fit a model on DATA and write a self-describing run dir at `out`. Returns aepipe.json's dict.
     address (or RAY_ADDRESS) names a Ray cluster, which sends the fit to Ray Train (see fit_path)."""
     started = time.time()
@@ -455,7 +456,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
     out = run_dir_output(out, data, resume).resolve()
     if (out / META).exists() and not resume:
         raise AepipeError(f"{out} already holds a trained model; choose another --out or pass --resume")
-    src = open_source(data, id_column)
+    src = open_source(data, id_column, **(read or {}))
     mcfg = dataclasses.replace(mcfg, input_shape=src.schema.shape)
     try:
         build_model(mcfg)  # refuse a bad family/option/shape here, before any work
@@ -501,6 +502,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "source": data,
         "n_rows": src.n_rows,
         "id_column": getattr(src, "id_column", None),
+        "reader": src.fitted(),
         "schema": src.schema.to_json(),
         "normalizer": norm.to_json(),
         "data_fingerprint": fingerprint(src, stats),

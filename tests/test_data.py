@@ -8,7 +8,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline import AepipeError
-from pipeline.data import Normalizer, Schema, block_stats, combine_stats, in_validation, open_source, to_dataset
+from pipeline.normalize import Normalizer, block_stats, combine_stats, in_validation
+from pipeline.sources import Schema, open_source, to_dataset
 from tests.conftest import write_table
 
 

@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 import pipeline
-from pipeline.data import open_source
+from pipeline.sources import open_source
 from pipeline.decode import decode
 from pipeline.encode import encode
 from pipeline.evaluate import digits_split, fixed_split, probe_scores, psnr

@@ -7,7 +7,7 @@ import pytest
 import torch
 import zarr
 
-from pipeline.data import open_source
+from pipeline.sources import open_source
 from pipeline.decode import decode
 from pipeline.encode import encode
 from pipeline.evaluate import read_codes

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.data import Normalizer, Schema
+from pipeline.normalize import Normalizer
+from pipeline.sources import Schema
 from pipeline.encode import encode
 from pipeline.models import ModelConfig, build_model
 from pipeline.run import save_run

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pipeline import AepipeError
-from pipeline.data import open_source
+from pipeline.sources import open_source
 from pipeline.models import ModelConfig
 from pipeline.run import load_run
 from pipeline.train import TrainConfig, fit_path, train

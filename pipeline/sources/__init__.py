@@ -1,0 +1,180 @@
+"""Data sources: where rows come from, one module per kind behind one contract.
+
+Every source answers three things: how many rows it has, their Schema, and `read(start, stop)`
+giving rows [start, stop) as (ids, x). `to_dataset` turns that into a Ray Dataset whose read
+tasks each own a fixed row range, so every row carries its global index (`row`) whichever
+worker reads it and whatever order blocks finish in.
+
+A source may learn something from the training data that encoding must reuse (a table's
+categories, an image folder's size and mode): `fitted()` returns it as plain JSON, the run dir
+keeps it, and `open_source(..., fitted=...)` reads new data the same way.
+
+    arrays.py   in-memory arrays, .npy files and the built-in sets
+    parquet.py  Parquet files and folders
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pathlib import Path
+
+from pipeline import AepipeError
+
+ROWS_PER_TASK = 4096  # big enough to amortise a Ray task, small enough to stream
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    columns: tuple[str, ...]  # feature columns in order; a single name for a tensor/list column
+    shape: tuple[int, ...]  # one row's features: (64,) for a table, (8, 8) for digits
+    tabular: bool  # True: one numeric column per feature; False: one array-valued column
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def to_json(self) -> dict:
+        return {"columns": list(self.columns), "shape": list(self.shape), "tabular": self.tabular}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Schema":
+        return cls(tuple(d["columns"]), tuple(d["shape"]), bool(d["tabular"]))
+
+    def check_matches(self, expected: "Schema", where: str) -> None:
+        """Refuse data the model was not trained on, naming the first column or dimension off."""
+        if expected.tabular:
+            missing = [c for c in expected.columns if c not in self.columns]
+            if missing:
+                raise AepipeError(f'{where} has no column "{missing[0]}", which the model was trained on '
+                                  f"(it expects {len(expected.columns)} columns: {_short(expected.columns)})")
+            extra = [c for c in self.columns if c not in expected.columns]
+            if extra:
+                raise AepipeError(f'{where} has column "{extra[0]}", which the model was not trained on')
+        if self.shape != expected.shape:
+            if len(self.shape) != len(expected.shape):
+                raise AepipeError(f"{where} rows have shape {self.shape}, the model expects {expected.shape}")
+            dim = next(i for i, (a, b) in enumerate(zip(self.shape, expected.shape)) if a != b)
+            raise AepipeError(f"{where} rows have shape {self.shape}, the model expects {expected.shape} "
+                              f"(dimension {dim}: {self.shape[dim]} vs {expected.shape[dim]})")
+
+
+def _short(names, n=5) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+class Source:
+    """Rows addressed by global index. Subclasses set spec, schema, n_rows and implement _read."""
+
+    spec: str
+    schema: Schema
+    n_rows: int
+    labels: np.ndarray | None = None  # only built-in sets carry labels
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, x = self._read(start, stop)
+        x = np.asarray(x, dtype=np.float32).reshape((stop - start, *self.schema.shape))
+        _check_finite(x, start, self)
+        return ids, x
+
+    def _read(self, start: int, stop: int):
+        raise NotImplementedError
+
+    def fitted(self) -> dict:
+        """What reading new data like this needs from the training pass (JSON-able)."""
+        return {}
+
+    def ranges(self, rows_per_task: int = ROWS_PER_TASK) -> list[tuple[int, int]]:
+        return [(a, min(a + rows_per_task, self.n_rows)) for a in range(0, self.n_rows, rows_per_task)]
+
+
+def _check_finite(x: np.ndarray, start: int, src: Source) -> None:
+    flat = x.reshape(len(x), -1)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        r, c = map(int, np.argwhere(bad)[0])
+        col = src.schema.columns[c] if src.schema.tabular else f"{src.schema.columns[0]}[{c}]"
+        raise AepipeError(f'{src.spec}: row {start + r} holds {flat[r, c]} in column "{col}"; '
+                          "aepipe needs finite numbers (drop or impute those rows first)")
+
+
+def open_source(spec: str, id_column: str | None = None, fitted: dict | None = None, **options) -> Source:
+    """Open DATA as given on the command line; every failure is one AepipeError.
+
+    options: the read options of the command line (columns, mode, image_size, on_bad_row,
+    fill_missing; None where not given). A kind refuses the ones that mean nothing to it."""
+    import importlib
+
+    options = {k: v for k, v in options.items() if v is not None}
+    if spec.startswith("builtin:"):
+        kind, where = "arrays", spec.split(":", 1)[1]
+    else:
+        where = Path(spec)
+        if not where.exists():
+            raise AepipeError(f"{spec}: no such file or folder")
+        kind = next((name for name, test in KINDS.items() if test(where)), None)
+        if kind is None:
+            raise AepipeError(f'{spec}: unsupported format "{where.suffix or "folder"}"; aepipe reads '
+                              f"{FORMATS}")
+    module = importlib.import_module(f"pipeline.sources.{kind}")
+    unknown = [k for k in options if k not in module.OPTIONS]
+    if unknown:
+        takes = ", ".join(f"--{o.replace('_', '-')}" for o in module.OPTIONS) or "no read options"
+        raise AepipeError(f"--{unknown[0].replace('_', '-')} does not apply to {spec} ({module.WHAT} takes {takes})")
+    src = module.open(where, id_column=id_column, fitted=fitted or {}, **options)
+    if src.n_rows == 0:
+        raise AepipeError(f"{spec}: the dataset is empty (0 rows)")
+    return src
+
+
+def _holds(path: Path, *suffixes: str) -> bool:
+    return path.is_dir() and any(p.name.lower().endswith(suffixes) for p in path.rglob("*"))
+
+
+# Which module reads a path: the first whose test passes (a folder goes by the files it holds).
+# Each module has WHAT (its kind in words), OPTIONS (the read options it takes) and
+# open(where, id_column, fitted, **options).
+KINDS = {
+    "arrays": lambda p: p.suffix == ".npy",
+    "parquet": lambda p: p.suffix == ".parquet" or _holds(p, ".parquet"),
+}
+FORMATS = "Parquet (file or folder), .npy and builtin:digits"
+
+
+def open_for_run(spec: str, meta: dict, id_column: str | None = None, **options) -> Source:
+    """Open new data the way a run's training data was read (its id column, what it fitted)."""
+    return open_source(spec, id_column or meta.get("id_column"), fitted=meta.get("reader"), **options)
+
+
+def read_block(src: Source, start: int, stop: int) -> dict:
+    """Rows [start, stop) as one block: row (global index), id and x. Ray Datasets and the
+    in-process fit both read through this, so both see the same rows and the same split."""
+    ids, x = src.read(start, stop)
+    return {"row": np.arange(start, stop, dtype=np.int64), "id": ids, "x": x}
+
+
+def to_dataset(src: Source, rows_per_task: int = ROWS_PER_TASK):
+    """A Ray Dataset with columns row (global index), id and x (float32, schema shape)."""
+    import ray.data
+    from ray.data.block import BlockAccessor, BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    def read(a, b):
+        return [BlockAccessor.batch_to_block(read_block(src, a, b))]
+
+    class RowRanges(Datasource):
+        def estimate_inmemory_data_size(self):
+            return src.n_rows * (src.schema.size * 4 + 16)
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            return [ReadTask(lambda a=a, b=b: read(a, b),
+                             BlockMetadata(num_rows=b - a, size_bytes=(b - a) * src.schema.size * 4,
+                                           input_files=None, exec_stats=None))
+                    for a, b in ranges]
+
+    ranges = src.ranges(rows_per_task)
+    # exactly one block per range: left to itself Ray splits small reads into more blocks, and
+    # blocks that straddle Zarr chunks would send their rows through the driver
+    return ray.data.read_datasource(RowRanges(), override_num_blocks=len(ranges))
