@@ -100,6 +100,56 @@ def _check_finite(x: np.ndarray, start: int, src: Source) -> None:
                           "aepipe needs finite numbers (drop or impute those rows first)")
 
 
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where DATA lives: a local path or a URI (s3://, gs://, file://), through pyarrow's filesystems
+    (S3 honours AWS_ENDPOINT_URL and the usual AWS_* variables)."""
+
+    spec: str  # as the user wrote it: error messages name this
+    fs: object  # pyarrow.fs.FileSystem
+    path: str  # the path inside fs (bucket/key for object stores)
+    is_dir: bool
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.path).suffix.lower()
+
+    def files(self, *suffixes: str) -> list[str]:
+        """Files under a folder (recursive, sorted: that order defines rows' global indices), or
+        the file itself; with suffixes, only names ending in one of them (case-insensitive)."""
+        import pyarrow.fs as pafs
+
+        if not self.is_dir:
+            return [self.path]
+        found = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
+        return sorted(f.path for f in found if f.type == pafs.FileType.File
+                      and (not suffixes or f.path.lower().endswith(suffixes)))
+
+    def relative(self, path: str) -> str:
+        """A file's path relative to the folder DATA names (an image's row id)."""
+        return path[len(self.path.rstrip("/")) + 1:] if self.is_dir else Path(path).name
+
+    def open(self, path: str | None = None):
+        """A seekable binary file (pyarrow NativeFile; numpy, PIL, pyarrow all read it)."""
+        return self.fs.open_input_file(path or self.path)
+
+
+def locate(spec: str) -> Location:
+    import pyarrow.fs as pafs
+
+    try:
+        if "://" in spec:
+            fs, path = pafs.FileSystem.from_uri(spec)
+        else:
+            fs, path = pafs.LocalFileSystem(), str(Path(spec).absolute())
+        info = fs.get_file_info(path)
+    except Exception as e:  # a malformed URI, an unknown scheme, no credentials, no endpoint
+        raise AepipeError(f"{spec}: cannot reach it ({str(e).splitlines()[0][:200]})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise AepipeError(f"{spec}: no such file or folder")
+    return Location(spec, fs, path, info.type == pafs.FileType.Directory)
+
+
 def open_source(spec: str, id_column: str | None = None, fitted: dict | None = None, **options) -> Source:
     """Open DATA as given on the command line; every failure is one AepipeError.
 
@@ -111,9 +161,7 @@ def open_source(spec: str, id_column: str | None = None, fitted: dict | None = N
     if spec.startswith("builtin:"):
         kind, where = "arrays", spec.split(":", 1)[1]
     else:
-        where = Path(spec)
-        if not where.exists():
-            raise AepipeError(f"{spec}: no such file or folder")
+        where = locate(spec)
         kind = next((name for name, test in KINDS.items() if test(where)), None)
         if kind is None:
             raise AepipeError(f'{spec}: unsupported format "{where.suffix or "folder"}"; aepipe reads '
@@ -129,16 +177,16 @@ def open_source(spec: str, id_column: str | None = None, fitted: dict | None = N
     return src
 
 
-def _holds(path: Path, *suffixes: str) -> bool:
-    return path.is_dir() and any(p.name.lower().endswith(suffixes) for p in path.rglob("*"))
+def _holds(where: Location, *suffixes: str) -> bool:
+    return where.is_dir and bool(where.files(*suffixes))
 
 
 # Which module reads a path: the first whose test passes (a folder goes by the files it holds).
 # Each module has WHAT (its kind in words), OPTIONS (the read options it takes) and
-# open(where, id_column, fitted, **options).
+# open(where: Location | builtin name, id_column, fitted, **options).
 KINDS = {
-    "arrays": lambda p: p.suffix == ".npy",
-    "parquet": lambda p: p.suffix == ".parquet" or _holds(p, ".parquet"),
+    "arrays": lambda w: w.suffix == ".npy",
+    "parquet": lambda w: w.suffix == ".parquet" or _holds(w, ".parquet"),
 }
 FORMATS = "Parquet (file or folder), .npy and builtin:digits"
 

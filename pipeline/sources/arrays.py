@@ -16,7 +16,7 @@ OPTIONS = ()
 
 def open(where, id_column=None, fitted=None) -> Source:
     """A built-in set by name, or a .npy file by path."""
-    return builtin(where) if isinstance(where, str) else NpySource(where)
+    return builtin(where) if isinstance(where, str) else NpySource(Path(where.path))
 
 
 class ArraySource(Source):

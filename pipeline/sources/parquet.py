@@ -17,7 +17,7 @@ OPTIONS = ("columns",)
 
 
 def open(where: Path, id_column=None, fitted=None, columns=None) -> "ParquetSource":
-    return ParquetSource(where, id_column, columns or (fitted or {}).get("columns"))
+    return ParquetSource(Path(where.path), id_column, columns or (fitted or {}).get("columns"))
 
 
 def parquet_files(path: Path) -> list[Path]:
