@@ -153,6 +153,9 @@ def train(
     on_bad_row: Optional[str] = ON_BAD_ROW,
     fill_missing: Optional[str] = FILL_MISSING,
     ray_train: Optional[bool] = typer.Option(None, "--ray-train/--in-process", help="Force the fit path. [default: in this process for 1 CPU worker, data in memory and no --address; else Ray Train]"),
+    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Ray Train: read the data again every "
+                                          "epoch instead of holding it in Ray's object store. [default: stream when "
+                                          "the data exceed half the object store]"),
     address: Optional[str] = ADDRESS,
 ):
     """Fit an autoencoder (in this process, or with Ray Train) and write a self-describing run dir."""

@@ -45,6 +45,7 @@ class TrainConfig:
     patience: int = 10  # stop after this many epochs without a better validation loss; 0: never
     normalize: str | None = None  # None: "global" for arrays/images, "feature" for tables
     ray_train: bool | None = None  # None: choose (see fit_path); True/False: force Ray Train / this process
+    stream: bool | None = None  # None: choose (see _streams); True: reread every epoch; False: materialise
 
 
 # Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
@@ -54,6 +55,9 @@ CHECKPOINT_EVERY_S = 30.0
 FETCH_BATCHES = 16
 # The in-process path holds the raw and normalised rows: keep that under this share of free memory
 MEMORY_SHARE = 0.25
+# Ray Train path: a split bigger than this share of the object store is streamed, not materialised
+# (the store also holds the blocks in flight, and spilling to disk would cost more than a reread)
+STORE_SHARE = 0.5
 
 
 def _prepare(batch: dict, norm: Normalizer, fraction: float, want_val: bool) -> dict:
@@ -321,9 +325,10 @@ def _report(metrics: dict, inner, opt, st: dict, rank: int, checkpoint: bool) ->
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def _datasets(src, norm: Normalizer, fraction: float):
-    """Normalised train/val splits, materialised once: each epoch rereads memory, not the source,
-    and train workers holding every CPU need no Ray Data tasks while they run."""
+def _datasets(src, norm: Normalizer, fraction: float, stream: dict):
+    """Normalised train/val splits. Materialised once where they fit the object store: each epoch
+    rereads memory, not the source. Streamed (stream[name] True): every epoch reads and normalises
+    the source again, so data past memory train with a flat footprint."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -331,13 +336,46 @@ def _datasets(src, norm: Normalizer, fraction: float):
     try:  # with bars on, every worker would draw one per epoch
         out = {}
         for name, want_val in (("train", False), ("val", True)):
-            out[name] = to_dataset(src).map_batches(
-                _prepare, fn_kwargs=dict(norm=norm, fraction=fraction, want_val=want_val),
-                batch_format="numpy").materialize()
-            _check_split(src, name, out[name].count())
+            ds = to_dataset(src).map_batches(
+                _prepare, fn_kwargs=dict(norm=norm, fraction=fraction, want_val=want_val), batch_format="numpy")
+            if stream[name]:
+                _check_split(src, name, _split_rows(src.n_rows, fraction, want_val))
+            else:
+                ds = ds.materialize()
+                _check_split(src, name, ds.count())
+            out[name] = ds
         return out
     finally:
         ctx.enable_progress_bars = bars
+
+
+def _worker_cpus(tcfg: TrainConfig, streamed: bool) -> float:
+    """A streamed split is read by Ray Data tasks while the workers train: workers holding every
+    CPU leave them none, and the fit waits forever (seen with 2 workers on 2 CPUs). Leave one."""
+    import ray
+
+    if not streamed:
+        return 1.0
+    return max(0.25, min(1.0, (ray.cluster_resources().get("CPU", 1) - 1) / tcfg.workers))
+
+
+def _split_rows(n_rows: int, fraction: float, want_val: bool, step: int = 1 << 22) -> int:
+    """Rows in a split, from the row indices alone (in_validation), without reading any data."""
+    val = sum(int(in_validation(np.arange(a, min(a + step, n_rows)), fraction).sum()) for a in range(0, n_rows, step))
+    return val if want_val else n_rows - val
+
+
+def _streams(src, tcfg: TrainConfig) -> dict:
+    """Which splits stream: --stream/--no-stream, else those bigger than STORE_SHARE of the
+    cluster's object store (estimated from the schema: float32 rows)."""
+    import ray
+
+    size = {"train": (1 - tcfg.val_fraction), "val": tcfg.val_fraction}
+    size = {k: v * src.n_rows * src.schema.size * 4 for k, v in size.items()}
+    if tcfg.stream is not None:
+        return {"train": tcfg.stream, "val": tcfg.stream and size["val"] > 0}
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    return {k: v > STORE_SHARE * store for k, v in size.items()}
 
 
 def _check_split(src, name: str, n: int) -> None:
@@ -376,12 +414,13 @@ def _free_memory() -> int:
 def fit_path(src, tcfg: TrainConfig, address: str | None = None) -> str:
     """Why the fit runs on Ray Train, or "" to run it in this process."""
     if tcfg.ray_train is False:
-        if tcfg.workers > 1 or tcfg.gpus_per_worker:
-            raise AepipeError("--in-process fits with one CPU worker; drop --workers / --gpus-per-worker")
+        if tcfg.workers > 1 or tcfg.gpus_per_worker or tcfg.stream:
+            raise AepipeError("--in-process fits with one CPU worker on data in memory; "
+                              "drop --workers / --gpus-per-worker / --stream")
         return ""
     cluster = address or os.environ.get("RAY_ADDRESS")
     held = 2 * src.n_rows * src.schema.size * 4  # raw and normalised float32 rows
-    why = [("--ray-train", tcfg.ray_train), (f"--workers {tcfg.workers}", tcfg.workers > 1),
+    why = [("--ray-train", tcfg.ray_train), ("--stream", tcfg.stream), (f"--workers {tcfg.workers}", tcfg.workers > 1),
            ("GPUs asked", tcfg.gpus_per_worker > 0), (f"cluster {cluster}", cluster),
            (f"data ({held / 2**30:.1f} GiB) past memory", held > MEMORY_SHARE * _free_memory())]
     return ", ".join(w for w, yes in why if yes)
@@ -408,6 +447,7 @@ def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, s
 def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None, storage: Path, address):
     """Statistics and split as Ray Data jobs, the fit on a TorchTrainer's workers."""
     tm, t = {}, time.time()  # "ray_start" counts importing Ray too
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -421,7 +461,11 @@ def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None,
         stats = combine_stats(to_dataset(src).map_batches(block_stats, batch_size=None).take_all())
         norm = _normalizer(src, mcfg, tcfg, stats)
         tm["statistics"], t = time.time() - t, time.time()
-        datasets = _datasets(src, norm, tcfg.val_fraction)
+        stream = _streams(src, tcfg)
+        if stream["train"]:
+            print(f"streaming the data every epoch ({src.n_rows * src.schema.size * 4 / 2**30:.2f} GiB as float32, "
+                  f"object store {ray.cluster_resources().get('object_store_memory', 0) / 2**30:.2f} GiB)", flush=True)
+        datasets = _datasets(src, norm, tcfg.val_fraction, stream)
     tm["datasets"], t = time.time() - t, time.time()
     storage.mkdir(parents=True, exist_ok=True)
     progress = storage / f"progress-{int(time.time())}.txt"
@@ -430,7 +474,8 @@ def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None,
         train_loop_config={"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
                            "resume_from": latest, "progress": str(progress)},
         scaling_config=ScalingConfig(num_workers=tcfg.workers, use_gpu=tcfg.gpus_per_worker > 0,
-                                     resources_per_worker={"CPU": 1, **({"GPU": tcfg.gpus_per_worker}
+                                     resources_per_worker={"CPU": _worker_cpus(tcfg, stream["train"]),
+                                                           **({"GPU": tcfg.gpus_per_worker}
                                                                         if tcfg.gpus_per_worker else {})}),
         run_config=RunConfig(storage_path=str(storage), name=f"train-{int(time.time())}",
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -443,6 +488,7 @@ def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None,
         result = run_interruptibly(trainer.fit, poll=_Tail(progress))
     with result.checkpoint.as_directory() as d:
         st = load_state(Path(d) / "state.pt")["st"]
+    st["streamed"] = stream["train"]
     tm["fit"] = time.time() - t
     return stats, norm, st, tm
 
@@ -511,6 +557,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "metrics": {"history": st["history"], "best_epoch": st["best_epoch"], "best_val_loss": st["best_val"],
                     "stopped_early": len(st["history"]) < len(_schedule(mcfg, tcfg)), "device": st["device"],
                     "path": "ray train" if why_ray else "process", "seconds": time.time() - t0,
+                    "streamed": bool(st.get("streamed")),
                     # where this call's wall time went (bench/train_overhead.py reads it)
                     "timings": {**tm, "before_save": time.time()}},
     }
