@@ -82,22 +82,23 @@ class CsvSource(Source):
 
     def _index_file(self, fi: int, learn: "_Learner", columns, fitted: dict) -> None:
         row, header = 0, False
-        for offset, buf in _pieces(self._stream(fi)):
-            if offset == 0:  # every file's first piece starts with its header
-                header, end = True, _header_end(buf)
-                self._header(fi, buf[:end], columns, fitted)
-                offset, buf = offset + end, buf[end:]
-            for a, b in _cuts(buf):
-                table = self._parse(fi, buf[a:b])
-                block = Block(fi, offset + a, b - a, self.n_rows_so_far(), row, table.num_rows)
-                learn.see(self, block, table)
-                if block.n:  # a span of blank lines holds no rows
-                    self.blocks.append(block)
-                row += table.num_rows
+        with self._stream(fi) as f:
+            for offset, buf in _pieces(f):
+                if offset == 0:  # every file's first piece starts with its header
+                    header, end = True, _header_end(buf)
+                    self._header(fi, buf[:end], columns, fitted)
+                    offset, buf = offset + end, buf[end:]
+                for a, b in _cuts(buf):
+                    table = self._parse(fi, buf[a:b])
+                    block = Block(fi, offset + a, b - a, self._rows_so_far(), row, table.num_rows)
+                    learn.see(self, block, table)
+                    if block.n:  # a span of blank lines holds no rows
+                        self.blocks.append(block)
+                    row += table.num_rows
         if not header:
             raise AepipeError(f"{self._name(fi)}: empty file (not even a header line)")
 
-    def n_rows_so_far(self) -> int:
+    def _rows_so_far(self) -> int:
         return self.blocks[-1].start + self.blocks[-1].n if self.blocks else 0
 
     def _header(self, fi: int, line: bytes, columns, fitted: dict) -> None:
@@ -178,17 +179,18 @@ class CsvSource(Source):
         return ids, np.column_stack([got[c] for c in self.schema.columns])
 
     def _bytes(self, fi: int, a: int, b: int) -> bytes:
-        f = self._stream(fi)
-        if not self.files[fi].lower().endswith(".gz"):
-            f.seek(a)
+        """Bytes [a, b) of a file (decompressed, for a .csv.gz)."""
+        with self._stream(fi) as f:
+            if not self.files[fi].lower().endswith(".gz"):
+                f.seek(a)
+                return f.read(b - a)
+            skip = a
+            while skip > 0:  # no seeking in gzip: decompress and drop the prefix (see the module's doc)
+                got = len(f.read(min(skip, READ_BYTES)))
+                if not got:
+                    raise AepipeError(f"{self._name(fi)}: shorter than when it was indexed (did it change?)")
+                skip -= got
             return f.read(b - a)
-        skip = a
-        while skip > 0:  # no seeking in gzip: decompress and drop the prefix (see the module's doc)
-            got = len(f.read(min(skip, READ_BYTES)))
-            if not got:
-                raise AepipeError(f"{self._name(fi)}: shorter than when it was indexed (did it change?)")
-            skip -= got
-        return f.read(b - a)
 
     def _numbers(self, col, c: str, start: int) -> dict:
         x = _floats(col)
