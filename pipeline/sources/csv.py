@@ -72,6 +72,8 @@ class CsvSource(Source):
         for fi in range(len(self.files)):
             self._index_file(fi, learn, columns, fitted)
         self.n_rows = sum(b.n for b in self.blocks)
+        if not self.n_rows:  # before any column is judged by its (absent) values
+            raise AepipeError(f"{self.spec}: the dataset is empty (0 rows)")
         self.features = learn.finish(self)  # (name, categories or None) per feature column
         self.starts = [b.start for b in self.blocks]
         self.means, self.unseen, self.id_int = learn.means, learn.unseen, learn.id_int
