@@ -58,6 +58,8 @@ def test_csv_reads_the_same_rows_whatever_the_blocks(tmp_path, monkeypatch):
         parts = [src.read(a, b) for a, b in [(0, 3), (3, 20), (20, 50)]]
         assert list(np.concatenate([p[0] for p in parts])) == list(whole[0])
         np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    uri = open_source((tmp_path / "a.csv.gz").absolute().as_uri())  # the same bytes through a URI
+    np.testing.assert_array_equal(uri.read(10, 30)[1], whole[1][10:30])
 
 
 def test_csv_with_a_category_and_a_missing_value(ray_local, tmp_path):
