@@ -45,8 +45,9 @@ IMAGE_SIZE = typer.Option(None, help="Images: H or H,W; resized and centre-cropp
                                      "image's size, or the model's]", rich_help_panel=READ_HELP)
 ON_BAD_ROW = typer.Option(None, help="fail: stop at a corrupt image or row, naming it; skip: leave it out and list "
                                      "it in the output's metadata. [default: fail]", rich_help_panel=READ_HELP)
-FILL_MISSING = typer.Option(None, help="CSV: mean fills an empty cell with the training mean of its column "
-                                       "(default: refuse, naming row and column).", rich_help_panel=READ_HELP)
+FILL_MISSING = typer.Option(None, help="CSV: mean fills an empty cell with the training mean of its column, "
+                                       "an empty category with an all-zero block (default: refuse, naming row and "
+                                       "column).", rich_help_panel=READ_HELP)
 READ_OPTIONS = ("columns", "mode", "image_size", "on_bad_row", "fill_missing")
 
 

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
+from pipeline import AepipeError
 from pipeline.sources import csv as csv_kind
 from pipeline.sources import open_source
 from tests.conftest import run_aepipe
@@ -119,6 +120,14 @@ def test_zarr_array_of_rank_3(ray_local, tmp_path):
     np.testing.assert_array_equal(src.read(10, 50)[1], x[10:50])
     uri = open_source(data.absolute().as_uri())  # the same array through a URI (pyarrow fs via fsspec)
     np.testing.assert_array_equal(uri.read(0, 90)[1], x)
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    g.create_array("a", shape=(10, 3), dtype="float32")[:] = 1
+    g.create_array("b", shape=(10, 2), dtype="float32")
+    with pytest.raises(AepipeError, match=r"a Zarr group of 2 arrays \(a, b\); name the one to read"):
+        open_source(str(tmp_path / "g.zarr"))
+    assert open_source(str(tmp_path / "g.zarr" / "a")).read(0, 10)[1].sum() == 30  # an array named by its path
+    del g["b"]
+    assert open_source(str(tmp_path / "g.zarr")).schema.shape == (3,)  # a group of one array reads as it
     run = tmp_path / "run"
     run_aepipe("train", data, "--out", run, *TINY)
     run_aepipe("encode", data, "--model", run, "--out", tmp_path / "c.zarr", address=ray_local)

@@ -18,7 +18,7 @@ def open(where, id_column=None, fitted=None) -> Source:
     """A built-in set by name, a .npy file or a .zarr array by path."""
     if isinstance(where, str):
         return builtin(where)
-    return ZarrSource(where) if where.suffix == ".zarr" else NpySource(Path(where.path))
+    return NpySource(Path(where.path)) if where.suffix == ".npy" else ZarrSource(where)
 
 
 def _check_array(spec: str, dtype, shape) -> None:
