@@ -27,7 +27,8 @@ Train autoencoders on Ray, stream datasets through them, and store the codes.
   aepipe decode codes.zarr --model runs/digits --out recon.npy --rows 0:100
   aepipe info runs/digits
 
-DATA is a Parquet file or folder (numeric columns, or one list column), a .npy array shaped
+DATA is a Parquet file or folder (numeric columns, or one list column), a CSV file or folder
+(.csv, .csv.gz; numbers, and text columns one-hot encoded), a .npy or Zarr array shaped
 (rows, ...), or builtin:digits (also builtin:digits-train / builtin:digits-test: the split of
 ../shared/anchors.py). Every command runs on an embedded local Ray unless --address or
 RAY_ADDRESS names a cluster.
@@ -44,8 +45,9 @@ IMAGE_SIZE = typer.Option(None, help="Images: H or H,W; resized and centre-cropp
                                      "image's size, or the model's]", rich_help_panel=READ_HELP)
 ON_BAD_ROW = typer.Option(None, help="fail: stop at a corrupt image or row, naming it; skip: leave it out and list "
                                      "it in the output's metadata. [default: fail]", rich_help_panel=READ_HELP)
-FILL_MISSING = typer.Option(None, help="CSV: mean fills an empty cell with the training mean of its column "
-                                       "(default: refuse, naming row and column).", rich_help_panel=READ_HELP)
+FILL_MISSING = typer.Option(None, help="CSV: mean fills an empty cell with the training mean of its column, "
+                                       "an empty category with an all-zero block (default: refuse, naming row and "
+                                       "column).", rich_help_panel=READ_HELP)
 READ_OPTIONS = ("columns", "mode", "image_size", "on_bad_row", "fill_missing")
 
 
@@ -91,6 +93,11 @@ def _die(line: str, code: int):
     raise typer.Exit(code)
 
 
+def _notes(done: dict) -> str:
+    """What the source said about reading the rows (unseen categories), for a summary line."""
+    return "".join(f" ({n})" for n in done.get("notes") or [])
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -113,7 +120,7 @@ def _config_file(path: Optional[Path]) -> dict:
 
 @app.command()
 def train(
-    data: str = typer.Argument(..., help="Training data: Parquet, .npy or builtin:digits."),
+    data: str = typer.Argument(..., help="Training data: Parquet, CSV, .npy, Zarr or builtin:digits."),
     out: Path = typer.Option(..., "--out", help="Run dir to create: weights, aepipe.json, loss_curve.png."),
     family: Optional[str] = typer.Option(None, help="Autoencoder family (see `aepipe models`). [default: dense]"),
     code_dim: Optional[int] = typer.Option(None, help="Size of the code. [default: 16]"),
@@ -130,7 +137,7 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: 10]"),
     val_fraction: Optional[float] = typer.Option(None, help="Rows held out for validation. [default: 0.1]"),
     normalize: Optional[str] = typer.Option(None, help="global, feature, standard or none. [default: global for arrays, feature for tables]"),
-    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: a column named id)."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),
     tied: Optional[bool] = typer.Option(None, "--tied/--untied", help="stacked: decoder uses the encoder's transposed weights."),
     layerwise: Optional[bool] = typer.Option(None, "--layerwise/--no-layerwise", help="stacked: greedy layer-wise pretraining first."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="stacked --layerwise: epochs per layer. [default: 5]"),
@@ -201,7 +208,7 @@ def encode(
     batch_size: int = typer.Option(1024, help="Rows per model call."),
     concurrency: int = typer.Option(1, help="Encoder actors (each holds one copy of the model)."),
     gpus: float = typer.Option(0, help="GPUs per encoder actor."),
-    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: a column named id)."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),
     chunk_rows: Optional[int] = typer.Option(None, help="Zarr rows per chunk (default: about 1 MiB)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     columns: Optional[str] = COLUMNS,
@@ -218,7 +225,7 @@ def encode(
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
                  overwrite=overwrite, address=address,
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
-    typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}")
+    typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}" + _notes(attrs))
 
 
 @app.command()
@@ -340,7 +347,7 @@ def score(
     threshold: Optional[str] = typer.Option(None, help="auto (training scores' 1 - contamination quantile) or a "
                                                         "number: adds a boolean anomaly column."),
     contamination: float = typer.Option(0.01, help="With --threshold auto: share of training rows above it."),
-    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: the model's)."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's)."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
     concurrency: int = typer.Option(1, help="Model actors."),
     gpus: float = typer.Option(0, help="GPUs per actor."),
@@ -362,7 +369,7 @@ def score(
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     t = attrs["threshold"]
     typer.echo(f"scored {attrs['n_rows']} rows ({attrs['loss']} per feature)"
-               + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}")
+               + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}" + _notes(attrs))
 
 
 @app.command()
@@ -370,7 +377,7 @@ def denoise(
     data: str = typer.Argument(..., help="Noisy data, with the schema the model was trained on."),
     model: Path = typer.Option(..., "--model", help="Run dir, ideally of the denoising family."),
     out: Path = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy (as decode writes them)."),
-    id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: the model's)."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's)."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
     concurrency: int = typer.Option(1, help="Model actors."),
     gpus: float = typer.Option(0, help="GPUs per actor."),
@@ -391,7 +398,7 @@ def denoise(
                 read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     if done["note"]:
         typer.echo(f"aepipe: note: {done['note']}", err=True)
-    typer.echo(f"denoised {done['n_rows']} rows -> {out}")
+    typer.echo(f"denoised {done['n_rows']} rows -> {out}" + _notes(done))
 
 
 @app.command()

@@ -76,7 +76,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     src.schema = run.schema  # columns are read by name, in the order the model was trained on
     d = run.code_dim
     lo, hi = run.code_range()
-    attrs = provenance(run, data, n_rows=src.n_rows, code_dim=d, dtype=dtype, scores=scores,
+    attrs = provenance(run, data, n_rows=src.n_rows, code_dim=d, dtype=dtype, scores=scores, notes=src.notes(),
                        ids=getattr(src, "id_column", None) or "row index",
                        quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None)
     chunk_rows = chunk_rows or chunk_rows_for(d * np.dtype(dtype).itemsize)

@@ -128,7 +128,7 @@ def denoise(data: str, model: str, out: str | Path, id_column: str | None = None
     note = None if run.meta["family"] == "denoising" else (
         f'{model} is a "{run.meta["family"]}" model, not trained as denoising: rows were reconstructed, '
         "not specifically cleaned of noise")
-    return {"n_rows": src.n_rows, "note": note}
+    return {"n_rows": src.n_rows, "note": note, "notes": src.notes()}
 
 
 def score(data: str, model: str, out: str | Path, per_feature: bool = False, threshold: str | None = None,
@@ -144,7 +144,7 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
     src = open_matching(data, run, id_column, read)
     out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
     id_name = getattr(src, "id_column", None) or "id"
-    attrs = provenance(run, data, n_rows=src.n_rows, id_column=id_name, threshold=t,
+    attrs = provenance(run, data, n_rows=src.n_rows, id_column=id_name, threshold=t, notes=src.notes(),
                        contamination=contamination if threshold == "auto" else None, loss=run.meta["model"]["loss"])
     chunk = chunk_rows_for(4 * (1 + (run.schema.size if per_feature else 0)))
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="score", per_feature=per_feature,

@@ -26,7 +26,8 @@ def test_bad_inputs_to_encode(digits_run, tmp_path, table_dir):
     out = tmp_path / "c.zarr"
     fails_cleanly(["encode", tmp_path / "nope.parquet", "--model", digits_run, "--out", out], "no such file", out)
     (tmp_path / "d.csv").write_text("a\n1\n")
-    fails_cleanly(["encode", tmp_path / "d.csv", "--model", digits_run, "--out", out], "unsupported format", out)
+    (tmp_path / "d.txt").write_text("a\n1\n")
+    fails_cleanly(["encode", tmp_path / "d.txt", "--model", digits_run, "--out", out], "unsupported format", out)
     pq.write_table(pa.table({"a": pa.array([], pa.float64())}), tmp_path / "empty.parquet")
     fails_cleanly(["encode", tmp_path / "empty.parquet", "--model", digits_run, "--out", out], "empty", out)
     fails_cleanly(["encode", table_dir, "--model", digits_run, "--out", out], "rows have shape (6,)", out)

@@ -46,7 +46,10 @@ def test_parquet_list_column_and_npy(tmp_path):
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing.parquet", "no such file"),
-    (lambda p: (p / "x.csv").write_text("a,b\n1,2\n") and p / "x.csv", "unsupported format"),
+    (lambda p: (p / "x.txt").write_text("a,b\n1,2\n") and p / "x.txt", "unsupported format"),
+    (lambda p: ((p / "x.csv").write_text(""), p / "x.csv")[1], "empty file"),
+    (lambda p: ((p / "x.csv").write_text("a,b\n1,2,3\n"), p / "x.csv")[1], "not readable as CSV"),
+    (lambda p: ((p / "x.csv").write_text("a,b\n1,\n"), p / "x.csv")[1], 'row 1 .*column "b" is empty'),
     (lambda p: (pq.write_table(pa.table({"a": pa.array([], pa.float64())}), p / "e.parquet"), p / "e.parquet")[1], "empty"),
     (lambda p: (pq.write_table(pa.table({"a": [1.0], "s": ["x"]}), p / "s.parquet"), p / "s.parquet")[1], 'column "s"'),
     (lambda p: ((p / "bad.npy").write_bytes(b"not numpy"), p / "bad.npy")[1], "not a readable .npy"),

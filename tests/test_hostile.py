@@ -225,7 +225,9 @@ CASES = [
     # train data and run dirs
     ("train-no-data", None, "train {t}/none.parquet --out {t}/r", 2, "no such file"),
     ("train-builtin", None, "train builtin:nope --out {t}/r", 2, 'unknown built-in set "nope"'),
-    ("train-csv", bad_config("a,b\n1,2\n", "d.csv"), "train {t}/d.csv --out {t}/r", 2, "unsupported format"),
+    ("train-txt", bad_config("a,b\n1,2\n", "d.txt"), "train {t}/d.txt --out {t}/r", 2, "unsupported format"),
+    ("train-csv-hole", bad_config("a,b\n1,\n", "d.csv"), "train {t}/d.csv --out {t}/r", 2, 'column "b" is empty'),
+    ("train-csv-no-rows", bad_config("a,b\n", "d.csv"), "train {t}/d.csv --out {t}/r", 2, "empty (0 rows)"),
     ("train-empty", empty_parquet, "train {t}/empty.parquet --out {t}/r", 2, "empty"),
     ("train-mixed-folder", mixed_parquet_folder, "train {t}/mixed.parquet --out {t}/r", 2, 'column "a" is string'),
     ("train-corrupt-part", corrupt_parquet_in_folder, "train {t}/table.parquet --out {t}/r", 2, "part-9.parquet: not a readable Parquet"),

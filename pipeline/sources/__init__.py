@@ -9,8 +9,9 @@ A source may learn something from the training data that encoding must reuse (a 
 categories, an image folder's size and mode): `fitted()` returns it as plain JSON, the run dir
 keeps it, and `open_source(..., fitted=...)` reads new data the same way.
 
-    arrays.py   in-memory arrays, .npy files and the built-in sets
+    arrays.py   in-memory arrays, .npy files, Zarr arrays and the built-in sets
     parquet.py  Parquet files and folders
+    csv.py      CSV files and folders (.csv, .csv.gz): numbers and one-hot categories
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ class Source:
     def fitted(self) -> dict:
         """What reading new data like this needs from the training pass (JSON-able)."""
         return {}
+
+    def notes(self) -> list[str]:
+        """What the user should hear about how the rows were read (the command's summary line
+        carries them), e.g. categories unseen in training."""
+        return []
 
     def ranges(self, rows_per_task: int = ROWS_PER_TASK) -> list[tuple[int, int]]:
         return [(a, min(a + rows_per_task, self.n_rows)) for a in range(0, self.n_rows, rows_per_task)]
@@ -181,14 +187,25 @@ def _holds(where: Location, *suffixes: str) -> bool:
     return where.is_dir and bool(where.files(*suffixes))
 
 
+def _is_zarr(where: Location) -> bool:
+    """A .zarr folder, or a Zarr array inside one named by its own path (data.zarr/x)."""
+    import pyarrow.fs as pafs
+
+    if where.suffix == ".zarr":
+        return True
+    meta = [f"{where.path}/{name}" for name in ("zarr.json", ".zarray")]
+    return where.is_dir and any(i.type == pafs.FileType.File for i in where.fs.get_file_info(meta))
+
+
 # Which module reads a path: the first whose test passes (a folder goes by the files it holds).
 # Each module has WHAT (its kind in words), OPTIONS (the read options it takes) and
 # open(where: Location | builtin name, id_column, fitted, **options).
 KINDS = {
-    "arrays": lambda w: w.suffix == ".npy",
+    "arrays": lambda w: w.suffix == ".npy" or _is_zarr(w),
     "parquet": lambda w: w.suffix == ".parquet" or _holds(w, ".parquet"),
+    "csv": lambda w: w.path.lower().endswith((".csv", ".csv.gz")) or _holds(w, ".csv", ".csv.gz"),
 }
-FORMATS = "Parquet (file or folder), .npy and builtin:digits"
+FORMATS = "Parquet or CSV (file or folder; also .csv.gz), .npy, a Zarr array (.zarr) and builtin:digits"
 
 
 def open_for_run(spec: str, meta: dict, id_column: str | None = None, **options) -> Source:

@@ -1,4 +1,4 @@
-"""Arrays: .npy files and the built-in sets (scikit-learn's digits)."""
+"""Arrays: .npy files, Zarr arrays and the built-in sets (scikit-learn's digits)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,24 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import AepipeError
-from pipeline.sources import Schema, Source
+from pipeline.sources import ROWS_PER_TASK, Schema, Source, _short
 
 BUILTINS = ("digits", "digits-train", "digits-test")
-WHAT = "a .npy array or built-in set"
+WHAT = "a .npy or Zarr array or built-in set"
 OPTIONS = ()
 
 
 def open(where, id_column=None, fitted=None) -> Source:
-    """A built-in set by name, or a .npy file by path."""
-    return builtin(where) if isinstance(where, str) else NpySource(Path(where.path))
+    """A built-in set by name, a .npy file or a .zarr array by path."""
+    if isinstance(where, str):
+        return builtin(where)
+    return NpySource(Path(where.path)) if where.suffix == ".npy" else ZarrSource(where)
+
+
+def _check_array(spec: str, dtype, shape) -> None:
+    real = np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+    if len(shape) < 2 or not (real or dtype == bool):  # bool as 0/1, as in Parquet
+        raise AepipeError(f"{spec}: expected a real-valued array shaped (rows, features...), got {dtype} {shape}")
 
 
 class ArraySource(Source):
@@ -37,10 +45,7 @@ class NpySource(Source):
     def __init__(self, path: Path):
         self.spec, self.path = str(path), str(path)
         arr = self._open()
-        real = np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)
-        if arr.ndim < 2 or not (real or arr.dtype == bool):  # bool as 0/1, as in Parquet
-            raise AepipeError(f"{path}: expected a real-valued array shaped (rows, features...), "
-                              f"got {arr.dtype} {arr.shape}")
+        _check_array(str(path), arr.dtype, arr.shape)
         self.n_rows = arr.shape[0]
         self.schema = Schema(("x",), tuple(arr.shape[1:]), tabular=False)
 
@@ -52,6 +57,64 @@ class NpySource(Source):
 
     def _read(self, start, stop):
         return np.arange(start, stop, dtype=np.int64), self._open()[start:stop]
+
+
+class ZarrSource(Source):
+    """A Zarr array shaped (N, ...), any rank, read chunk by chunk: every read task covers whole
+    chunks along axis 0, so no chunk is fetched by two tasks. Ids are the row indices.
+
+    A group is accepted when it holds exactly one array (read as that array); an aepipe codes or
+    output store (a group with ids beside its data) is refused: it is a result, not data, and
+    encoding its codes would lose their ids. Name one array inside a group by its path instead."""
+
+    def __init__(self, where):
+        self.spec, self.where, self.name = where.spec, where, None
+        arr = self._open()
+        _check_array(self.spec, arr.dtype, arr.shape)
+        self.n_rows, self.chunk = arr.shape[0], max(1, arr.chunks[0])
+        self.schema = Schema(("x",), tuple(arr.shape[1:]), tabular=False)
+
+    def _open(self):
+        import zarr
+
+        try:
+            node = zarr.open(store=_zarr_store(self.where), mode="r")
+        except Exception as e:
+            raise AepipeError(f"{self.spec}: not a readable Zarr array ({str(e).splitlines()[0][:160]})") from None
+        if isinstance(node, zarr.Array):
+            return node
+        arrays = sorted(name for name, _ in node.arrays())
+        if self.name is None and len(arrays) == 1:
+            self.name = arrays[0]
+        if self.name is not None:
+            return node[self.name]
+        if "ids" in arrays or "aepipe_version" in node.attrs:
+            raise AepipeError(f"{self.spec}: an aepipe store ({', '.join(arrays)}), not data: `aepipe decode` reads "
+                              f"codes; to read one of its arrays as data, name it ({self.spec}/{arrays[0]})")
+        raise AepipeError(f"{self.spec}: a Zarr group of {len(arrays)} arrays ({_short(arrays)}); "
+                          f"name the one to read, e.g. {self.spec}/{arrays[0] if arrays else 'x'}")
+
+    def ranges(self, rows_per_task: int = ROWS_PER_TASK) -> list[tuple[int, int]]:
+        step = max(1, rows_per_task // self.chunk) * self.chunk  # whole chunks per task
+        return [(a, min(a + step, self.n_rows)) for a in range(0, self.n_rows, step)]
+
+    def _read(self, start, stop):
+        return np.arange(start, stop, dtype=np.int64), self._open()[start:stop]
+
+
+def _zarr_store(where):
+    """What zarr.open takes for a Location: the plain path on a local disk; elsewhere (s3://) the
+    Location's pyarrow filesystem seen through fsspec, so every kind reaches data the same way."""
+    import pyarrow.fs as pafs
+
+    if isinstance(where.fs, pafs.LocalFileSystem):
+        return where.path
+    from fsspec.implementations.arrow import ArrowFSWrapper
+    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+    from zarr.storage import FsspecStore
+
+    return FsspecStore(AsyncFileSystemWrapper(ArrowFSWrapper(where.fs), asynchronous=True), read_only=True,
+                       path=where.path)
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
