@@ -92,6 +92,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     env = _quiet_env()
     os.environ.update(env)
+    # workers open s3:// and gs:// DATA and stores themselves: give them this shell's endpoint and
+    # credentials (a cluster's workers do not inherit it; an embedded Ray's would, but not reliably)
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "GCS_"))})
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address)

@@ -129,6 +129,11 @@ class Location:
         """A file's path relative to the folder DATA names (an image's row id)."""
         return path[len(self.path.rstrip("/")) + 1:] if self.is_dir else Path(path).name
 
+    def show(self, path: str) -> str:
+        """A file inside this location as a user would write it (s3://bucket/key for a URI)."""
+        scheme = self.spec.split("://", 1)[0] if "://" in self.spec and not self.spec.startswith("file://") else ""
+        return f"{scheme}://{path}" if scheme else path
+
     def open(self, path: str | None = None):
         """A seekable binary file (pyarrow NativeFile; numpy, PIL, pyarrow all read it)."""
         return self.fs.open_input_file(path or self.path)

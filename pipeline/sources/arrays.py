@@ -15,8 +15,8 @@ OPTIONS = ()
 
 
 def open(where, id_column=None, fitted=None) -> Source:
-    """A built-in set by name, or a .npy file by path."""
-    return builtin(where) if isinstance(where, str) else NpySource(Path(where.path))
+    """A built-in set by name, or a .npy file at a Location (local or URI)."""
+    return builtin(where) if isinstance(where, str) else NpySource(where)
 
 
 class ArraySource(Source):
@@ -32,26 +32,37 @@ class ArraySource(Source):
 
 
 class NpySource(Source):
-    """A .npy file shaped (N, ...), memory-mapped so each read task touches only its rows."""
+    """A .npy file shaped (N, ...): the header is parsed once and each read task fetches only its
+    rows' bytes, by offset, through the Location's filesystem (a local file or an object store)."""
 
-    def __init__(self, path: Path):
-        self.spec, self.path = str(path), str(path)
-        arr = self._open()
-        real = np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)
-        if arr.ndim < 2 or not (real or arr.dtype == bool):  # bool as 0/1, as in Parquet
-            raise AepipeError(f"{path}: expected a real-valued array shaped (rows, features...), "
-                              f"got {arr.dtype} {arr.shape}")
-        self.n_rows = arr.shape[0]
-        self.schema = Schema(("x",), tuple(arr.shape[1:]), tabular=False)
-
-    def _open(self):
+    def __init__(self, where):
+        self.where, self.spec = where, where.spec
         try:
-            return np.load(self.path, mmap_mode="r", allow_pickle=False)
+            with where.open() as f:
+                version = np.lib.format.read_magic(f)
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = header(f)
+                self.offset = f.tell()
         except Exception as e:
-            raise AepipeError(f"{self.path}: not a readable .npy array ({e})") from None
+            raise AepipeError(f"{self.spec}: not a readable .npy array ({e})") from None
+        real = np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+        if len(shape) < 2 or not (real or dtype == bool):  # bool as 0/1, as in Parquet
+            raise AepipeError(f"{self.spec}: expected a real-valued array shaped (rows, features...), "
+                              f"got {dtype} {shape}")
+        if fortran:  # rows are not contiguous on disk: byte ranges would mix them
+            raise AepipeError(f"{self.spec}: Fortran-ordered array; save it C-ordered (np.ascontiguousarray)")
+        self.dtype, self.n_rows = dtype, shape[0]
+        self.row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        self.schema = Schema(("x",), tuple(shape[1:]), tabular=False)
 
     def _read(self, start, stop):
-        return np.arange(start, stop, dtype=np.int64), self._open()[start:stop]
+        with self.where.open() as f:
+            f.seek(self.offset + start * self.row_bytes)
+            data = f.read((stop - start) * self.row_bytes)
+        if len(data) != (stop - start) * self.row_bytes:
+            raise AepipeError(f"{self.spec}: file ends before row {stop} (truncated?)")
+        x = np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.schema.shape))
+        return np.arange(start, stop, dtype=np.int64), x
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
