@@ -151,6 +151,8 @@ def _uri_output(out, overwrite: bool, suffixes: tuple[str, ...], inputs: tuple):
         raise AepipeError(f'{out}: choose an output ending in {" or ".join(suffixes)}')
     if out.suffix == ".npy":  # written by one process through a local file, renamed into place
         raise AepipeError(f"{out}: a .npy output must be a local path; choose .zarr or .parquet for a URI")
+    if out.suffix == ".zarr":
+        remote.check_zarr_scheme(out)
     for inp in inputs:
         if inp is not None and remote.is_uri(inp) and _uri_overlaps(str(out), str(inp)):
             raise AepipeError(f"--out {out} overlaps the input {inp}; writing there would destroy it "

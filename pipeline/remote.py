@@ -87,6 +87,18 @@ def check_writable(uri: str) -> None:
         raise AepipeError(f'{uri}: bucket "{bucket}" does not exist (create it first)')
 
 
+def check_zarr_scheme(uri: str) -> None:
+    """Zarr reaches a URI through fsspec, which needs the scheme's package (s3fs, gcsfs...)."""
+    import fsspec
+
+    scheme = str(uri).split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as e:
+        raise AepipeError(f"{uri}: Zarr stores at {scheme}:// need fsspec's {scheme} support ({e}); "
+                          "or write .parquet there") from None
+
+
 def remove(uri: str) -> None:
     """Delete an object or everything under a prefix; nothing there is fine."""
     import pyarrow.fs as pafs

@@ -238,6 +238,12 @@ def _stop_ray() -> None:
 
 
 def _remove(p: Path) -> bool:
+    from pipeline import remote
+
+    if remote.is_uri(p):  # a store written in place at a URI (its marker never came)
+        found = remote.exists(p)
+        remote.remove(p)
+        return found
     p = Path(p)
     if p.is_dir():
         shutil.rmtree(p, ignore_errors=True)

@@ -151,8 +151,21 @@ def locate(spec: str) -> Location:
     except Exception as e:  # a malformed URI, an unknown scheme, no credentials, no endpoint
         raise AepipeError(f"{spec}: cannot reach it ({str(e).splitlines()[0][:200]})") from None
     if info.type == pafs.FileType.NotFound:
+        if "://" in spec and not spec.startswith("file://") and _no_bucket(fs, path):
+            bucket = path.split("/", 1)[0]
+            raise AepipeError(f'{spec}: no such file or folder (bucket "{bucket}" does not exist)')
         raise AepipeError(f"{spec}: no such file or folder")
     return Location(spec, fs, path, info.type == pafs.FileType.Directory)
+
+
+def _no_bucket(fs, path: str) -> bool:
+    """Whether an object store says the path's bucket is missing (a hint for the error only)."""
+    import pyarrow.fs as pafs
+
+    try:
+        return fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.NotFound
+    except Exception:  # no right to look at the bucket itself: say nothing more
+        return False
 
 
 def open_source(spec: str, id_column: str | None = None, fitted: dict | None = None, **options) -> Source:
