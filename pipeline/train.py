@@ -532,18 +532,40 @@ def _train_to_uri(data, out, mcfg, tcfg, id_column, resume, address, read) -> di
         local = Path(d) / "run"
         if resume:
             remote.download(uri, local)
+            _mark_latest(local / "checkpoints", restore=True)
         try:
             meta = train(data, local, mcfg, tcfg, id_column, resume, address, read)
         except Interrupted:
             if (local / "checkpoints").exists():
+                _mark_latest(local / "checkpoints")
                 remote.upload(local, uri, last=META)  # no aepipe.json yet: not mistaken for a model
                 raise Interrupted(f"interrupted; checkpoints kept in {uri}/checkpoints: "
                                   "`aepipe train ... --resume` continues") from None
             raise
         except AepipeError as e:  # name the URI, not the temporary folder
             raise AepipeError(str(e).replace(str(local), uri.rstrip("/")), e.exit_code) from None
+        _mark_latest(local / "checkpoints")
         remote.upload(local, uri, last=META)
     return meta
+
+
+LATEST = "latest.txt"
+
+
+def _mark_latest(storage: Path, restore: bool = False) -> None:
+    """_latest_checkpoint goes by file times, which a download does not keep: before an upload,
+    name the latest checkpoint in checkpoints/latest.txt; after a download, make it the newest."""
+    if not restore:
+        latest = _latest_checkpoint(storage) if storage.exists() else None
+        if latest:
+            (storage / LATEST).write_text(Path(latest).relative_to(storage).as_posix())
+        return
+    mark = storage / LATEST
+    if mark.is_file():
+        state = (storage / mark.read_text().strip() / "state.pt").resolve()
+        if storage.resolve() in state.parents and state.is_file():  # never touch a file outside it
+            t = time.time() + 1
+            os.utime(state, (t, t))
 
 
 def _latest_checkpoint(storage: Path):

@@ -5,6 +5,7 @@ workers they start or join); this process talks to the server through its own S3
 """
 
 import os
+import re
 import socket
 import subprocess
 
@@ -74,6 +75,10 @@ def test_run_dir_on_s3_is_complete_and_loads(s3, s3_run):
     assert "weights match the fingerprint" in out and "s3://data/table.parquet" in out
     again = aepipe(s3, "train", "s3://data/table.parquet", "--out", s3_run, "--epochs", 1, code=2)
     assert "already holds a trained model" in again.stderr
+    # --resume downloads the run dir, checkpoints included, continues and uploads it again
+    aepipe(s3, "train", "s3://data/table.parquet", "--out", s3_run, "--code-dim", 3, "--hidden", "16",
+           "--epochs", 3, "--resume")
+    assert re.search(r"epochs run\s+3 ", aepipe(s3, "info", s3_run).stdout)
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".parquet"])
