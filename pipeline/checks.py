@@ -105,7 +105,11 @@ def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inp
     """Refuse an output aepipe must not write: wrong kind, name too long, already there without
     --overwrite, an unusable folder, or one that is, holds or lies inside an input (after
     resolving links) — replacing it would destroy the data being read, whatever --overwrite says."""
-    out = Path(out)
+    from pipeline import remote
+
+    if remote.is_uri(out):
+        return _uri_output(remote.URI(out), overwrite, suffixes, inputs)
+    out = Path(remote.local_or_uri(out))
     if suffixes and out.suffix not in suffixes:
         raise AepipeError(f'{out}: choose an output ending in {" or ".join(suffixes)}')
     limit = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
@@ -114,9 +118,9 @@ def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inp
                           f"the most is {limit - len(PARTIAL)})")
     real = out.resolve()
     for inp in inputs:
-        if inp is None or str(inp).startswith("builtin:"):
+        if inp is None or str(inp).startswith("builtin:") or remote.is_uri(inp):  # a URI never overlaps a local path
             continue
-        src = Path(inp).resolve()
+        src = Path(remote.local_or_uri(inp)).resolve()
         if _inside(real, src) or _inside(src, real):
             rel = "is" if real == src else "lies inside" if _inside(real, src) else "holds"
             raise AepipeError(f"--out {out} {rel} the input {inp}; writing there would destroy it "
@@ -133,9 +137,44 @@ def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inp
     return out
 
 
+def _uri_overlaps(a: str, b: str) -> bool:
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
+
+
+def _uri_output(out, overwrite: bool, suffixes: tuple[str, ...], inputs: tuple):
+    """output_path for a URI: the same refusals, on object prefixes (an object store has no
+    links, permissions are only known on writing, and its bucket must already exist)."""
+    from pipeline import remote
+
+    if suffixes and out.suffix not in suffixes:
+        raise AepipeError(f'{out}: choose an output ending in {" or ".join(suffixes)}')
+    if out.suffix == ".npy":  # written by one process through a local file, renamed into place
+        raise AepipeError(f"{out}: a .npy output must be a local path; choose .zarr or .parquet for a URI")
+    if out.suffix == ".zarr":
+        remote.check_zarr_scheme(out)
+    for inp in inputs:
+        if inp is not None and remote.is_uri(inp) and _uri_overlaps(str(out), str(inp)):
+            raise AepipeError(f"--out {out} overlaps the input {inp}; writing there would destroy it "
+                              "(--overwrite does not change this): choose another --out")
+    remote.check_writable(out)
+    if remote.exists(out) and not overwrite:
+        raise AepipeError(f"{out} already exists; pass --overwrite to replace it")
+    return out
+
+
 def run_dir_output(out: str | Path, data: str, resume: bool) -> Path:
     """train --out: a run dir, never the data folder nor inside it."""
-    out = Path(out)
+    from pipeline import remote
+
+    if remote.is_uri(out):  # train writes a local run dir and uploads it (train.train)
+        if remote.is_uri(data) and _uri_overlaps(str(out), str(data)):
+            raise AepipeError(f"--out {out} overlaps the training data {data}; choose a run dir outside it")
+        remote.check_writable(out)
+        if remote.is_file(out):
+            raise AepipeError(f"--out {out}: exists and is not a folder")
+        return remote.URI(out)
+    out = Path(remote.local_or_uri(out))
     src = None if str(data).startswith("builtin:") else Path(data)
     if src is not None and src.exists():
         real, s = out.resolve(), src.resolve()

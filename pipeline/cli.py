@@ -120,8 +120,8 @@ def _config_file(path: Optional[Path]) -> dict:
 
 @app.command()
 def train(
-    data: str = typer.Argument(..., help="Training data: Parquet, CSV, .npy, Zarr or builtin:digits."),
-    out: Path = typer.Option(..., "--out", help="Run dir to create: weights, aepipe.json, loss_curve.png."),
+    data: str = typer.Argument(..., help="Training data: Parquet, CSV, .npy, Zarr or builtin:digits (path or URI)."),
+    out: str = typer.Option(..., "--out", help="Run dir to create (path or URI): weights, aepipe.json, loss_curve.png."),
     family: Optional[str] = typer.Option(None, help="Autoencoder family (see `aepipe models`). [default: dense]"),
     code_dim: Optional[int] = typer.Option(None, help="Size of the code. [default: 16]"),
     hidden: Optional[str] = typer.Option(None, help="Hidden widths, outermost first, e.g. 256,64 (conv: channels)."),
@@ -201,8 +201,8 @@ def train(
 @app.command()
 def encode(
     data: str = typer.Argument(..., help="Data to encode, with the schema the model was trained on."),
-    model: Path = typer.Option(..., "--model", help="Run dir from aepipe train."),
-    out: Path = typer.Option(..., "--out", help="CODES.zarr or CODES.parquet."),
+    model: str = typer.Option(..., "--model", help="Run dir from aepipe train."),
+    out: str = typer.Option(..., "--out", help="CODES.zarr or CODES.parquet."),
     dtype: str = typer.Option("float32", help="float32, float16, or int8 (per-dimension scale from training)."),
     scores: bool = typer.Option(False, "--scores", help="Also store each row's reconstruction error."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
@@ -230,9 +230,9 @@ def encode(
 
 @app.command()
 def decode(
-    codes: Path = typer.Argument(..., help="A codes store from aepipe encode."),
-    model: Path = typer.Option(..., "--model", help="The run dir that made the codes."),
-    out: Path = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy."),
+    codes: str = typer.Argument(..., help="A codes store from aepipe encode."),
+    model: str = typer.Option(..., "--model", help="The run dir that made the codes."),
+    out: str = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy."),
     rows: Optional[str] = typer.Option(None, help="Only store rows A:B (positions in the store)."),
     ids: Optional[str] = typer.Option(None, help="Only these ids, comma-separated, in this order."),
     ids_file: Optional[Path] = typer.Option(None, help="Only the ids in this text file, one a line, in its order."),
@@ -283,14 +283,14 @@ def demo(
 
 
 @app.command()
-def info(path: Path = typer.Argument(..., help="A run dir or a codes store."),
+def info(path: str = typer.Argument(..., help="A run dir or a codes store."),
          verify: bool = typer.Option(False, "--verify", help="Read every chunk or file and check it: "
                                      "missing or damaged chunks, row counts, checksums.")):
     """Show what a run dir or a codes/reconstruction store holds (--verify: check all of it)."""
-    from pipeline.run import META, describe_run, load_run
+    from pipeline.run import describe_run, is_run_dir, load_run
     from pipeline.store import describe_store, verify_store
 
-    is_run = (path / META).is_file()
+    is_run = _run(is_run_dir, path)
     rows = _run(describe_run, path) if is_run else _run(describe_store, path)
     if verify:
         _run(load_run, path) if is_run else _run(verify_store, path)
@@ -341,8 +341,8 @@ def _id_list(ids: Optional[str], ids_file: Optional[Path]) -> Optional[list[str]
 @app.command()
 def score(
     data: str = typer.Argument(..., help="Data to score, with the schema the model was trained on."),
-    model: Path = typer.Option(..., "--model", help="Run dir from aepipe train."),
-    out: Path = typer.Option(..., "--out", help="SCORES.parquet or SCORES.zarr."),
+    model: str = typer.Option(..., "--model", help="Run dir from aepipe train."),
+    out: str = typer.Option(..., "--out", help="SCORES.parquet or SCORES.zarr."),
     per_feature: bool = typer.Option(False, "--per-feature", help="Tables: also each column's error (COLUMN_error)."),
     threshold: Optional[str] = typer.Option(None, help="auto (training scores' 1 - contamination quantile) or a "
                                                         "number: adds a boolean anomaly column."),
@@ -375,8 +375,8 @@ def score(
 @app.command()
 def denoise(
     data: str = typer.Argument(..., help="Noisy data, with the schema the model was trained on."),
-    model: Path = typer.Option(..., "--model", help="Run dir, ideally of the denoising family."),
-    out: Path = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy (as decode writes them)."),
+    model: str = typer.Option(..., "--model", help="Run dir, ideally of the denoising family."),
+    out: str = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy (as decode writes them)."),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's)."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
     concurrency: int = typer.Option(1, help="Model actors."),

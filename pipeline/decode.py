@@ -129,8 +129,8 @@ def _id_blocks(src: Source, wanted: list[str]):
         import pyarrow.parquet as pq
 
         for start, n, fi, g in src.groups:
-            if _group_may_hold(pq.ParquetFile(src.files[fi]).metadata.row_group(g), src.id_column, wanted):
-                col = pq.ParquetFile(src.files[fi]).read_row_group(g, columns=[src.id_column]).column(0)
+            if _group_may_hold(pq.ParquetFile(src.where.open(src.files[fi])).metadata.row_group(g), src.id_column, wanted):
+                col = pq.ParquetFile(src.where.open(src.files[fi])).read_row_group(g, columns=[src.id_column]).column(0)
                 yield start, col.to_numpy(zero_copy_only=False)
     else:
         for a, b in src.ranges():

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import pipeline
-from pipeline import AepipeError
+from pipeline import AepipeError, remote
 from pipeline.actors import ModelActor, model_job
 from pipeline.sources import open_for_run
 from pipeline.checks import at_least, output_path, positive
@@ -42,7 +42,7 @@ class Encoder(ModelActor):
 
 
 def provenance(run, data: str, **extra) -> dict:
-    return {"aepipe_version": pipeline.__version__, "model": str(Path(run.path).resolve()),
+    return {"aepipe_version": pipeline.__version__, "model": run.path if remote.is_uri(run.path) else str(Path(run.path).resolve()),
             "model_fingerprint": run.fingerprint, "family": run.meta["family"], "source": data,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
 

@@ -19,14 +19,14 @@ from pipeline import AepipeError
 FORMATS = ("numpy", "pandas", "arrow")
 
 
-def local_path(uri: str | Path) -> Path:
-    """A local path from a path or a file:// URI; other schemes are refused by name."""
+def local_path(uri: str | Path) -> Path | str:
+    """A local path from a path or a file:// URI; other URIs (s3://, gs://) as they are, which
+    the store readers open through pyarrow and fsspec."""
     text = str(uri)
     parsed = urlparse(text)
     if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # a Windows drive letter is no scheme
         return Path(parsed.path if parsed.scheme == "file" else text)
-    raise AepipeError(f"{uri}: {parsed.scheme}:// stores are not readable here yet; copy the store "
-                      "locally (or mount it) and pass its path")
+    return text
 
 
 def load_codes(store: str | Path, as_: str = "numpy"):

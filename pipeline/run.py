@@ -98,11 +98,30 @@ def save_run(path: Path, meta: dict, state: dict) -> dict:
 
 
 def load_run(path: str | Path) -> Run:
+    """A run dir, local or at a URI (its aepipe.json and model.pt fetched into a temporary folder,
+    then checked exactly as a local one); Run.path stays the URI, so Ray workers fetch it too."""
+    import tempfile
+
+    from pipeline import remote
+
+    if not remote.is_uri(path):
+        return _load_local(Path(remote.local_or_uri(path)))
+    uri = remote.URI(path)
+    with tempfile.TemporaryDirectory(prefix="aepipe-run-") as d:
+        remote.download(uri, Path(d), only=(META, WEIGHTS))
+        try:
+            run = _load_local(Path(d))
+        except AepipeError as e:  # name the URI, not the temporary copy
+            raise AepipeError(str(e).replace(d, uri.rstrip("/")), e.exit_code) from None
+    run.path = uri
+    return run
+
+
+def _load_local(path: Path) -> Run:
     import torch
 
     from pipeline.models import build_model
 
-    path = Path(path)
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise AepipeError(f"{path}: not an aepipe run dir (no {META} and {WEIGHTS}; make one with aepipe train)")
     meta = read_meta(path)
@@ -123,11 +142,21 @@ def load_run(path: str | Path) -> Run:
     return Run(path, meta, model, schema, norm)
 
 
+def is_run_dir(path: str | Path) -> bool:
+    from pipeline import remote
+
+    if remote.is_uri(path):
+        return remote.is_file(remote.URI(path) / META)
+    return (Path(remote.local_or_uri(path)) / META).is_file()
+
+
 def read_meta(path: str | Path) -> dict:
-    """aepipe.json as a dict, or one clear error naming the file."""
-    f = Path(path) / META
+    """aepipe.json as a dict (a local run dir or one at a URI), or one clear error naming the file."""
+    from pipeline import remote
+
+    f = remote.URI(path) / META if remote.is_uri(path) else Path(remote.local_or_uri(path)) / META
     try:
-        meta = json.loads(f.read_text())
+        meta = json.loads(remote.read_bytes(f) if remote.is_uri(f) else f.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise AepipeError(f"{f}: not readable JSON ({type(e).__name__}: {e})") from None
     missing = [k for k in ("model", "schema", "normalizer", "model_fingerprint") if k not in meta] \

@@ -92,6 +92,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     env = _quiet_env()
     os.environ.update(env)
+    # workers open s3:// and gs:// DATA and stores themselves: give them this shell's endpoint and
+    # credentials (a cluster's workers do not inherit it; an embedded Ray's would, but not reliably)
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "GCS_"))})
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address)
@@ -235,6 +238,12 @@ def _stop_ray() -> None:
 
 
 def _remove(p: Path) -> bool:
+    from pipeline import remote
+
+    if remote.is_uri(p):  # a store written in place at a URI (its marker never came)
+        found = remote.exists(p)
+        remote.remove(p)
+        return found
     p = Path(p)
     if p.is_dir():
         shutil.rmtree(p, ignore_errors=True)

@@ -23,7 +23,7 @@ import zarr
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from pipeline import AepipeError
+from pipeline import AepipeError, remote
 from pipeline.store import MANIFEST
 
 def _to_numpy(blocks) -> dict:
@@ -43,11 +43,16 @@ def _runs(rows: np.ndarray):
 
 
 class _Staged(Datasink):
-    """Shared by both sinks: write into OUT.partial, count rows, rename into place."""
+    """Shared by both sinks: write into OUT.partial, count rows, rename into place (a URI: in
+    place, the completion marker last; see "URI outputs" below)."""
 
     def __init__(self, path: str | Path, n_rows: int):
-        self.final = Path(path)
-        self.tmp = self.final.with_name(self.final.name + ".partial")
+        self.remote = remote.is_uri(path)
+        if self.remote:  # see "URI outputs" below: written in place, the marker last
+            self.final = self.tmp = remote.URI(path)
+        else:
+            self.final = Path(path)
+            self.tmp = self.final.with_name(self.final.name + ".partial")
         self.n_rows = n_rows
 
     def _check_count(self, written: int) -> None:
@@ -55,6 +60,8 @@ class _Staged(Datasink):
             raise AepipeError(f"{self.final}: wrote {written} rows, expected {self.n_rows}", exit_code=1)
 
     def _commit(self) -> None:
+        if self.remote:
+            return  # the completion marker, just written, is the commit
         if self.final.is_dir():
             shutil.rmtree(self.final)
         elif self.final.exists():
@@ -62,7 +69,29 @@ class _Staged(Datasink):
         self.tmp.rename(self.final)
 
     def on_write_failed(self, error: Exception) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._clear()
+
+    # ---- URI outputs (s3://, gs://): an object store has no rename, so the store is written in
+    # place under OUT. What was there goes first (its marker with it); the completion marker (Zarr's
+    # "complete" attribute, Parquet's manifest) is written last, after the row count is checked, and
+    # readers refuse a store without it: a partial store never looks complete.
+
+    def _clear(self) -> None:
+        if self.remote:
+            remote.remove(self.tmp)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _put_file(self, name: str, write) -> None:
+        """write(path, filesystem) makes the file `name` in the store: on a URI directly (an object
+        appears whole once uploaded), locally through name.tmp and a rename."""
+        if self.remote:
+            fs, path = remote.resolve(self.tmp / name)
+            write(path, fs)
+        else:
+            dest = self.tmp / name
+            write(str(dest) + ".tmp", None)
+            Path(str(dest) + ".tmp").replace(dest)
 
 
 class ZarrSink(_Staged):
@@ -73,7 +102,7 @@ class ZarrSink(_Staged):
         self.arrays, self.attrs, self.chunk_rows = arrays, attrs, chunk_rows
 
     def on_write_start(self, schema=None) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._clear()
         g = zarr.open_group(str(self.tmp), mode="w")
         for name, (_, shape, dtype) in self.arrays.items():
             # every chunk is written, even one equal to the fill value, so a missing chunk file always
@@ -131,8 +160,9 @@ class ParquetSink(_Staged):
         self.columns, self.metadata = columns, metadata
 
     def on_write_start(self, schema=None) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        self._clear()
+        if not self.remote:  # object stores have no folders
+            self.tmp.mkdir(parents=True)
 
     def _table(self, batch: dict) -> pa.Table:
         order = np.argsort(batch["row"], kind="stable")
@@ -154,14 +184,17 @@ class ParquetSink(_Staged):
         batch = _to_numpy(blocks)
         if not batch:
             return {}
-        dest = self.tmp / f"part-{ctx.task_idx:05d}.parquet"
-        pq.write_table(self._table(batch), str(dest) + ".tmp", write_page_checksum=True)
-        Path(str(dest) + ".tmp").replace(dest)
-        return {dest.name: len(batch["row"])}
+        name, table = f"part-{ctx.task_idx:05d}.parquet", self._table(batch)
+        self._put_file(name, lambda p, fs: pq.write_table(table, p, filesystem=fs, write_page_checksum=True))
+        return {name: len(batch["row"])}
 
     def on_write_complete(self, write_result) -> None:
         files = {k: v for r in write_result.write_returns if r for k, v in r.items()}
         self._check_count(sum(files.values()))
         # the manifest names every part and its rows: a deleted or truncated part is found on read
-        (self.tmp / MANIFEST).write_text(json.dumps({"n_rows": self.n_rows, "files": dict(sorted(files.items()))}))
+        manifest = json.dumps({"n_rows": self.n_rows, "files": dict(sorted(files.items()))}).encode()
+        if self.remote:
+            remote.write_bytes(self.tmp / MANIFEST, manifest)
+        else:
+            (self.tmp / MANIFEST).write_bytes(manifest)
         self._commit()

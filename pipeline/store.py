@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import zarr
 
-from pipeline import AepipeError
-from pipeline.sources import ROWS_PER_TASK, Schema, Source
+from pipeline import AepipeError, remote
+from pipeline.sources import ROWS_PER_TASK, Location, Schema, Source, locate
 from pipeline.sources.parquet import ParquetSource, parquet_files
 
 DTYPES = ("float32", "float16", "int8")
@@ -100,34 +100,33 @@ def missing_chunks(g, where: str) -> None:
                                   f"({a.nchunks - a.nchunks_initialized} of {a.nchunks} chunks lost); the store is damaged")
 
 
-def check_manifest(path: Path) -> None:
+def check_manifest(where: Location) -> None:
     """A Parquet store's parts against its manifest (read_metadata calls it where one exists):
     every file there, with its row count."""
-    m = path / MANIFEST
+    m = where.show(f"{where.path}/{MANIFEST}")
     try:
-        files = json.loads(m.read_text())["files"]
+        with where.open(f"{where.path}/{MANIFEST}") as f:
+            files = json.loads(f.read())["files"]
     except (ValueError, KeyError, TypeError) as e:
         raise AepipeError(f"{m}: damaged ({e})") from None
-    found = {f.name for f in parquet_files(path)}
-    extra = sorted(found - set(files))
+    found = {where.relative(f): f for f in parquet_files(where)}
+    extra = sorted(set(found) - set(files))
     if extra:
-        raise AepipeError(f"{path}: holds {extra[0]}, which the store's manifest does not list")
+        raise AepipeError(f"{where.spec}: holds {extra[0]}, which the store's manifest does not list")
     for name, n in files.items():
-        f = path / name
-        if not f.is_file():
-            raise AepipeError(f"{path}: part {name} is missing ({n} rows); the store is damaged")
+        if name not in found:
+            raise AepipeError(f"{where.spec}: part {name} is missing ({n} rows); the store is damaged")
         try:
-            rows = pq.ParquetFile(f).metadata.num_rows
+            rows = pq.ParquetFile(where.open(found[name])).metadata.num_rows
         except Exception as e:
-            raise AepipeError(f"{f}: damaged, not a readable Parquet file ({e})") from None
+            raise AepipeError(f"{where.show(found[name])}: damaged, not a readable Parquet file ({e})") from None
         if rows != n:
-            raise AepipeError(f"{f}: holds {rows} rows, the manifest says {n}; the store is damaged")
+            raise AepipeError(f"{where.show(found[name])}: holds {rows} rows, the manifest says {n}; the store is damaged")
 
 
 def verify_store(path: str | Path) -> None:
     """`aepipe info --verify`: read every chunk (Zarr) or every page (Parquet) and check it."""
     kind, attrs = read_metadata(path)
-    path = Path(path)
     if kind == "zarr":
         g = zarr.open_group(str(path), mode="r")
         for name in sorted(g.array_keys()):
@@ -135,16 +134,17 @@ def verify_store(path: str | Path) -> None:
             for i in range(a.nchunks):
                 read_rows(g, name, i * a.chunks[0], min((i + 1) * a.chunks[0], a.shape[0]), str(path))
         return
-    for f in parquet_files(path):
+    where = locate(str(path))
+    for f in parquet_files(where):
         try:
-            pq.ParquetFile(f, page_checksum_verification=True).read()
+            pq.ParquetFile(where.open(f), page_checksum_verification=True).read()
         except Exception as e:
-            raise AepipeError(f"{f}: damaged ({str(e).splitlines()[0][:160]})") from None
+            raise AepipeError(f"{where.show(f)}: damaged ({str(e).splitlines()[0][:160]})") from None
 
 class ZarrCodesSource(Source):
     """A Zarr codes store read back as a source of (ids, codes)."""
 
-    def __init__(self, path: Path, attrs: dict):
+    def __init__(self, path: str, attrs: dict):  # a local path or a URI: zarr opens both
         self.spec, self.path, self.attrs = str(path), str(path), attrs
         g = zarr.open_group(self.path, mode="r")
         self.n_rows, d = g["codes"].shape
@@ -159,14 +159,20 @@ class ZarrCodesSource(Source):
         return super().ranges(task_rows(self.chunk_rows, 4 * self.schema.size))
 
 
+def _has(where: Location, name: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return where.is_dir and where.fs.get_file_info(f"{where.path}/{name}").type == pafs.FileType.File
+
+
 def read_metadata(path: str | Path) -> tuple[str, dict]:
-    """('zarr' | 'parquet', provenance) of a store aepipe wrote; refuses anything else."""
-    path = Path(path)
-    if not path.exists():
-        raise AepipeError(f"{path}: no such file or folder")
-    if path.suffix == ".zarr":
+    """('zarr' | 'parquet', provenance) of a store aepipe wrote (a local path or a URI); refuses
+    anything else."""
+    where = locate(str(path))  # "no such file or folder", or cannot reach it
+    path = str(path)
+    if where.suffix == ".zarr":
         try:
-            g = zarr.open_group(str(path), mode="r")
+            g = zarr.open_group(path, mode="r")
             attrs = dict(g.attrs)
             arrays = {name: g[name] for name in g.array_keys()}  # array metadata read and parsed here
             wanted = ["ids", "codes" if "code_dim" in attrs else "data"] if "model_fingerprint" in attrs else []
@@ -178,14 +184,14 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
         except Exception as e:
             raise AepipeError(f"{path}: not a readable Zarr group ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         kind = "zarr"
-    elif path.suffix == ".parquet":
-        if path.is_dir() and (path / MANIFEST).exists():
-            check_manifest(path)  # first: a lost part must be named, whatever else is left
-        files = parquet_files(path)
+    elif where.suffix == ".parquet":
+        if _has(where, MANIFEST):
+            check_manifest(where)  # first: a lost part must be named, whatever else is left
+        files = parquet_files(where)
         try:
-            meta = (pq.read_schema(files[0]).metadata or {}) if files else {}
+            meta = (pq.read_schema(where.open(files[0])).metadata or {}) if files else {}
         except Exception as e:
-            raise AepipeError(f"{files[0]}: not a readable Parquet file ({e})") from None
+            raise AepipeError(f"{where.show(files[0])}: not a readable Parquet file ({e})") from None
         attrs = json.loads(meta[b"aepipe"]) if b"aepipe" in meta else {}
         kind = "parquet"
     else:
@@ -199,8 +205,8 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
         for name, a in arrays.items():
             if n is not None and a.shape[0] != n:
                 raise AepipeError(f"{path}: array {name} has {a.shape[0]} rows, the store says {n}; it is damaged")
-        missing_chunks(g, str(path))
-    elif path.is_dir() and not (path / MANIFEST).exists():
+        missing_chunks(g, path)
+    elif where.is_dir and not _has(where, MANIFEST):
         raise AepipeError(f"{path}: no {MANIFEST}; the store is damaged or its write never finished")
     return kind, attrs
 
@@ -211,14 +217,16 @@ def open_codes(path: str | Path) -> tuple[Source, dict]:
     if "code_dim" not in attrs:
         raise AepipeError(f"{path}: holds decoded data, not codes")
     if kind == "zarr":
-        return ZarrCodesSource(Path(path), attrs), attrs
-    return ParquetSource(Path(path), id_column="id", columns=("code",)), attrs
+        return ZarrCodesSource(str(path), attrs), attrs
+    return ParquetSource(locate(str(path)), id_column="id", columns=("code",)), attrs
 
 
 def describe_store(path: str | Path) -> list[tuple[str, str]]:
     """What `aepipe info STORE` prints."""
+    import pyarrow.fs as pafs
+
     kind, attrs = read_metadata(path)
-    path = Path(path)
+    where = locate(str(path))
     rows = [("store", f"{path} ({kind})")]
     if kind == "zarr":
         g = zarr.open_group(str(path), mode="r")
@@ -226,11 +234,13 @@ def describe_store(path: str | Path) -> list[tuple[str, str]]:
             a = g[name]
             rows.append((f"array {name}", f"{a.shape} {a.dtype}, chunks {a.chunks}"))
     else:
-        files = parquet_files(path)
-        n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        rows.append(("rows", f"{n} in {len(files)} files, columns {pq.read_schema(files[0]).names[:6]}"))
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    rows.append(("bytes on disk", f"{size:,}"))
+        files = parquet_files(where)
+        n = sum(pq.ParquetFile(where.open(f)).metadata.num_rows for f in files)
+        rows.append(("rows", f"{n} in {len(files)} files, columns {pq.read_schema(where.open(files[0])).names[:6]}"))
+    infos = (where.fs.get_file_info(pafs.FileSelector(where.path, recursive=True)) if where.is_dir
+             else [where.fs.get_file_info(where.path)])
+    size = sum(i.size for i in infos if i.type == pafs.FileType.File)
+    rows.append(("bytes on disk" if not remote.is_uri(path) else "bytes stored", f"{size:,}"))
     rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in attrs.items()
              if k != "quantization"]
     return rows

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import pipeline
-from pipeline import AepipeError
+from pipeline import AepipeError, remote
 from pipeline.normalize import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
                                 in_validation)
 from pipeline.sources import open_source, read_block, to_dataset
@@ -497,6 +497,8 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
           resume: bool = False, address: str | None = None, read: dict | None = None) -> dict:
     """Fit a model on DATA and write a self-describing run dir at `out`. Returns aepipe.json's dict.
     address (or RAY_ADDRESS) names a Ray cluster, which sends the fit to Ray Train (see fit_path)."""
+    if remote.is_uri(out):
+        return _train_to_uri(data, out, mcfg, tcfg, id_column, resume, address, read)
     started = time.time()
     train_options(mcfg, tcfg)
     out = run_dir_output(out, data, resume).resolve()
@@ -563,6 +565,54 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
     }
     meta = save_run(out, meta, state)  # with the weights fingerprint it computed
     return meta
+
+
+def _train_to_uri(data, out, mcfg, tcfg, id_column, resume, address, read) -> dict:
+    """train --out s3://...: fit into a local temporary run dir, then upload it, aepipe.json last
+    (its presence at the URI means the rest is there). --resume downloads the run dir first,
+    checkpoints included; an interrupted fit uploads its checkpoints so --resume can continue."""
+    train_options(mcfg, tcfg)
+    uri = run_dir_output(out, data, resume)
+    if remote.is_file(uri / META) and not resume:
+        raise AepipeError(f"{uri} already holds a trained model; choose another --out or pass --resume")
+    with tempfile.TemporaryDirectory(prefix="aepipe-train-") as d:
+        local = Path(d) / "run"
+        if resume:
+            remote.download(uri, local)
+            _mark_latest(local / "checkpoints", restore=True)
+        try:
+            meta = train(data, local, mcfg, tcfg, id_column, resume, address, read)
+        except Interrupted:
+            if (local / "checkpoints").exists():
+                _mark_latest(local / "checkpoints")
+                remote.upload(local, uri, last=META)  # no aepipe.json yet: not mistaken for a model
+                raise Interrupted(f"interrupted; checkpoints kept in {uri}/checkpoints: "
+                                  "`aepipe train ... --resume` continues") from None
+            raise
+        except AepipeError as e:  # name the URI, not the temporary folder
+            raise AepipeError(str(e).replace(str(local), uri.rstrip("/")), e.exit_code) from None
+        _mark_latest(local / "checkpoints")
+        remote.upload(local, uri, last=META)
+    return meta
+
+
+LATEST = "latest.txt"
+
+
+def _mark_latest(storage: Path, restore: bool = False) -> None:
+    """_latest_checkpoint goes by file times, which a download does not keep: before an upload,
+    name the latest checkpoint in checkpoints/latest.txt; after a download, make it the newest."""
+    if not restore:
+        latest = _latest_checkpoint(storage) if storage.exists() else None
+        if latest:
+            (storage / LATEST).write_text(Path(latest).relative_to(storage).as_posix())
+        return
+    mark = storage / LATEST
+    if mark.is_file():
+        state = (storage / mark.read_text().strip() / "state.pt").resolve()
+        if storage.resolve() in state.parents and state.is_file():  # never touch a file outside it
+            t = time.time() + 1
+            os.utime(state, (t, t))
 
 
 def _latest_checkpoint(storage: Path):

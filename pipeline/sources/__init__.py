@@ -135,6 +135,11 @@ class Location:
         """A file's path relative to the folder DATA names (an image's row id)."""
         return path[len(self.path.rstrip("/")) + 1:] if self.is_dir else Path(path).name
 
+    def show(self, path: str) -> str:
+        """A file inside this location as a user would write it (s3://bucket/key for a URI)."""
+        scheme = self.spec.split("://", 1)[0] if "://" in self.spec and not self.spec.startswith("file://") else ""
+        return f"{scheme}://{path}" if scheme else path
+
     def open(self, path: str | None = None):
         """A seekable binary file (pyarrow NativeFile; numpy, PIL, pyarrow all read it)."""
         return self.fs.open_input_file(path or self.path)
@@ -152,8 +157,21 @@ def locate(spec: str) -> Location:
     except Exception as e:  # a malformed URI, an unknown scheme, no credentials, no endpoint
         raise AepipeError(f"{spec}: cannot reach it ({str(e).splitlines()[0][:200]})") from None
     if info.type == pafs.FileType.NotFound:
+        if "://" in spec and not spec.startswith("file://") and _no_bucket(fs, path):
+            bucket = path.split("/", 1)[0]
+            raise AepipeError(f'{spec}: no such file or folder (bucket "{bucket}" does not exist)')
         raise AepipeError(f"{spec}: no such file or folder")
     return Location(spec, fs, path, info.type == pafs.FileType.Directory)
+
+
+def _no_bucket(fs, path: str) -> bool:
+    """Whether an object store says the path's bucket is missing (a hint for the error only)."""
+    import pyarrow.fs as pafs
+
+    try:
+        return fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.NotFound
+    except Exception:  # no right to look at the bucket itself: say nothing more
+        return False
 
 
 def open_source(spec: str, id_column: str | None = None, fitted: dict | None = None, **options) -> Source:

@@ -15,10 +15,10 @@ OPTIONS = ()
 
 
 def open(where, id_column=None, fitted=None) -> Source:
-    """A built-in set by name, a .npy file or a .zarr array by path."""
+    """A built-in set by name, a .npy file or a .zarr array at a Location (local or URI)."""
     if isinstance(where, str):
         return builtin(where)
-    return NpySource(Path(where.path)) if where.suffix == ".npy" else ZarrSource(where)
+    return NpySource(where) if where.suffix == ".npy" else ZarrSource(where)
 
 
 def _check_array(spec: str, dtype, shape) -> None:
@@ -40,23 +40,34 @@ class ArraySource(Source):
 
 
 class NpySource(Source):
-    """A .npy file shaped (N, ...), memory-mapped so each read task touches only its rows."""
+    """A .npy file shaped (N, ...): the header is parsed once and each read task fetches only its
+    rows' bytes, by offset, through the Location's filesystem (a local file or an object store)."""
 
-    def __init__(self, path: Path):
-        self.spec, self.path = str(path), str(path)
-        arr = self._open()
-        _check_array(str(path), arr.dtype, arr.shape)
-        self.n_rows = arr.shape[0]
-        self.schema = Schema(("x",), tuple(arr.shape[1:]), tabular=False)
-
-    def _open(self):
+    def __init__(self, where):
+        self.where, self.spec = where, where.spec
         try:
-            return np.load(self.path, mmap_mode="r", allow_pickle=False)
+            with where.open() as f:
+                version = np.lib.format.read_magic(f)
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = header(f)
+                self.offset = f.tell()
         except Exception as e:
-            raise AepipeError(f"{self.path}: not a readable .npy array ({e})") from None
+            raise AepipeError(f"{self.spec}: not a readable .npy array ({e})") from None
+        _check_array(self.spec, dtype, shape)
+        if fortran:  # rows are not contiguous on disk: byte ranges would mix them
+            raise AepipeError(f"{self.spec}: Fortran-ordered array; save it C-ordered (np.ascontiguousarray)")
+        self.dtype, self.n_rows = dtype, shape[0]
+        self.row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        self.schema = Schema(("x",), tuple(shape[1:]), tabular=False)
 
     def _read(self, start, stop):
-        return np.arange(start, stop, dtype=np.int64), self._open()[start:stop]
+        with self.where.open() as f:
+            f.seek(self.offset + start * self.row_bytes)
+            data = f.read((stop - start) * self.row_bytes)
+        if len(data) != (stop - start) * self.row_bytes:
+            raise AepipeError(f"{self.spec}: file ends before row {stop} (truncated?)")
+        x = np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.schema.shape))
+        return np.arange(start, stop, dtype=np.int64), x
 
 
 class ZarrSource(Source):

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import AepipeError
-from pipeline.sources import ROWS_PER_TASK, Schema, Source, _short
+from pipeline.sources import ROWS_PER_TASK, Location, Schema, Source, _short
 
 WHAT = "Parquet"
 OPTIONS = ("columns",)
 
 
-def open(where: Path, id_column=None, fitted=None, columns=None) -> "ParquetSource":
-    return ParquetSource(Path(where.path), id_column, columns or (fitted or {}).get("columns"))
+def open(where: Location, id_column=None, fitted=None, columns=None) -> "ParquetSource":
+    return ParquetSource(where, id_column, columns or (fitted or {}).get("columns"))
 
 
-def parquet_files(path: Path) -> list[Path]:
-    """A Parquet dataset's files in a fixed order: that order defines its rows' global indices."""
-    return sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+def parquet_files(where: Location) -> list[str]:
+    """A Parquet dataset's files (paths inside where.fs) in a fixed order: that order defines its
+    rows' global indices."""
+    return where.files(".parquet")
 
 
 class ParquetSource(Source):
@@ -32,22 +31,23 @@ class ParquetSource(Source):
     feature. Read tasks follow row-group boundaries, found from the footers without reading data.
     """
 
-    def __init__(self, path: Path, id_column: str | None = None, columns: tuple[str, ...] | None = None):
-        self.spec, self.only = str(path), columns
-        files = parquet_files(path)
-        if not files:
+    def __init__(self, where: Location, id_column: str | None = None, columns: tuple[str, ...] | None = None):
+        # where (its filesystem included) is pickled to the read tasks: pyarrow's filesystems pickle
+        path = self.spec = where.spec
+        self.where, self.only = where, columns
+        self.files = parquet_files(where)
+        if not self.files:
             raise AepipeError(f"{path}: folder holds no .parquet files")
-        self.files = [str(f) for f in files]
         self.groups = []  # (global start, n rows, file index, row-group index)
         start, arrow_schema = 0, None
         for fi, f in enumerate(self.files):
             try:
-                meta = pq.ParquetFile(f).metadata
+                meta = pq.ParquetFile(where.open(f)).metadata
                 schema = meta.schema.to_arrow_schema()
             except Exception as e:
-                raise AepipeError(f"{f}: not a readable Parquet file ({e})") from None
+                raise AepipeError(f"{where.show(f)}: not a readable Parquet file ({e})") from None
             arrow_schema = arrow_schema or schema
-            _same_columns(arrow_schema, schema, self.files[0], f)
+            _same_columns(arrow_schema, schema, where.show(self.files[0]), where.show(f))
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 self.groups.append((start, n, fi, g))
@@ -70,7 +70,7 @@ class ParquetSource(Source):
             if pa.types.is_fixed_size_list(f.type):
                 size = f.type.list_size
             else:  # a variable list: take the first row's length, every read checks the rest
-                first = pq.ParquetFile(self.files[0]).read_row_group(0, columns=[f.name]).column(0)
+                first = pq.ParquetFile(self.where.open(self.files[0])).read_row_group(0, columns=[f.name]).column(0)
                 size = len(first[0]) if len(first) else 0
             return Schema((f.name,), (size,), tabular=False)
         for f in fields:
@@ -95,7 +95,7 @@ class ParquetSource(Source):
         for g0, n, fi, g in self.groups:
             if g0 + n > start and g0 < stop:
                 first = g0 if first is None else first
-                parts.append(_read_group(self.files[fi], g))
+                parts.append(_read_group(self.where, self.files[fi], g))
         table = pa.concat_tables(parts, promote_options="permissive").slice(start - first, stop - start)
         ids = table.column(self.id_column).to_numpy() if self.id_column else np.arange(start, stop)
         return ids, self._features(table, start)
@@ -134,8 +134,8 @@ def _same_columns(first: pa.Schema, other: pa.Schema, first_file, other_file) ->
         raise AepipeError(f'{other_file}: has column "{extra[0]}", which {first_file} lacks')
 
 
-def _read_group(path: str, group: int) -> pa.Table:
+def _read_group(where: Location, path: str, group: int) -> pa.Table:
     try:  # page checksums are verified where the writer stored them (aepipe's own stores do)
-        return pq.ParquetFile(path, page_checksum_verification=True).read_row_group(group)
+        return pq.ParquetFile(where.open(path), page_checksum_verification=True).read_row_group(group)
     except Exception as e:
-        raise AepipeError(f"{path}: row group {group} is damaged ({str(e).splitlines()[0][:160]})") from None
+        raise AepipeError(f"{where.show(path)}: row group {group} is damaged ({str(e).splitlines()[0][:160]})") from None
