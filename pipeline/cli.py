@@ -371,7 +371,7 @@ def score(
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     t = attrs["threshold"]
     typer.echo(f"scored {attrs['n_rows']} rows ({attrs['loss']} per feature)"
-               + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}")
+               + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}" + _skipped_note(attrs.get("skipped")))
 
 
 @app.command()

@@ -150,7 +150,10 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="score", per_feature=per_feature,
                                             threshold=t, num_gpus=num_gpus),
                    batch_size, concurrency, num_gpus, engine, address, task_rows(chunk, 4 * src.schema.size))
-    write(ds, _score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk))
+    sink = _score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk)
+    write(ds, sink)
+    if sink.skipped:  # --on-bad-row skip: fewer rows scored, the others listed
+        attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
     return attrs
 
 

@@ -143,9 +143,11 @@ class ZarrSink(_Staged):
         for a in range(0, self.n_rows, self.chunk_rows):
             b = min(a + self.chunk_rows, self.n_rows)
             keep = ~bad_rows(g[ids][a:b])
+            n = int(keep.sum())
             for name in self.arrays:
-                g[name][kept:kept + int(keep.sum())] = g[name][a:b][keep]
-            kept += int(keep.sum())
+                if n:
+                    g[name][kept:kept + n] = g[name][a:b][keep]
+            kept += n
         for name in self.arrays:
             g[name].resize((kept, *g[name].shape[1:]))
         return kept

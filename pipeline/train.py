@@ -69,6 +69,7 @@ def _stats(batch: dict) -> dict:
 
 
 def _skipped(stats_rows: list[dict]) -> list[dict]:
+    """The skipped rows of every block's _stats (batches here, rows from Ray's take_all), by id."""
     return sorted((s for r in stats_rows for s in json.loads(np.reshape(r["skipped"], -1)[0])), key=lambda s: s["id"])
 
 

@@ -11,9 +11,12 @@ import zarr
 from PIL import Image
 
 from pipeline import AepipeError
+from pipeline.decode import decode
 from pipeline.encode import encode
-from pipeline.sources import bad_rows, open_source, skipped_rows
+from pipeline.normalize import Normalizer, combine_stats
+from pipeline.sources import bad_rows, open_source, skipped_rows, to_dataset
 from pipeline.store import read_metadata
+from pipeline.train import _datasets, _skipped, _stats
 from tests.conftest import run_aepipe
 from tests.test_cli import fails_cleanly
 
@@ -90,6 +93,14 @@ def test_train_encode_decode_an_image_folder(ray_local, folder, tmp_path):
     assert meta["reader"] == {"mode": "L", "image_size": [8, 8]} and meta["n_rows"] == len(GOOD)
     assert [s["id"] for s in meta["skipped"]] == [BAD]
 
+    # Ray Train's data path skips it too: the statistics pass and the materialised splits
+    src = open_source(str(folder), image_size=(8, 8), on_bad_row="skip")
+    parts = to_dataset(src, rows_per_task=4).map_batches(_stats, batch_size=None).take_all()
+    stats = {**combine_stats(parts), "skipped": _skipped(parts)}
+    assert stats["count"] == len(GOOD) and [s["id"] for s in stats["skipped"]] == [BAD]
+    splits = _datasets(src, Normalizer.fit("global", stats), 0.3)
+    assert splits["train"].count() + splits["val"].count() == len(GOOD)
+
     # the corrupt file stops encoding by default: one line naming it, exit 2, nothing left behind
     fails_cleanly(["encode", folder, "--model", run, "--out", tmp_path / "x.zarr"], f"{BAD}: not a readable image",
                   tmp_path / "x.zarr")
@@ -111,11 +122,17 @@ def test_train_encode_decode_an_image_folder(ray_local, folder, tmp_path):
     np.testing.assert_allclose(np.stack([by_id[i] for i in GOOD]), g["codes"][:], rtol=1e-5, atol=1e-6)
 
     # string ids select rows to decode, from either store
-    for store in ("c.zarr", "c.parquet"):
-        out = tmp_path / f"sel-{store}.zarr"
-        run_aepipe("decode", tmp_path / store, "--model", run, "--out", out, "--ids", "sub/e.jpg,a1.png")
-        sel = zarr.open_group(str(out), mode="r")
-        assert list(sel["ids"][:]) == ["sub/e.jpg", "a1.png"] and sel["data"].shape == (2, 8, 8)
+    run_aepipe("decode", tmp_path / "c.zarr", "--model", run, "--out", tmp_path / "sel.zarr", "--ids", "sub/e.jpg,a1.png")
+    sel = zarr.open_group(str(tmp_path / "sel.zarr"), mode="r")
+    assert list(sel["ids"][:]) == ["sub/e.jpg", "a1.png"] and sel["data"].shape == (2, 8, 8)
+    assert decode(tmp_path / "c.parquet", run, tmp_path / "sel.npy", ids=["sub/e.jpg", "a1.png"]) == 2
+    np.testing.assert_allclose(np.load(tmp_path / "sel.npy"), sel["data"][:], rtol=1e-5, atol=1e-4)
+
+    # score: the same skip, in its store and its summary line
+    done = run_aepipe("score", folder, "--model", run, "--out", tmp_path / "s.parquet", "--on-bad-row", "skip",
+                      "--engine", "local")
+    assert f"scored {len(GOOD)} rows" in done.stdout and f"skipped 1 bad row: {BAD}" in done.stdout
+    assert sorted(pads.dataset(str(tmp_path / "s.parquet")).to_table().column("id").to_pylist()) == GOOD
 
 
 def test_rgb_dense_model_and_bad_train(folder, tmp_path):
