@@ -400,7 +400,7 @@ def denoise(
                 read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     if done["note"]:
         typer.echo(f"aepipe: note: {done['note']}", err=True)
-    typer.echo(f"denoised {done['n_rows']} rows -> {out}")
+    typer.echo(f"denoised {done['n_rows']} rows -> {out}" + _skipped_note(done["skipped"]))
 
 
 @app.command()

@@ -133,6 +133,11 @@ def test_train_encode_decode_an_image_folder(ray_local, folder, tmp_path):
                       "--engine", "local")
     assert f"scored {len(GOOD)} rows" in done.stdout and f"skipped 1 bad row: {BAD}" in done.stdout
     assert sorted(pads.dataset(str(tmp_path / "s.parquet")).to_table().column("id").to_pylist()) == GOOD
+    done = run_aepipe("denoise", folder, "--model", run, "--out", tmp_path / "d.zarr", "--on-bad-row", "skip",
+                      "--engine", "local")
+    assert f"denoised {len(GOOD)} rows" in done.stdout and list(zarr.open_group(str(tmp_path / "d.zarr"))["ids"][:]) == GOOD
+    fails_cleanly(["denoise", folder, "--model", run, "--out", tmp_path / "d.npy", "--on-bad-row", "skip"],
+                  "write to .zarr or .parquet", tmp_path / "d.npy")
 
 
 def test_rgb_dense_model_and_bad_train(folder, tmp_path):
