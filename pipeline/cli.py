@@ -29,9 +29,11 @@ Train autoencoders on Ray, stream datasets through them, and store the codes.
 
 DATA is a Parquet file or folder (numeric columns, or one list column), a CSV file or folder
 (.csv, .csv.gz; numbers, and text columns one-hot encoded), a .npy or Zarr array shaped
-(rows, ...), or builtin:digits (also builtin:digits-train / builtin:digits-test: the split of
-../shared/anchors.py). Every command runs on an embedded local Ray unless --address or
-RAY_ADDRESS names a cluster.
+(rows, ...), a folder of PNG/JPEG images or one image (--mode L|RGB, --image-size H[,W]; ids are
+paths in the folder), builtin:digits (also builtin:digits-train / builtin:digits-test: the split
+of ../shared/anchors.py) or builtin:photos (32x32 grayscale patches of scikit-image's
+photographs), by local path or URI (s3://, gs://, file://). Every command runs on an embedded
+local Ray unless --address or RAY_ADDRESS names a cluster.
 """)
 
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
@@ -120,7 +122,8 @@ def _config_file(path: Optional[Path]) -> dict:
 
 @app.command()
 def train(
-    data: str = typer.Argument(..., help="Training data: Parquet, CSV, .npy, Zarr or builtin:digits (path or URI)."),
+    data: str = typer.Argument(..., help="Training data: Parquet, CSV, .npy, Zarr, an image folder, builtin:digits "
+                                          "or builtin:photos (path or URI)."),
     out: str = typer.Option(..., "--out", help="Run dir to create (path or URI): weights, aepipe.json, loss_curve.png."),
     family: Optional[str] = typer.Option(None, help="Autoencoder family (see `aepipe models`). [default: dense]"),
     code_dim: Optional[int] = typer.Option(None, help="Size of the code. [default: 16]"),
@@ -195,7 +198,16 @@ def train(
     meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume, address=address, read=read)
     m = meta["metrics"]
     typer.echo(f"trained {meta['family']} (code {mcfg.code_dim}) in {m['seconds']:.1f} s: best val loss "
-               f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1} -> {out}")
+               f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1} -> {out}" + _skipped_note(meta.get("skipped")))
+
+
+def _skipped_note(skipped: list[dict] | None, show: int = 3) -> str:
+    """The end of a summary line under --on-bad-row skip: which rows were left out, and why."""
+    if not skipped:
+        return ""
+    listed = "; ".join(f"{s['id']} ({s['reason']})" for s in skipped[:show])
+    more = f"; and {len(skipped) - show} more, listed in the metadata" if len(skipped) > show else ""
+    return f"; skipped {len(skipped)} bad row{'s' * (len(skipped) > 1)}: {listed}{more}"
 
 
 @app.command()
@@ -225,7 +237,8 @@ def encode(
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
                  overwrite=overwrite, address=address,
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
-    typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}" + _notes(attrs))
+    typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}" + _notes(attrs)
+               + _skipped_note(attrs.get("skipped")))
 
 
 @app.command()
@@ -369,7 +382,8 @@ def score(
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     t = attrs["threshold"]
     typer.echo(f"scored {attrs['n_rows']} rows ({attrs['loss']} per feature)"
-               + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}" + _notes(attrs))
+               + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}" + _notes(attrs)
+               + _skipped_note(attrs.get("skipped")))
 
 
 @app.command()
@@ -398,7 +412,7 @@ def denoise(
                 read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     if done["note"]:
         typer.echo(f"aepipe: note: {done['note']}", err=True)
-    typer.echo(f"denoised {done['n_rows']} rows -> {out}" + _notes(done))
+    typer.echo(f"denoised {done['n_rows']} rows -> {out}" + _notes(done) + _skipped_note(done["skipped"]))
 
 
 @app.command()

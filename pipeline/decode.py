@@ -171,8 +171,9 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
     return src.n_rows
 
 
-def write_rows(ds, out: Path, src: Source, run, meta: dict) -> None:
-    """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr or Parquet."""
+def write_rows(ds, out: Path, src: Source, run, meta: dict) -> list[dict]:
+    """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr or Parquet.
+    Returns the rows --on-bad-row skip left out (only Zarr and Parquet sinks leave rows out)."""
     from pipeline.sinks import ParquetSink, ZarrSink
 
     shape = run.schema.shape
@@ -181,11 +182,16 @@ def write_rows(ds, out: Path, src: Source, run, meta: dict) -> None:
             run_interruptibly(_write_npy, ds, out, src.n_rows, shape, partial=[out.with_name(out.name + ".partial")])
     elif out.suffix == ".zarr":
         arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), id_dtype(src))}
-        write(ds, ZarrSink(out, src.n_rows, arrays, meta, chunk_rows_for(4 * int(np.prod(shape)))))
+        sink = ZarrSink(out, src.n_rows, arrays, meta, chunk_rows_for(4 * int(np.prod(shape))))
+        write(ds, sink)
+        return sink.skipped
     else:
         data_cols = run.schema.columns if run.schema.tabular else "list"
         name = "x" if run.schema.tabular else run.schema.columns[0]
-        write(ds, ParquetSink(out, src.n_rows, {"id": ("id", "scalar"), name: ("x", data_cols)}, meta))
+        sink = ParquetSink(out, src.n_rows, {"id": ("id", "scalar"), name: ("x", data_cols)}, meta)
+        write(ds, sink)
+        return sink.skipped
+    return []
 
 
 def _write_npy(ds, out: Path, n: int, shape) -> None:

@@ -77,7 +77,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     d = run.code_dim
     lo, hi = run.code_range()
     attrs = provenance(run, data, n_rows=src.n_rows, code_dim=d, dtype=dtype, scores=scores, notes=src.notes(),
-                       ids=getattr(src, "id_column", None) or "row index",
+                       ids=getattr(src, "id_column", None) or getattr(src, "id_kind", "row index"),
                        quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None)
     chunk_rows = chunk_rows or chunk_rows_for(d * np.dtype(dtype).itemsize)
     ids_kind = id_dtype(src)
@@ -98,4 +98,6 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
             cols["score"] = ("score", "scalar")
         sink = ParquetSink(out, src.n_rows, cols, attrs)
     write(ds, sink)
+    if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others
+        attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
     return attrs

@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 def block_stats(batch: dict) -> dict:
     """Per-block partial sums, combined on the driver: one small row per block, never the data."""
     x = batch["x"].reshape(len(batch["x"]), -1).astype(np.float64)
+    # a block can be empty (every row in it skipped as bad): min/max that any other block beats
+    lo = x.min(0) if len(x) else np.full(x.shape[1], np.inf)
+    hi = x.max(0) if len(x) else np.full(x.shape[1], -np.inf)
     return {"count": np.array([len(x)]), "sum": x.sum(0)[None], "sumsq": (x * x).sum(0)[None],
-            "min": x.min(0)[None], "max": x.max(0)[None]}
+            "min": lo[None], "max": hi[None]}
 
 
 def combine_stats(rows: list[dict]) -> dict:

@@ -122,13 +122,15 @@ def denoise(data: str, model: str, out: str | Path, id_column: str | None = None
     run = load_run(model)
     src = open_matching(data, run, id_column, read)
     out = output_path(out, overwrite, (".zarr", ".parquet", ".npy"), inputs=(data, model))
+    if (read or {}).get("on_bad_row") == "skip" and out.suffix == ".npy":  # a .npy keeps every row's place
+        raise AepipeError("--on-bad-row skip: write to .zarr or .parquet, which list the rows left out")
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="x", num_gpus=num_gpus),
                    batch_size, concurrency, num_gpus, engine, address)
-    write_rows(ds, out, src, run, provenance(run, data, n_rows=src.n_rows, shape=list(run.schema.shape)))
+    skipped = write_rows(ds, out, src, run, provenance(run, data, n_rows=src.n_rows, shape=list(run.schema.shape)))
     note = None if run.meta["family"] == "denoising" else (
         f'{model} is a "{run.meta["family"]}" model, not trained as denoising: rows were reconstructed, '
         "not specifically cleaned of noise")
-    return {"n_rows": src.n_rows, "note": note, "notes": src.notes()}
+    return {"n_rows": src.n_rows - len(skipped), "note": note, "skipped": skipped, "notes": src.notes()}
 
 
 def score(data: str, model: str, out: str | Path, per_feature: bool = False, threshold: str | None = None,
@@ -150,7 +152,10 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="score", per_feature=per_feature,
                                             threshold=t, num_gpus=num_gpus),
                    batch_size, concurrency, num_gpus, engine, address, task_rows(chunk, 4 * src.schema.size))
-    write(ds, _score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk))
+    sink = _score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk)
+    write(ds, sink)
+    if sink.skipped:  # --on-bad-row skip: fewer rows scored, the others listed
+        attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
     return attrs
 
 

@@ -8,6 +8,10 @@ global positions (`row`). Whole chunks go straight from the workers; rows of a c
 only partly holds come back to the driver (at most two chunks per task, since read tasks follow
 chunk boundaries) and are written there, so no two processes ever write the same chunk. Every
 chunk is written and checksummed (crc32c); Parquet parts carry page checksums and a manifest.
+
+Rows skipped under --on-bad-row skip arrive marked (see pipeline/sources: mark_bad) and count as
+written; the sinks leave them out of the store and list them (id, reason) as "skipped" in its
+metadata: Parquet drops them before writing a part, Zarr closes their gaps at commit.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline import AepipeError, remote
+from pipeline.sources import bad_rows, skipped_rows
 from pipeline.store import MANIFEST
 
 def _to_numpy(blocks) -> dict:
@@ -54,6 +59,7 @@ class _Staged(Datasink):
             self.final = Path(path)
             self.tmp = self.final.with_name(self.final.name + ".partial")
         self.n_rows = n_rows
+        self.skipped: list[dict] = []  # bad rows left out, known once the write completes
 
     def _check_count(self, written: int) -> None:
         if written != self.n_rows:  # a dropped or doubled block: refuse to present it as done
@@ -67,6 +73,12 @@ class _Staged(Datasink):
         elif self.final.exists():
             self.final.unlink()
         self.tmp.rename(self.final)
+
+    def _note_skipped(self, skipped: list[dict]) -> None:
+        self.skipped = sorted(skipped, key=lambda r: r["id"])
+        if self.skipped and len(self.skipped) == self.n_rows:
+            first = self.skipped[0]
+            raise AepipeError(f"every row was bad and skipped (the first, {first['id']}: {first['reason']})")
 
     def on_write_failed(self, error: Exception) -> None:
         self._clear()
@@ -129,14 +141,14 @@ class ZarrSink(_Staged):
     def write(self, blocks, ctx) -> dict:
         batch = _to_numpy(blocks)
         if not batch:
-            return {"n": 0, "partial": None}
+            return {"n": 0, "partial": None, "skipped": []}
         chunk = batch["row"] // self.chunk_rows
         held = np.bincount(chunk, minlength=chunk.max() + 1)
         size = np.minimum(self.chunk_rows, self.n_rows - np.arange(len(held)) * self.chunk_rows)
         whole = (held == size)[chunk]  # rows whose chunk this task holds entirely
         self._put(batch, whole)
         partial = {k: v[~whole] for k, v in batch.items()} if (~whole).any() else None
-        return {"n": len(batch["row"]), "partial": partial}
+        return {"n": len(batch["row"]), "partial": partial, "skipped": skipped_rows(batch["id"])}
 
     def on_write_complete(self, write_result) -> None:
         results = write_result.write_returns
@@ -144,9 +156,30 @@ class ZarrSink(_Staged):
         if partials:
             merged = {k: np.concatenate([p[k] for p in partials]) for k in partials[0]}
             self._put(merged, np.ones(len(merged["row"]), bool))
-        self._check_count(sum(r["n"] for r in results))
-        zarr.open_group(str(self.tmp), mode="r+").attrs["complete"] = True
+        self._check_count(sum(r["n"] for r in results))  # marked rows included: each row once
+        g = zarr.open_group(str(self.tmp), mode="r+")
+        self._note_skipped([s for r in results for s in r.get("skipped", [])])
+        if self.skipped:
+            g.attrs.update({"n_rows": self._drop_marked(g), "skipped": self.skipped})
+        g.attrs["complete"] = True
         self._commit()
+
+    def _drop_marked(self, g) -> int:
+        """Close the gaps of skipped rows: later rows move up, chunk by chunk, then the arrays shrink.
+        In place is safe: rows only move to lower positions, each chunk read before any lands on it."""
+        ids = next(name for name, (col, _, _) in self.arrays.items() if col == "id")
+        kept = 0
+        for a in range(0, self.n_rows, self.chunk_rows):
+            b = min(a + self.chunk_rows, self.n_rows)
+            keep = ~bad_rows(g[ids][a:b])
+            n = int(keep.sum())
+            for name in self.arrays:
+                if n:
+                    g[name][kept:kept + n] = g[name][a:b][keep]
+            kept += n
+        for name in self.arrays:
+            g[name].resize((kept, *g[name].shape[1:]))
+        return kept
 
 
 class ParquetSink(_Staged):
@@ -184,15 +217,24 @@ class ParquetSink(_Staged):
         batch = _to_numpy(blocks)
         if not batch:
             return {}
+        skipped, good = skipped_rows(batch["id"]), ~bad_rows(batch["id"])
+        if skipped:  # listed at commit (under "_skipped", no part's name), counted as written
+            batch = {k: v[good] for k, v in batch.items()}
+            if not good.any():
+                return {"_skipped": skipped}
         name, table = f"part-{ctx.task_idx:05d}.parquet", self._table(batch)
         self._put_file(name, lambda p, fs: pq.write_table(table, p, filesystem=fs, write_page_checksum=True))
-        return {name: len(batch["row"])}
+        return {name: len(batch["row"]), **({"_skipped": skipped} if skipped else {})}
 
     def on_write_complete(self, write_result) -> None:
-        files = {k: v for r in write_result.write_returns if r for k, v in r.items()}
-        self._check_count(sum(files.values()))
-        # the manifest names every part and its rows: a deleted or truncated part is found on read
-        manifest = json.dumps({"n_rows": self.n_rows, "files": dict(sorted(files.items()))}).encode()
+        files = {k: v for r in write_result.write_returns if r for k, v in r.items() if k != "_skipped"}
+        skipped = [s for r in write_result.write_returns if r for s in r.get("_skipped", [])]
+        self._check_count(sum(files.values()) + len(skipped))
+        self._note_skipped(skipped)
+        # the manifest names every part and its rows: a deleted or truncated part is found on read;
+        # skipped rows are listed there too, since the parts' metadata was written before they were known
+        manifest = {"n_rows": self.n_rows - len(skipped), "files": dict(sorted(files.items()))}
+        manifest = json.dumps({**manifest, **({"skipped": self.skipped} if skipped else {})}).encode()
         if self.remote:
             remote.write_bytes(self.tmp / MANIFEST, manifest)
         else:

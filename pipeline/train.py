@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import contextlib
 import math
@@ -26,7 +27,7 @@ import pipeline
 from pipeline import AepipeError, remote
 from pipeline.normalize import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
                                 in_validation)
-from pipeline.sources import open_source, read_block, to_dataset
+from pipeline.sources import bad_rows, open_source, read_block, skipped_rows, to_dataset
 from pipeline.models import ModelConfig, build_model
 from pipeline.run import META, load_state, save_run
 from pipeline.checks import run_dir_output, train_options
@@ -61,8 +62,19 @@ STORE_SHARE = 0.5
 
 
 def _prepare(batch: dict, norm: Normalizer, fraction: float, want_val: bool) -> dict:
-    keep = in_validation(batch["row"], fraction) == want_val
+    keep = (in_validation(batch["row"], fraction) == want_val) & ~bad_rows(batch["id"])  # --on-bad-row skip
     return {"x": norm.apply(batch["x"][keep])}
+
+
+def _stats(batch: dict) -> dict:
+    """A block's statistics over its good rows, and the rows --on-bad-row skip left out (as JSON)."""
+    good = ~bad_rows(batch["id"])
+    return {**block_stats({"x": batch["x"][good]}), "skipped": np.array([json.dumps(skipped_rows(batch["id"]))])}
+
+
+def _skipped(stats_rows: list[dict]) -> list[dict]:
+    """The skipped rows of every block's _stats (batches here, rows from Ray's take_all), by id."""
+    return sorted((s for r in stats_rows for s in json.loads(np.reshape(r["skipped"], -1)[0])), key=lambda s: s["id"])
 
 
 def _epoch(model, batches, opt=None, stage=None) -> dict:
@@ -384,6 +396,9 @@ def _check_split(src, name: str, n: int) -> None:
 
 
 def _normalizer(src, mcfg: ModelConfig, tcfg: TrainConfig, stats: dict) -> Normalizer:
+    if stats["count"] == 0:
+        first = stats["skipped"][0]
+        raise AepipeError(f"{src.spec}: every row was bad and skipped (the first, {first['id']}: {first['reason']})")
     norm = Normalizer.fit(tcfg.normalize or default_normalizer(src.schema), stats)
     _check_loss_range(mcfg.loss, norm, stats)
     return norm
@@ -430,7 +445,8 @@ def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, s
     """Statistics, split and fit without Ray: the source read once, range by range, into memory."""
     tm, t = {}, time.time()
     blocks = [read_block(src, a, b) for a, b in src.ranges()]  # the blocks to_dataset would make
-    stats = combine_stats([block_stats(b) for b in blocks])
+    parts = [_stats(b) for b in blocks]
+    stats = {**combine_stats(parts), "skipped": _skipped(parts)}
     norm = _normalizer(src, mcfg, tcfg, stats)
     tm["statistics"], t = time.time() - t, time.time()
     arrays = {}
@@ -458,7 +474,8 @@ def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None,
             what=f"--workers {tcfg.workers}" + (f" --gpus-per-worker {tcfg.gpus_per_worker:g}" if tcfg.gpus_per_worker else ""))
     tm["ray_start"], t = time.time() - t, time.time()
     with user_errors():
-        stats = combine_stats(to_dataset(src).map_batches(block_stats, batch_size=None).take_all())
+        parts = to_dataset(src).map_batches(_stats, batch_size=None).take_all()
+        stats = {**combine_stats(parts), "skipped": _skipped(parts)}
         norm = _normalizer(src, mcfg, tcfg, stats)
         tm["statistics"], t = time.time() - t, time.time()
         stream = _streams(src, tcfg)
@@ -548,7 +565,8 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "model": dataclasses.asdict(mcfg),
         "train": dataclasses.asdict(tcfg),
         "source": data,
-        "n_rows": src.n_rows,
+        "n_rows": src.n_rows - len(stats["skipped"]),
+        **({"skipped": stats["skipped"]} if stats["skipped"] else {}),  # --on-bad-row skip
         "id_column": getattr(src, "id_column", None),
         "reader": src.fitted(),
         "schema": src.schema.to_json(),

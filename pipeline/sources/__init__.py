@@ -12,6 +12,13 @@ keeps it, and `open_source(..., fitted=...)` reads new data the same way.
     arrays.py   in-memory arrays, .npy files, Zarr arrays and the built-in sets
     parquet.py  Parquet files and folders
     csv.py      CSV files and folders (.csv, .csv.gz): numbers and one-hot categories
+    images.py   image folders (PNG, JPEG)
+
+A row that cannot be read (a corrupt image) stops the job, naming it, or with --on-bad-row skip
+keeps its place, zeros for x and its id marked (mark_bad): rows are addressed by a global index
+fixed at open, and the sinks count every one. The mark rides in the id because every model job
+passes ids through untouched, so it reaches the sinks, which drop marked rows and list them in
+the store's metadata (pipeline/sinks.py); training leaves them out of statistics and fit.
 """
 
 from __future__ import annotations
@@ -94,6 +101,28 @@ class Source:
 
     def ranges(self, rows_per_task: int = ROWS_PER_TASK) -> list[tuple[int, int]]:
         return [(a, min(a + rows_per_task, self.n_rows)) for a in range(0, self.n_rows, rows_per_task)]
+
+
+BAD = "\x1f"  # ASCII unit separator: never in a file name in practice
+
+
+def mark_bad(row_id: str, reason: str) -> str:
+    """The id a skipped row carries: BAD id BAD reason."""
+    return f"{BAD}{row_id}{BAD}{reason}"
+
+
+def bad_rows(ids: np.ndarray) -> np.ndarray:
+    """Which ids are marked bad (only string ids can be)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "OUST" or not len(ids):  # T: numpy 2 StringDType (Zarr 3)
+        return np.zeros(len(ids), bool)
+    return np.array([isinstance(i, str) and i.startswith(BAD) for i in ids.tolist()], bool)
+
+
+def skipped_rows(ids: np.ndarray) -> list[dict]:
+    """The marked ids as {"id", "reason"}: what stores and summaries list."""
+    ids = np.asarray(ids)
+    return [dict(zip(("id", "reason"), str(i)[1:].split(BAD, 1))) for i in ids[bad_rows(ids)]]
 
 
 def _check_finite(x: np.ndarray, start: int, src: Source) -> None:
@@ -222,8 +251,10 @@ KINDS = {
     "arrays": lambda w: w.suffix == ".npy" or _is_zarr(w),
     "parquet": lambda w: w.suffix == ".parquet" or _holds(w, ".parquet"),
     "csv": lambda w: w.path.lower().endswith((".csv", ".csv.gz")) or _holds(w, ".csv", ".csv.gz"),
+    "images": lambda w: w.suffix in (".png", ".jpg", ".jpeg") or _holds(w, ".png", ".jpg", ".jpeg"),
 }
-FORMATS = "Parquet or CSV (file or folder; also .csv.gz), .npy, a Zarr array (.zarr) and builtin:digits"
+FORMATS = ("Parquet or CSV (file or folder; also .csv.gz), .npy, a Zarr array (.zarr), image folders (PNG, JPEG), "
+           "builtin:digits and builtin:photos")
 
 
 def open_for_run(spec: str, meta: dict, id_column: str | None = None, **options) -> Source:

@@ -1,4 +1,4 @@
-"""Arrays: .npy files, Zarr arrays and the built-in sets (scikit-learn's digits)."""
+"""Arrays: .npy files, Zarr arrays and the built-in sets (scikit-learn's digits, scikit-image's photographs)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import numpy as np
 from pipeline import AepipeError
 from pipeline.sources import ROWS_PER_TASK, Schema, Source, _short
 
-BUILTINS = ("digits", "digits-train", "digits-test")
+BUILTINS = ("digits", "digits-train", "digits-test", "photos")
+# scikit-image's photographs, as ../shared/anchors.py names them
+PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "horse", "coins", "moon", "grass", "gravel", "brick")
+PATCH = 32  # builtin:photos rows: PATCH x PATCH grayscale patches on a grid
 WHAT = "a .npy or Zarr array or built-in set"
 OPTIONS = ()
 
@@ -145,10 +148,39 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
         return load_digits(return_X_y=True)
 
 
+def _gray(a: np.ndarray) -> np.ndarray:
+    """A photograph as 0..255 grayscale, converted as ../shared/anchors.py converts it."""
+    if a.ndim == 3:
+        a = 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
+    a = a.astype(np.float64)
+    return np.clip(a * 255 if a.max() <= 1.0 else a, 0, 255)  # horse is boolean
+
+
+def photos() -> ArraySource:
+    """builtin:photos: every photograph cut into non-overlapping PATCH x PATCH patches, row-major
+    (edges that do not fill a patch are left out); ids "camera/0003", labels the photograph's index."""
+    try:
+        import skimage.data as skd
+    except ImportError:
+        raise AepipeError("builtin:photos needs scikit-image (pip install scikit-image)") from None
+    xs, ids, labels = [], [], []
+    for k, name in enumerate(PHOTOS):
+        a = _gray(getattr(skd, name)())
+        gh, gw = a.shape[0] // PATCH, a.shape[1] // PATCH
+        p = a[:gh * PATCH, :gw * PATCH].reshape(gh, PATCH, gw, PATCH).transpose(0, 2, 1, 3).reshape(-1, PATCH, PATCH)
+        xs.append(p)
+        ids += [f"{name}/{i:04d}" for i in range(len(p))]
+        labels += [k] * len(p)
+    return ArraySource("builtin:photos", np.concatenate(xs).astype(np.float32), np.array(ids, dtype=object),
+                       labels=np.array(labels))
+
+
 def builtin(name: str) -> ArraySource:
-    """scikit-learn's digits, whole or split exactly as ../shared/anchors.py splits it."""
+    """scikit-learn's digits, whole or split exactly as ../shared/anchors.py splits it, or photos."""
     if name not in BUILTINS:
         raise AepipeError(f'unknown built-in set "{name}"; choose one of {", ".join(BUILTINS)}')
+    if name == "photos":
+        return photos()
     x, y = _digits()
     ids = np.arange(len(x))
     if name != "digits":
