@@ -214,13 +214,22 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
     except KeyboardInterrupt:
         _stop_ray()
         removed = [p for p in partial if _remove(p)]
-        time.sleep(0.5)  # a cluster worker caught mid-write finishes it; its next write finds no store
-        for p in partial:
-            _remove(p)
+        _keep_removed(partial)
         raise Interrupted("interrupted" + (f"; removed {', '.join(map(str, removed))}" if removed else "")) from None
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def _keep_removed(partial, quiet_s: float = 1.0, most_s: float = 10.0) -> None:
+    """A cluster's workers live until this driver exits: one caught mid-write may finish its chunk
+    after the partial is gone (its next write finds no store and fails). Remove again until the
+    partials have stayed gone for quiet_s (an embedded Ray's workers are already dead: one pause)."""
+    deadline, quiet_since = time.time() + most_s, time.time()
+    while time.time() < deadline and time.time() - quiet_since < quiet_s:
+        time.sleep(0.2)
+        if any(_remove(p) for p in partial):
+            quiet_since = time.time()
 
 
 def _stop_ray() -> None:
