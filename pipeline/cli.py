@@ -167,6 +167,8 @@ def encode(
     id_column: Optional[str] = typer.Option(None, help="Parquet column holding row ids (default: a column named id)."),
     chunk_rows: Optional[int] = typer.Option(None, help="Zarr rows per chunk (default: about 1 MiB)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    resume: bool = typer.Option(False, "--resume", help="Finish OUT.partial left by a killed run with the "
+                                "same model, data and options: only its missing chunks or parts are written."),
     address: Optional[str] = ADDRESS,
 ):
     """Stream DATA through the encoder; one code per row, keyed by its id."""
@@ -174,7 +176,7 @@ def encode(
 
     attrs = _run(encode_fn, data, str(model), out, dtype=dtype, scores=scores, batch_size=batch_size,
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
-                 overwrite=overwrite, address=address)
+                 overwrite=overwrite, address=address, resume=resume)
     typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}")
 
 
