@@ -15,7 +15,7 @@ from pipeline.encode import encode
 from pipeline.store import describe_store
 from tests.conftest import AEPIPE, run_aepipe
 
-N = 60_000  # 15 read ranges of 4096 rows, 235 chunks of 256 rows: killed long before the end
+N = 30_000  # 8 read ranges of 4096 rows, 118 chunks of 256 rows: killed long before the end
 
 
 @pytest.fixture(scope="module")
