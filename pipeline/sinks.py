@@ -262,6 +262,8 @@ class ParquetSink(_Staged):
             if a in self.done:
                 files[f"part-{a:012d}.parquet"] = b - a
         self._check_count(sum(files.values()))
+        for f in self.tmp.glob("*.tmp"):  # a part a killed run left half-written
+            f.unlink()
         # the manifest names every part and its rows: a deleted or truncated part is found on read
         (self.tmp / MANIFEST).write_text(json.dumps({"n_rows": self.n_rows, "files": dict(sorted(files.items()))}))
         self._commit()
