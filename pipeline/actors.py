@@ -21,6 +21,9 @@ from pipeline import AepipeError
 from pipeline.sources import ROWS_PER_TASK, Source
 from pipeline.run import load_run
 
+# Ray Data may otherwise fill half the object store with blocks waiting for the actors (GBs on
+# a large machine): memory would grow with the dataset. 16 blocks of 64 MiB keep every stage busy.
+STREAM_BYTES = 2 ** 30
 LOCAL_ROWS = 20_000  # at most this many rows run in-process (measured in README: "small asks")
 ENGINES = ("auto", "local", "ray")
 
@@ -29,9 +32,21 @@ class ModelActor:
     """What every model job's actor shares: the run loaded once, the model on its device."""
 
     def __init__(self, run_dir: str, num_gpus: float = 0):
+        torch.set_num_threads(held_cpus() or torch.get_num_threads())
         self.run = load_run(run_dir)
         self.device = torch.device("cuda" if num_gpus and torch.cuda.is_available() else "cpu")
         self.model = self.run.model.to(self.device)
+
+
+def held_cpus() -> int:
+    """CPUs this Ray actor holds, rounded, at least 1; 0 outside a Ray worker (in-process jobs keep
+    torch's default). Ray only sets OMP_NUM_THREADS=1, so without this an actor holding 4 CPUs
+    would run its model on one thread, and one holding a fraction would fight the read tasks."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return 0
+    return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
 def actor_pool(concurrency: int, num_gpus: float) -> dict:
@@ -72,6 +87,10 @@ def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurre
     from pipeline.runtime import init_ray
 
     init_ray(address)  # a no-op when the caller (or a test) already connected
+    from ray.data import DataContext
+
+    opts = DataContext.get_current().execution_options
+    opts.resource_limits = opts.resource_limits.copy(object_store_memory=STREAM_BYTES)
     return to_dataset(src, rows_per_task=rows_per_task).map_batches(
         actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
         **actor_pool(concurrency, num_gpus))
@@ -95,7 +114,7 @@ class LocalRows:
     def iter_batches(self, batch_format="numpy", batch_size=None):
         yield from self._blocks()
 
-    def write_datasink(self, sink) -> None:
+    def write_datasink(self, sink, **ray_args) -> None:
         """The calls Ray makes on a Datasink, in its order, so sinks stay staged and all-or-nothing."""
         from ray.data.block import BlockAccessor
 

@@ -228,6 +228,8 @@ def encode(
     image_size: Optional[str] = IMAGE_SIZE,
     on_bad_row: Optional[str] = ON_BAD_ROW,
     fill_missing: Optional[str] = FILL_MISSING,
+    resume: bool = typer.Option(False, "--resume", help="Finish OUT.partial left by a killed run with the "
+                                "same model, data and options: only its missing chunks or parts are written."),
     address: Optional[str] = ADDRESS,
 ):
     """Stream DATA through the encoder; one code per row, keyed by its id."""
@@ -235,7 +237,7 @@ def encode(
 
     attrs = _run(encode_fn, data, str(model), out, dtype=dtype, scores=scores, batch_size=batch_size,
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
-                 overwrite=overwrite, address=address,
+                 overwrite=overwrite, address=address, resume=resume,
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}" + _notes(attrs)
                + _skipped_note(attrs.get("skipped")))

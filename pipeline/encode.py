@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime
+import types
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import pipeline
 from pipeline import AepipeError, remote
 from pipeline.actors import ModelActor, model_job
-from pipeline.sources import open_for_run
+from pipeline.sources import Source, open_for_run
 from pipeline.checks import at_least, output_path, positive
 from pipeline.run import load_run
 from pipeline.runtime import run_interruptibly, user_errors
@@ -54,17 +55,50 @@ def check_job_options(batch_size: int, concurrency: int, num_gpus: float) -> Non
     at_least("gpus", num_gpus, 0)
 
 
-def write(ds, sink) -> None:
+def write(ds, sink, **write_args) -> None:
     """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
     with user_errors():
-        run_interruptibly(ds.write_datasink, sink, partial=[sink.tmp])
+        run_interruptibly(ds.write_datasink, sink, partial=[sink.tmp], **write_args)
+
+
+class Remaining(Source):
+    """`src` read only over `todo`, the read ranges a resumed encode still has to run."""
+
+    def __init__(self, src: Source, todo: list[tuple[int, int]]):
+        self.src, self.todo = src, todo
+        self.spec, self.schema, self.n_rows = src.spec, src.schema, src.n_rows
+
+    def ranges(self, rows_per_task=None):
+        return self.todo
+
+    def read(self, start, stop):
+        return self.src.read(start, stop)
+
+
+def input_files(src: Source) -> list[tuple[str, int, int]]:
+    """(path, bytes, modification time in ns) of each file a source reads, through its Location
+    (a local folder or an object store); none for built-in sets."""
+    where = getattr(src, "where", None)
+    if where is None:
+        return []
+    paths = getattr(src, "files", None) or getattr(src, "paths", None) or where.files()
+    return [(i.path, i.size, i.mtime_ns or 0) for i in where.fs.get_file_info(list(paths))]
+
+
+def resume_settings(run, src: Source, out: Path, **options) -> dict:
+    """What a --resume must find unchanged: the model's weights, the input (path, size, every
+    file's size and modification time) and every option that shapes the store."""
+    data = src.spec if src.spec.startswith("builtin:") or "://" in src.spec else str(Path(src.spec).resolve())
+    return {"model_fingerprint": run.fingerprint, "data": data, "input_files": input_files(src),
+            "n_rows": src.n_rows, "format": out.suffix, **options}
 
 
 def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
            batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, id_column: str | None = None,
            chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
-           read: dict | None = None) -> dict:
-    """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance."""
+           read: dict | None = None, resume: bool = False) -> dict:
+    """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance.
+    resume: finish OUT.partial, left by a run that was killed, instead of starting again."""
     if dtype not in DTYPES:
         raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
     check_job_options(batch_size, concurrency, num_gpus)
@@ -76,28 +110,41 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     src.schema = run.schema  # columns are read by name, in the order the model was trained on
     d = run.code_dim
     lo, hi = run.code_range()
+    files = input_files(src)
     attrs = provenance(run, data, n_rows=src.n_rows, code_dim=d, dtype=dtype, scores=scores, notes=src.notes(),
                        ids=getattr(src, "id_column", None) or getattr(src, "id_kind", "row index"),
-                       quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None)
+                       quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None,
+                       # what `aepipe info` compares the store with
+                       input_bytes=src.n_rows * src.schema.size * 4,
+                       input_file_bytes=sum(size for _, size, _ in files) if files else None)
     chunk_rows = chunk_rows or chunk_rows_for(d * np.dtype(dtype).itemsize)
     ids_kind = id_dtype(src)
-    # everything above is checked without Ray: a mistake costs a second, not a start-up
-    ds = model_job(src, Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus),
-                   batch_size, concurrency, num_gpus, engine="ray", address=address,
-                   rows_per_task=task_rows(chunk_rows, 4 * src.schema.size))
+    rows_per_task = task_rows(chunk_rows, 4 * src.schema.size)
+    ranges = src.ranges(rows_per_task)
+    settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
+                               chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges))
     from pipeline.sinks import ParquetSink, ZarrSink
 
     if out.suffix == ".zarr":
         arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
         if scores:
             arrays["scores"] = ("score", (), "float32")
-        sink = ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows)
+        sink = ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows, ranges, settings)
     else:
         cols = {"id": ("id", "scalar"), "code": ("code", "list")}
         if scores:
             cols["score"] = ("score", "scalar")
-        sink = ParquetSink(out, src.n_rows, cols, attrs)
-    write(ds, sink)
+        sink = ParquetSink(out, src.n_rows, cols, attrs, ranges, settings)
+    todo = sink.prepare(resume=True) if resume else ranges
+    # everything above is checked without Ray: a mistake costs a second, not a start-up
+    if todo:  # (none: killed after its last range, before the commit)
+        ds = model_job(Remaining(src, todo), Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores,
+                       num_gpus=num_gpus), batch_size, concurrency, num_gpus, engine="ray", address=address,
+                       rows_per_task=rows_per_task)
+        # codes are ~1/25 of the input: a write task holding no CPU slot never waits behind a read task
+        write(ds, sink, ray_remote_args={"num_cpus": 0})
+    else:
+        sink.on_write_complete(types.SimpleNamespace(write_returns=[]))
     if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others
         attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
     return attrs

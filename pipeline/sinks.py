@@ -1,7 +1,12 @@
 """Where codes and reconstructions land: Zarr and Parquet datasinks for Ray Data.
 
 Both sinks write into `OUT.partial` and rename it to OUT only once every row is in and counted,
-so a store at OUT is always complete; a failed job removes its `.partial`.
+so a store at OUT is always complete; a failed job removes its `.partial`. A store at a URI
+(s3://, gs://) is written in place instead, its completion marker last (see "URI outputs").
+
+--resume (local stores): a run killed on the way leaves OUT.partial with the settings it started
+with and its finished units (Zarr: chunks with a marker file; Parquet: parts, each renamed into
+place whole); a rerun with the same settings runs only the read ranges that hold unfinished units.
 
 Zarr: Ray 2.60 has no Zarr writer, so ZarrSink is one. Each write task puts its rows at their
 global positions (`row`). Whole chunks go straight from the workers; rows of a chunk that a task
@@ -31,6 +36,7 @@ from pipeline import AepipeError, remote
 from pipeline.sources import bad_rows, skipped_rows
 from pipeline.store import MANIFEST
 
+
 def _to_numpy(blocks) -> dict:
     parts = [BlockAccessor.for_block(b).to_numpy() for b in blocks]
     parts = [p for p in parts if len(p["row"])]
@@ -47,19 +53,64 @@ def _runs(rows: np.ndarray):
     return zip(starts, ends)
 
 
+RESUME = "_aepipe_resume.json"  # in OUT.partial: the settings it was started with
+DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
+
+
 class _Staged(Datasink):
     """Shared by both sinks: write into OUT.partial, count rows, rename into place (a URI: in
-    place, the completion marker last; see "URI outputs" below)."""
+    place, the completion marker last; see "URI outputs" below).
 
-    def __init__(self, path: str | Path, n_rows: int):
+    Resumable: `ranges` are the job's read ranges, `settings` what must not change between a run
+    and its --resume. prepare() starts a fresh partial or, resuming, keeps its finished units
+    (Zarr chunks, Parquet parts) and returns the read ranges still to run."""
+
+    def __init__(self, path: str | Path, n_rows: int, ranges=None, settings: dict | None = None):
         self.remote = remote.is_uri(path)
         if self.remote:  # see "URI outputs" below: written in place, the marker last
             self.final = self.tmp = remote.URI(path)
         else:
             self.final = Path(path)
             self.tmp = self.final.with_name(self.final.name + ".partial")
-        self.n_rows = n_rows
+        self.n_rows, self.ranges = n_rows, ranges
+        self.settings = json.loads(json.dumps(settings or {}))  # as a resumed run reads them back
+        self.done: set[int] = set()  # finished units, skipped by every write
+        self.prepared = False
         self.skipped: list[dict] = []  # bad rows left out, known once the write completes
+
+    def prepare(self, resume: bool = False) -> list[tuple[int, int]]:
+        self.prepared = True
+        if not resume:
+            self._clear()
+            self._create()
+            if not self.remote:
+                (self.tmp / RESUME).write_text(json.dumps(self.settings))
+            return list(self.ranges or [])
+        self._check_resumable()
+        self.done = self._finished()
+        return [(a, b) for a, b in self.ranges if not all(u in self.done for u in self._units(a, b))]
+
+    def _check_resumable(self) -> None:
+        if self.remote:
+            raise AepipeError(f"--resume: {self.final} is at a URI, written in place; --resume finishes "
+                              "local stores only: run without --resume")
+        if not self.tmp.is_dir():
+            raise AepipeError(f"--resume: {self.tmp} does not exist, so there is nothing to resume; "
+                              "run without --resume")
+        try:
+            was = json.loads((self.tmp / RESUME).read_text())
+        except (OSError, ValueError):
+            raise AepipeError(f"--resume: {self.tmp} has no readable {RESUME} (not started by this aepipe); "
+                              "run without --resume") from None
+        for key in sorted(set(was) | set(self.settings)):
+            if was.get(key) != self.settings.get(key):
+                raise AepipeError(f"--resume: {self.tmp} was started with {key} = {json.dumps(was.get(key))}, "
+                                  f"this run has {json.dumps(self.settings.get(key))}; rerun with the same "
+                                  "model, data and options, or without --resume")
+
+    def on_write_start(self, schema=None) -> None:
+        if not self.prepared:  # jobs that never resume (decode, denoise, ...)
+            self.prepare()
 
     def _check_count(self, written: int) -> None:
         if written != self.n_rows:  # a dropped or doubled block: refuse to present it as done
@@ -68,6 +119,7 @@ class _Staged(Datasink):
     def _commit(self) -> None:
         if self.remote:
             return  # the completion marker, just written, is the commit
+        (self.tmp / RESUME).unlink(missing_ok=True)
         if self.final.is_dir():
             shutil.rmtree(self.final)
         elif self.final.exists():
@@ -107,14 +159,15 @@ class _Staged(Datasink):
 
 
 class ZarrSink(_Staged):
-    """arrays: zarr array name -> (batch column, per-row shape, dtype)."""
+    """arrays: zarr array name -> (batch column, per-row shape, dtype). Resume unit: one chunk,
+    finished once its marker file exists (zarr writes are not atomic: a chunk without a marker may
+    be half-written, and is written again)."""
 
-    def __init__(self, path, n_rows: int, arrays: dict, attrs: dict, chunk_rows: int):
-        super().__init__(path, n_rows)
+    def __init__(self, path, n_rows: int, arrays: dict, attrs: dict, chunk_rows: int, ranges=None, settings=None):
+        super().__init__(path, n_rows, ranges, settings)
         self.arrays, self.attrs, self.chunk_rows = arrays, attrs, chunk_rows
 
-    def on_write_start(self, schema=None) -> None:
-        self._clear()
+    def _create(self) -> None:
         g = zarr.open_group(str(self.tmp), mode="w")
         for name, (_, shape, dtype) in self.arrays.items():
             # every chunk is written, even one equal to the fill value, so a missing chunk file always
@@ -123,6 +176,17 @@ class ZarrSink(_Staged):
                            dtype=str if dtype == "str" else dtype, config={"write_empty_chunks": True},
                            compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()])
         g.attrs.update({**self.attrs, "complete": False})
+        if not self.remote:
+            (self.tmp / DONE).mkdir()
+
+    def _units(self, a: int, b: int) -> range:
+        return range(a // self.chunk_rows, (b - 1) // self.chunk_rows + 1)
+
+    def _finished(self) -> set[int]:
+        return {int(f.name) for f in (self.tmp / DONE).iterdir() if f.name.isdigit()}
+
+    def _chunk_size(self, i):
+        return np.minimum(self.chunk_rows, self.n_rows - i * self.chunk_rows)
 
     def _put(self, batch: dict, select: np.ndarray) -> None:
         rows = batch["row"][select]
@@ -137,15 +201,20 @@ class ZarrSink(_Staged):
                 values = values.astype(str)
             for a, b in _runs(rows):
                 g[name][rows[a]:rows[a] + (b - a)] = values[a:b]
+        if not self.remote:
+            for i in np.unique(rows // self.chunk_rows):  # after every array's chunk is on disk
+                (self.tmp / DONE / str(i)).touch()
 
     def write(self, blocks, ctx) -> dict:
         batch = _to_numpy(blocks)
-        if not batch:
+        if batch and self.done:  # resumed: chunks finished before are never rewritten
+            keep = ~np.isin(batch["row"] // self.chunk_rows, list(self.done))
+            batch = {k: v[keep] for k, v in batch.items()}
+        if not batch or not len(batch["row"]):
             return {"n": 0, "partial": None, "skipped": []}
         chunk = batch["row"] // self.chunk_rows
         held = np.bincount(chunk, minlength=chunk.max() + 1)
-        size = np.minimum(self.chunk_rows, self.n_rows - np.arange(len(held)) * self.chunk_rows)
-        whole = (held == size)[chunk]  # rows whose chunk this task holds entirely
+        whole = (held == self._chunk_size(np.arange(len(held))))[chunk]  # rows whose chunk this task holds entirely
         self._put(batch, whole)
         partial = {k: v[~whole] for k, v in batch.items()} if (~whole).any() else None
         return {"n": len(batch["row"]), "partial": partial, "skipped": skipped_rows(batch["id"])}
@@ -156,14 +225,17 @@ class ZarrSink(_Staged):
         if partials:
             merged = {k: np.concatenate([p[k] for p in partials]) for k in partials[0]}
             self._put(merged, np.ones(len(merged["row"]), bool))
-        self._check_count(sum(r["n"] for r in results))  # marked rows included: each row once
+        before = int(sum(self._chunk_size(i) for i in self.done))  # rows a resumed run kept
+        self._check_count(before + sum(r["n"] for r in results))  # marked rows included: each row once
+        if not self.remote:
+            shutil.rmtree(self.tmp / DONE)
         g = zarr.open_group(str(self.tmp), mode="r+")
+        # (a resumed run lists, and drops, the skipped rows of the chunks it wrote itself)
         self._note_skipped([s for r in results for s in r.get("skipped", [])])
         if self.skipped:
             g.attrs.update({"n_rows": self._drop_marked(g), "skipped": self.skipped})
         g.attrs["complete"] = True
         self._commit()
-
     def _drop_marked(self, g) -> int:
         """Close the gaps of skipped rows: later rows move up, chunk by chunk, then the arrays shrink.
         In place is safe: rows only move to lower positions, each chunk read before any lands on it."""
@@ -183,20 +255,28 @@ class ZarrSink(_Staged):
 
 
 class ParquetSink(_Staged):
-    """One file per write task, named by the task's index so a retried task overwrites its own file.
+    """One file per read range, named by its first row, so a retried task overwrites its own file
+    and a resumed run sees which ranges are done (a part appears only by an atomic rename, or on a
+    URI once its upload completes). Without ranges (decode, ...), one file per write task, named by
+    its first row. Rows marked bad (--on-bad-row skip) are left out of the parts and listed.
 
     columns: output column -> (batch column, kind); kind "scalar", "list" (fixed-size list), or a
     tuple of names to split an (N, k) array into k scalar columns (a table's own columns)."""
 
-    def __init__(self, path, n_rows: int, columns: dict, metadata: dict):
-        super().__init__(path, n_rows)
+    def __init__(self, path, n_rows: int, columns: dict, metadata: dict, ranges=None, settings=None):
+        super().__init__(path, n_rows, ranges, settings)
         self.columns, self.metadata = columns, metadata
+        self.starts = np.array([a for a, _ in ranges or []], np.int64)
 
-    def on_write_start(self, schema=None) -> None:
-        self._clear()
+    def _create(self) -> None:
         if not self.remote:  # object stores have no folders
             self.tmp.mkdir(parents=True)
 
+    def _units(self, a: int, b: int) -> list[int]:
+        return [a]
+
+    def _finished(self) -> set[int]:
+        return {int(f.name[5:-8]) for f in self.tmp.glob("part-*.parquet") if f.name[5:-8].isdigit()}
     def _table(self, batch: dict) -> pa.Table:
         order = np.argsort(batch["row"], kind="stable")
         cols = {}
@@ -213,28 +293,58 @@ class ParquetSink(_Staged):
         table = pa.table(cols)
         return table.replace_schema_metadata({"aepipe": json.dumps(self.metadata)})
 
-    def write(self, blocks, ctx) -> dict:
-        batch = _to_numpy(blocks)
-        if not batch:
-            return {}
-        skipped, good = skipped_rows(batch["id"]), ~bad_rows(batch["id"])
-        if skipped:  # listed at commit (under "_skipped", no part's name), counted as written
+    def _part(self, batch: dict, first: int, skipped: list) -> dict:
+        """Write one part of batch's good rows; its bad rows go to `skipped`."""
+        bad = skipped_rows(batch["id"])
+        if bad:
+            skipped += bad
+            good = ~bad_rows(batch["id"])
             batch = {k: v[good] for k, v in batch.items()}
-            if not good.any():
-                return {"_skipped": skipped}
-        name, table = f"part-{ctx.task_idx:05d}.parquet", self._table(batch)
+            if not len(batch["row"]):
+                return {}
+        name, table = f"part-{first:012d}.parquet", self._table(batch)
         self._put_file(name, lambda p, fs: pq.write_table(table, p, filesystem=fs, write_page_checksum=True))
-        return {name: len(batch["row"]), **({"_skipped": skipped} if skipped else {})}
+        return {name: len(batch["row"])}
+    def write(self, blocks, ctx) -> dict:
+        batch, skipped = _to_numpy(blocks), []
+        if not batch:
+            return {"files": {}, "partial": [], "skipped": []}
+        if not self.ranges:
+            return {"files": self._part(batch, int(batch["row"].min()), skipped), "partial": [], "skipped": skipped}
+        files, partial = {}, []
+        for start, rows, whole in self._by_range(batch):
+            if start in self.done:
+                continue
+            if whole:
+                files.update(self._part(rows, start, skipped))
+            else:  # the rest of this range went to another task: the driver joins them
+                partial.append(rows)
+        return {"files": files, "partial": partial, "skipped": skipped}
 
     def on_write_complete(self, write_result) -> None:
-        files = {k: v for r in write_result.write_returns if r for k, v in r.items() if k != "_skipped"}
-        skipped = [s for r in write_result.write_returns if r for s in r.get("_skipped", [])]
-        self._check_count(sum(files.values()) + len(skipped))
+        results = [r for r in write_result.write_returns if r]
+        files = {k: v for r in results for k, v in r["files"].items()}
+        skipped = [s for r in results for s in r["skipped"]]
+        partials = [p for r in results for p in r["partial"]]
+        if partials:
+            merged = {k: np.concatenate([p[k] for p in partials]) for k in partials[0]}
+            for start, rows, _ in self._by_range(merged):
+                files.update(self._part(rows, start, skipped))
+        kept = 0  # rows of ranges a resumed run found finished (their parts hold the good ones)
+        for a, b in self.ranges or []:
+            if a in self.done:
+                name = f"part-{a:012d}.parquet"
+                files[name], kept = pq.ParquetFile(self.tmp / name).metadata.num_rows, kept + b - a
+        self._check_count(sum(v for k, v in files.items() if int(k[5:-8]) not in self.done) + len(skipped) + kept)
         self._note_skipped(skipped)
+        if not self.remote:
+            for f in self.tmp.glob("*.tmp"):  # a part a killed run left half-written
+                f.unlink()
         # the manifest names every part and its rows: a deleted or truncated part is found on read;
         # skipped rows are listed there too, since the parts' metadata was written before they were known
-        manifest = {"n_rows": self.n_rows - len(skipped), "files": dict(sorted(files.items()))}
-        manifest = json.dumps({**manifest, **({"skipped": self.skipped} if skipped else {})}).encode()
+        manifest = {"n_rows": sum(files.values()), "files": dict(sorted(files.items())),
+                    **({"skipped": self.skipped} if skipped else {})}
+        manifest = json.dumps(manifest).encode()
         if self.remote:
             remote.write_bytes(self.tmp / MANIFEST, manifest)
         else:

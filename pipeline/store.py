@@ -225,6 +225,22 @@ def open_codes(path: str | Path) -> tuple[Source, dict]:
     return ParquetSource(locate(str(path)), id_column="id", columns=("code",)), attrs
 
 
+def compression(size: int, attrs: dict) -> list[tuple[str, str]]:
+    """Bytes per row on disk, against the input: its raw size (rows x features x 4 bytes, as
+    float32) and, where encode recorded them, its files' size on disk."""
+    n = attrs.get("n_rows")
+    if not n:
+        return []
+    rows = [("bytes per row", f"{size / n:.1f} on disk ({n} rows)")]
+    raw, files = attrs.get("input_bytes"), attrs.get("input_file_bytes")
+    if not raw:
+        return rows + [("vs input", "input size not recorded (store written by an older aepipe)")]
+    parts = [f"raw input: {raw / n:.0f} B/row ({n} rows x {raw // n // 4} float32), {raw / size:.1f}x the store"]
+    if files:
+        parts.append(f"input files: {files / n:.1f} B/row on disk, {files / size:.1f}x the store")
+    return rows + [("vs input", "; ".join(parts))]
+
+
 def describe_store(path: str | Path) -> list[tuple[str, str]]:
     """What `aepipe info STORE` prints."""
     import pyarrow.fs as pafs
@@ -245,6 +261,7 @@ def describe_store(path: str | Path) -> list[tuple[str, str]]:
              else [where.fs.get_file_info(where.path)])
     size = sum(i.size for i in infos if i.type == pafs.FileType.File)
     rows.append(("bytes on disk" if not remote.is_uri(path) else "bytes stored", f"{size:,}"))
+    rows += compression(size, attrs)
     rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in attrs.items()
              if k != "quantization"]
     return rows

@@ -98,8 +98,9 @@ def test_train_encode_decode_an_image_folder(ray_local, folder, tmp_path):
     parts = to_dataset(src, rows_per_task=4).map_batches(_stats, batch_size=None).take_all()
     stats = {**combine_stats(parts), "skipped": _skipped(parts)}
     assert stats["count"] == len(GOOD) and [s["id"] for s in stats["skipped"]] == [BAD]
-    splits = _datasets(src, Normalizer.fit("global", stats), 0.3)
-    assert splits["train"].count() + splits["val"].count() == len(GOOD)
+    for stream in (False, True):  # materialised, and streamed (reread every epoch)
+        splits = _datasets(src, Normalizer.fit("global", stats), 0.3, {"train": stream, "val": stream})
+        assert splits["train"].count() + splits["val"].count() == len(GOOD)
 
     # the corrupt file stops encoding by default: one line naming it, exit 2, nothing left behind
     fails_cleanly(["encode", folder, "--model", run, "--out", tmp_path / "x.zarr"], f"{BAD}: not a readable image",
