@@ -217,6 +217,10 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
         _keep_removed(partial)
         raise Interrupted("interrupted" + (f"; removed {', '.join(map(str, removed))}" if removed else "")) from None
     if "error" in box:
+        # a failed job leaves no output: the sink removed its partial, but a write task still running
+        # then may have written into it again (or the job failed before the sink was called)
+        if any(_remove(p) for p in partial) or partial:
+            _keep_removed(partial, quiet_s=0.5)
         raise box["error"]
     return box.get("value")
 

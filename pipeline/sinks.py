@@ -305,6 +305,14 @@ class ParquetSink(_Staged):
         name, table = f"part-{first:012d}.parquet", self._table(batch)
         self._put_file(name, lambda p, fs: pq.write_table(table, p, filesystem=fs, write_page_checksum=True))
         return {name: len(batch["row"])}
+    def _by_range(self, batch: dict):
+        """(range start, that range's rows of batch, whether batch holds all of them)."""
+        which = np.searchsorted(self.starts, batch["row"], side="right") - 1
+        ends = np.array([b for _, b in self.ranges], np.int64)
+        for r in np.unique(which):
+            sel = which == r
+            yield int(self.starts[r]), {k: v[sel] for k, v in batch.items()}, sel.sum() == ends[r] - self.starts[r]
+
     def write(self, blocks, ctx) -> dict:
         batch, skipped = _to_numpy(blocks), []
         if not batch:

@@ -193,8 +193,9 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
         except Exception as e:
             raise AepipeError(f"{where.show(files[0])}: not a readable Parquet file ({e})") from None
         attrs = json.loads(meta[b"aepipe"]) if b"aepipe" in meta else {}
-        if path.is_dir() and (path / MANIFEST).exists():  # rows left out are known only at commit
-            m = json.loads((path / MANIFEST).read_text())
+        if _has(where, MANIFEST):  # rows left out are known only at commit
+            with where.open(f"{where.path}/{MANIFEST}") as f:
+                m = json.loads(f.read())
             if m.get("skipped"):
                 attrs.update(n_rows=m["n_rows"], skipped=m["skipped"])
         kind = "parquet"
