@@ -214,13 +214,12 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
     except KeyboardInterrupt:
         _stop_ray()
         removed = [p for p in partial if _remove(p)]
-        _keep_removed(partial)
+        _keep_removed(partial)  # (removes again: a no-op when the first removal took)
         raise Interrupted("interrupted" + (f"; removed {', '.join(map(str, removed))}" if removed else "")) from None
     if "error" in box:
         # a failed job leaves no output: the sink removed its partial, but a write task still running
         # then may have written into it again (or the job failed before the sink was called)
-        if any(_remove(p) for p in partial) or partial:
-            _keep_removed(partial, quiet_s=0.5)
+        _keep_removed(partial, quiet_s=0.5)
         raise box["error"]
     return box.get("value")
 
@@ -229,6 +228,10 @@ def _keep_removed(partial, quiet_s: float = 1.0, most_s: float = 10.0) -> None:
     """A cluster's workers live until this driver exits: one caught mid-write may finish its chunk
     after the partial is gone (its next write finds no store and fails). Remove again until the
     partials have stayed gone for quiet_s (an embedded Ray's workers are already dead: one pause)."""
+    if not partial:
+        return
+    for p in partial:
+        _remove(p)
     deadline, quiet_since = time.time() + most_s, time.time()
     while time.time() < deadline and time.time() - quiet_since < quiet_s:
         time.sleep(0.2)
