@@ -40,6 +40,9 @@ ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RA
 # How DATA is read, for every command that reads it (train, encode, score, denoise). Training
 # keeps what it learned (categories, means, image size) in the run dir; the others reuse it.
 READ_HELP = "Reading DATA"
+CONCURRENCY = typer.Option(None, help="Model copies at work at once. On CPUs (default: one per CPU) each is a "
+                           "task that reads a share of the rows, runs the model and writes its output; "
+                           "with --gpus each is an actor holding the model on its GPU share (default 1).")
 COLUMNS = typer.Option(None, help="Tables: feature columns to use, comma-separated (default: all but the id).",
                        rich_help_panel=READ_HELP)
 MODE = typer.Option(None, help="Images: L (grayscale) or RGB. [default: L, or the model's]", rich_help_panel=READ_HELP)
@@ -218,8 +221,8 @@ def encode(
     dtype: str = typer.Option("float32", help="float32, float16, or int8 (per-dimension scale from training)."),
     scores: bool = typer.Option(False, "--scores", help="Also store each row's reconstruction error."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
-    concurrency: int = typer.Option(1, help="Encoder actors (each holds one copy of the model)."),
-    gpus: float = typer.Option(0, help="GPUs per encoder actor."),
+    concurrency: Optional[int] = CONCURRENCY,
+    gpus: float = typer.Option(0, help="GPUs per model actor (0: run on CPUs)."),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),
     chunk_rows: Optional[int] = typer.Option(None, help="Zarr rows per chunk (default: about 1 MiB)."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
@@ -252,7 +255,7 @@ def decode(
     ids: Optional[str] = typer.Option(None, help="Only these ids, comma-separated, in this order."),
     ids_file: Optional[Path] = typer.Option(None, help="Only the ids in this text file, one a line, in its order."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
-    concurrency: int = typer.Option(1, help="Decoder actors."),
+    concurrency: Optional[int] = CONCURRENCY,
     gpus: float = typer.Option(0, help="GPUs per decoder actor."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     engine: str = ENGINE,
@@ -364,7 +367,7 @@ def score(
     contamination: float = typer.Option(0.01, help="With --threshold auto: share of training rows above it."),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's)."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
-    concurrency: int = typer.Option(1, help="Model actors."),
+    concurrency: Optional[int] = CONCURRENCY,
     gpus: float = typer.Option(0, help="GPUs per actor."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     columns: Optional[str] = COLUMNS,
@@ -395,7 +398,7 @@ def denoise(
     out: str = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy (as decode writes them)."),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's)."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
-    concurrency: int = typer.Option(1, help="Model actors."),
+    concurrency: Optional[int] = CONCURRENCY,
     gpus: float = typer.Option(0, help="GPUs per actor."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     columns: Optional[str] = COLUMNS,

@@ -152,7 +152,7 @@ def _group_may_hold(meta, column: str, wanted: list[str]) -> bool:
 
 
 def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids: list[str] | None = None,
-           batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False,
+           batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, overwrite: bool = False,
            engine: str = "auto", address: str | None = None) -> int:
     """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written.
     Small selections run in this process (pipeline.actors.model_job), large ones on Ray."""

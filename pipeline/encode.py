@@ -1,6 +1,7 @@
-"""aepipe encode: stream DATA through the encoder on an actor pool, write codes in parallel.
+"""aepipe encode: stream DATA through the encoder in parallel, write one code per row.
 
-    read (one task per row range) -> map_batches(Encoder) on C actors -> ZarrSink | ParquetSink
+    read a row range -> Encoder -> ZarrSink | ParquetSink     one fused Ray task per range on CPUs
+    read -> Encoder on an actor pool -> write                  with --gpus (pipeline.actors.model_job)
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def resume_settings(run, src: Source, out: Path, **options) -> dict:
 
 
 def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
-           batch_size: int = 1024, concurrency: int = 1, num_gpus: float = 0, id_column: str | None = None,
+           batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, id_column: str | None = None,
            chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
            read: dict | None = None, resume: bool = False) -> dict:
     """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance.
@@ -141,8 +142,6 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
         ds = model_job(Remaining(src, todo), Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores,
                        num_gpus=num_gpus), batch_size, concurrency, num_gpus, engine="ray", address=address,
                        rows_per_task=rows_per_task)
-        # write tasks take a CPU slot like any task: with none (num_cpus=0) they ran beside reads and the
-        # actor on 2 CPUs and a 300k-row encode took 33 s instead of 24 s (measured 2026-11-24)
         write(ds, sink)
     else:
         sink.on_write_complete(types.SimpleNamespace(write_returns=[]))

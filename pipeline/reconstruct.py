@@ -114,7 +114,7 @@ def open_matching(data: str, run, id_column: str | None = None, read: dict | Non
 
 
 def denoise(data: str, model: str, out: str | Path, id_column: str | None = None, batch_size: int = 1024,
-            concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
+            concurrency: int | None = None, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
             address: str | None = None, read: dict | None = None) -> dict:
     """Encode and decode every row of DATA into OUT (.zarr, .parquet or .npy). Returns what it did;
     `note` says when the model was not trained to remove noise (it then only reconstructs)."""
@@ -135,7 +135,7 @@ def denoise(data: str, model: str, out: str | Path, id_column: str | None = None
 
 def score(data: str, model: str, out: str | Path, per_feature: bool = False, threshold: str | None = None,
           contamination: float = 0.01, id_column: str | None = None, batch_size: int = 1024,
-          concurrency: int = 1, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
+          concurrency: int | None = None, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
           address: str | None = None, read: dict | None = None) -> dict:
     """Per-row reconstruction error of DATA into OUT (.parquet or .zarr), keyed by the input's id column."""
     check_job_options(batch_size, concurrency, num_gpus)
