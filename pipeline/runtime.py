@@ -111,7 +111,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, runtime_env={"env_vars": env}, **quiet)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+            # "local": a new embedded Ray even when a `ray start` cluster runs on this machine (plain
+            # ray.init() would join that one, with its own workers and Python)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     except ConnectionError as e:
         raise AepipeError(f"cannot reach the Ray cluster at {address}: {e}", exit_code=1) from None
     _JOINED["remote"] = bool(address)
