@@ -14,6 +14,7 @@ tens of thousands of rows a second, so jobs of up to LOCAL_ROWS rows run in this
 from __future__ import annotations
 
 import os
+import sys
 import types
 import uuid
 
@@ -45,6 +46,8 @@ def held_cpus() -> int:
     """CPUs this Ray actor holds, rounded, at least 1; 0 outside a Ray worker (in-process jobs keep
     torch's default). Ray only sets OMP_NUM_THREADS=1, so without this an actor holding 4 CPUs
     would run its model on one thread, and one holding a fraction would fight the read tasks."""
+    if "ray" not in sys.modules:  # an in-process small job: importing Ray would cost it a second
+        return 0
     import ray
 
     if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
@@ -154,12 +157,9 @@ class LocalRows:
 
     def write_datasink(self, sink, **ray_args) -> None:
         """The calls Ray makes on a Datasink, in its order, so sinks stay staged and all-or-nothing."""
-        from ray.data.block import BlockAccessor
-
         try:
             sink.on_write_start()
-            returns = [sink.write([BlockAccessor.batch_to_block(block)], types.SimpleNamespace(task_idx=i))
-                       for i, block in enumerate(self._blocks())]
+            returns = [sink.write([block], types.SimpleNamespace(task_idx=i)) for i, block in enumerate(self._blocks())]
             sink.on_write_complete(types.SimpleNamespace(write_returns=returns))
         except BaseException as e:
             sink.on_write_failed(e)

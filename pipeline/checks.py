@@ -101,6 +101,11 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+def _kinds(suffixes) -> str:
+    text = "ending in " + " or ".join(s for s in suffixes if s)
+    return text + (", or a folder name without a suffix (PNG images)" if "" in suffixes else "")
+
+
 def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inputs: tuple = ()) -> Path:
     """Refuse an output aepipe must not write: wrong kind, name too long, already there without
     --overwrite, an unusable folder, or one that is, holds or lies inside an input (after
@@ -111,7 +116,7 @@ def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inp
         return _uri_output(remote.URI(out), overwrite, suffixes, inputs)
     out = Path(remote.local_or_uri(out))
     if suffixes and out.suffix not in suffixes:
-        raise AepipeError(f'{out}: choose an output ending in {" or ".join(suffixes)}')
+        raise AepipeError(f"{out}: choose an output {_kinds(suffixes)}")
     limit = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
     if len((out.name + PARTIAL).encode()) > limit:
         raise AepipeError(f"{out.name[:40]}...: output name too long ({len(out.name.encode())} bytes; "
@@ -148,7 +153,7 @@ def _uri_output(out, overwrite: bool, suffixes: tuple[str, ...], inputs: tuple):
     from pipeline import remote
 
     if suffixes and out.suffix not in suffixes:
-        raise AepipeError(f'{out}: choose an output ending in {" or ".join(suffixes)}')
+        raise AepipeError(f"{out}: choose an output {_kinds(suffixes)}")
     if out.suffix == ".npy":  # written by one process through a local file, renamed into place
         raise AepipeError(f"{out}: a .npy output must be a local path; choose .zarr or .parquet for a URI")
     if out.suffix == ".zarr":

@@ -250,7 +250,8 @@ def encode(
 def decode(
     codes: str = typer.Argument(..., help="A codes store from aepipe encode."),
     model: str = typer.Option(..., "--model", help="The run dir that made the codes."),
-    out: str = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy."),
+    out: str = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet, OUT.npy, or for image models a folder "
+                            "name without a suffix: one PNG per row, named by its id."),
     rows: Optional[str] = typer.Option(None, help="Only store rows A:B (positions in the store)."),
     ids: Optional[str] = typer.Option(None, help="Only these ids, comma-separated, in this order."),
     ids_file: Optional[Path] = typer.Option(None, help="Only the ids in this text file, one a line, in its order."),
@@ -395,7 +396,8 @@ def score(
 def denoise(
     data: str = typer.Argument(..., help="Noisy data, with the schema the model was trained on."),
     model: str = typer.Option(..., "--model", help="Run dir, ideally of the denoising family."),
-    out: str = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet or OUT.npy (as decode writes them)."),
+    out: str = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet, OUT.npy, or a folder of PNG images (as "
+                            "decode writes them; an image folder's files keep their relative paths)."),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's)."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
     concurrency: Optional[int] = CONCURRENCY,

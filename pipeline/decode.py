@@ -159,7 +159,9 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
     check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
     src, attrs = open_codes(codes)
-    out = output_path(out, overwrite, (".zarr", ".parquet", ".npy"), inputs=(codes, model))
+    out = output_path(out, overwrite, (".zarr", ".parquet", ".npy", ""), inputs=(codes, model))
+    if out.suffix == "":  # a folder of PNG images: only for image models, refused before Ray starts
+        png_range(run, out)
     if attrs["model_fingerprint"] != run.fingerprint:
         raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
                           f"not by {model} ({run.fingerprint})")
@@ -171,12 +173,30 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
     return src.n_rows
 
 
+def png_range(run, out) -> tuple[float, float]:
+    """(lo, span) of the training images' pixel values, which PNG writes as 0..255; refuses a model
+    whose rows are not images (H, W) or (1|3, H, W), or that was not trained on one pixel range."""
+    shape, norm = run.schema.shape, run.normalizer
+    if not (len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))):
+        raise AepipeError(f"--out {out}: a folder of PNG images needs an image model (rows shaped (H, W) or "
+                          f"(C, H, W) with 1 or 3 channels); {run.path} rows are shaped {tuple(shape)}")
+    if norm.kind != "global":
+        raise AepipeError(f'--out {out}: PNG output needs the pixel range of a model trained with the "global" '
+                          f'normaliser (the default for images); {run.path} used "{norm.kind}"')
+    return norm.shift[0], norm.scale[0]
+
+
 def write_rows(ds, out: Path, src: Source, run, meta: dict) -> list[dict]:
-    """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr or Parquet.
+    """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr, Parquet
+    or, for image models, a folder of PNG images (OUT without a suffix).
     Returns the rows --on-bad-row skip left out (only Zarr and Parquet sinks leave rows out)."""
-    from pipeline.sinks import ParquetSink, ZarrSink
+    from pipeline.sinks import ParquetSink, PngSink, ZarrSink
 
     shape = run.schema.shape
+    if out.suffix == "":  # a folder of PNG images
+        sink = PngSink(out, src.n_rows, meta, *png_range(run, out))
+        write(ds, sink)
+        return sink.skipped
     if out.suffix == ".npy":
         with user_errors():
             run_interruptibly(_write_npy, ds, out, src.n_rows, shape, partial=[out.with_name(out.name + ".partial")])

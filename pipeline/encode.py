@@ -58,8 +58,12 @@ def check_job_options(batch_size: int, concurrency: int, num_gpus: float) -> Non
 
 def write(ds, sink, **write_args) -> None:
     """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
+    from pipeline.actors import LocalRows
+    from pipeline.sinks import as_datasink
+
     with user_errors():
-        run_interruptibly(ds.write_datasink, sink, partial=[sink.tmp], **write_args)
+        target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
+        run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], **write_args)
 
 
 class Remaining(Source):

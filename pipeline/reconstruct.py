@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pipeline import AepipeError
 from pipeline.actors import ModelActor, model_job
 from pipeline.sources import open_for_run
-from pipeline.decode import write_rows
+from pipeline.decode import png_range, write_rows
 from pipeline.checks import output_path
 from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
@@ -121,7 +121,9 @@ def denoise(data: str, model: str, out: str | Path, id_column: str | None = None
     check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
     src = open_matching(data, run, id_column, read)
-    out = output_path(out, overwrite, (".zarr", ".parquet", ".npy"), inputs=(data, model))
+    out = output_path(out, overwrite, (".zarr", ".parquet", ".npy", ""), inputs=(data, model))
+    if out.suffix == "":  # a folder of PNG images: only for image models, refused before Ray starts
+        png_range(run, out)
     if (read or {}).get("on_bad_row") == "skip" and out.suffix == ".npy":  # a .npy keeps every row's place
         raise AepipeError("--on-bad-row skip: write to .zarr or .parquet, which list the rows left out")
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="x", num_gpus=num_gpus),
@@ -160,7 +162,7 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
 
 
 def _score_sink(out: Path, src, run, attrs, per_feature: bool, anomaly: bool, id_name: str, chunk: int):
-    from pipeline.sinks import ParquetSink, ZarrSink  # Ray Data comes in with the sinks, only once a job runs
+    from pipeline.sinks import ParquetSink, ZarrSink
 
     if out.suffix == ".zarr":
         arrays = {"ids": ("id", (), id_dtype(src)), "scores": ("score", (), "float32")}

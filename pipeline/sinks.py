@@ -1,4 +1,6 @@
-"""Where codes and reconstructions land: Zarr and Parquet datasinks for Ray Data.
+"""Where codes and reconstructions land: Zarr and Parquet sinks, written by Ray Data (through
+`as_datasink`) or by a small job in this process (pipeline.actors.LocalRows), which then never
+imports Ray Data (over a second of a small ask's start-up).
 
 Both sinks write into `OUT.partial` and rename it to OUT only once every row is in and counted,
 so a store at OUT is always complete; a failed job removes its `.partial`. A store at a URI
@@ -21,6 +23,7 @@ metadata: Parquet drops them before writing a part, Zarr closes their gaps at co
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 from pathlib import Path
@@ -29,17 +32,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from ray.data import Datasink
-from ray.data.block import BlockAccessor
-
 from pipeline import AepipeError, remote
 from pipeline.sources import bad_rows, skipped_rows
 from pipeline.store import MANIFEST
 
 
 def _to_numpy(blocks) -> dict:
-    parts = [BlockAccessor.for_block(b).to_numpy() for b in blocks]
-    parts = [p for p in parts if len(p["row"])]
+    """Blocks as one dict of arrays: Ray's blocks (Arrow tables) or, in-process, dicts already."""
+    blocks = list(blocks)  # Ray hands an iterator
+    if not all(isinstance(b, dict) for b in blocks):
+        from ray.data.block import BlockAccessor
+
+        blocks = [b if isinstance(b, dict) else BlockAccessor.for_block(b).to_numpy() for b in blocks]
+    parts = [b for b in blocks if len(b["row"])]
     if not parts:
         return {}
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -57,7 +62,34 @@ RESUME = "_aepipe_resume.json"  # in OUT.partial: the settings it was started wi
 DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
 
 
-class _Staged(Datasink):
+def as_datasink(sink):
+    """`sink` as a Ray Data Datasink: the calls Ray makes, passed through (Ray pickles it, sink
+    and all, into its write tasks)."""
+    from ray.data import Datasink
+
+    class Staged(Datasink):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def on_write_start(self, schema=None) -> None:
+            self.inner.on_write_start()
+
+        def write(self, blocks, ctx):
+            return self.inner.write(blocks, ctx)
+
+        def on_write_complete(self, write_result) -> None:
+            self.inner.on_write_complete(write_result)
+
+        def on_write_failed(self, error: Exception) -> None:
+            self.inner.on_write_failed(error)
+
+        def get_name(self) -> str:
+            return type(self.inner).__name__
+
+    return Staged(sink)
+
+
+class _Staged:
     """Shared by both sinks: write into OUT.partial, count rows, rename into place (a URI: in
     place, the completion marker last; see "URI outputs" below).
 
@@ -358,3 +390,81 @@ class ParquetSink(_Staged):
         else:
             (self.tmp / MANIFEST).write_bytes(manifest)
         self._commit()
+
+
+class PngSink(_Staged):
+    """A folder of 8-bit PNG images, one per row, for image models (decode, denoise). A row's file is
+    its id as a relative path (an image folder's ids are; others become `ID.png`), its image suffix
+    changed to .png. Pixels: the data's units mapped from [lo, lo + span] (the training images'
+    range, as the global normaliser keeps it) onto 0..255. The manifest lists every file."""
+
+    def __init__(self, path, n_rows: int, metadata: dict, lo: float, span: float):
+        super().__init__(path, n_rows)
+        self.metadata, self.lo, self.span = metadata, lo, span
+
+    def _create(self) -> None:
+        if not self.remote:
+            self.tmp.mkdir(parents=True)
+
+    @staticmethod
+    def name_for(row_id) -> str:
+        name = str(row_id)
+        stem, dot, suffix = name.rpartition(".")
+        name = (stem if dot and suffix.lower() in ("png", "jpg", "jpeg") else name) + ".png"
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or not parts:
+            raise AepipeError(f'row id "{row_id}" cannot name a file inside the output folder')
+        return name
+
+    def _image(self, x: np.ndarray):
+        from PIL import Image
+
+        pixels = np.clip(np.rint((x - self.lo) / self.span * 255), 0, 255).astype(np.uint8)
+        if pixels.ndim == 3:  # (C, H, W), channels first as the models take them
+            pixels = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+        return Image.fromarray(pixels)
+
+    def write(self, blocks, ctx) -> dict:
+        batch = _to_numpy(blocks)
+        if not batch:
+            return {"files": [], "skipped": []}
+        good = ~bad_rows(batch["id"])
+        names = []
+        for row_id, x in zip(batch["id"][good], batch["x"][good]):
+            name, image = self.name_for(row_id), self._image(x)
+            if not self.remote:
+                (self.tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            self._put_file(name, lambda p, fs, image=image: _save_png(image, p, fs))
+            names.append(name)
+        return {"files": names, "skipped": skipped_rows(batch["id"])}
+
+    def on_write_complete(self, write_result) -> None:
+        results = [r for r in write_result.write_returns if r]
+        files = [f for r in results for f in r["files"]]
+        skipped = [s for r in results for s in r["skipped"]]
+        twice = [f for f, n in collections.Counter(files).items() if n > 1]
+        if twice:  # two ids named one file (a.jpg and a.png): one image would be lost
+            raise AepipeError(f"two rows would both be written as {twice[0]} (ids that differ only in their "
+                              "image suffix); write to .zarr or .parquet instead")
+        self._check_count(len(files) + len(skipped))
+        self._note_skipped(skipped)
+        manifest = json.dumps({**self.metadata, "n_rows": len(files), "files": sorted(files),
+                               **({"skipped": self.skipped} if skipped else {})}).encode()
+        self._put_file(MANIFEST, lambda p, fs: _write_bytes(manifest, p, fs))
+        self._commit()
+
+
+def _save_png(image, path: str, fs) -> None:
+    if fs is None:
+        image.save(path, format="PNG")
+    else:
+        with fs.open_output_stream(path) as f:
+            image.save(f, format="PNG")
+
+
+def _write_bytes(data: bytes, path: str, fs) -> None:
+    if fs is None:
+        Path(path).write_bytes(data)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(data)

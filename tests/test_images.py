@@ -167,3 +167,42 @@ def test_builtin_photos():
     ids, x = src.read(0, 2)
     assert 0 <= x.min() and x.max() <= 255
     np.testing.assert_allclose(x[1], skd.camera()[:32, 32:64])  # row-major over the grid
+
+
+def test_png_folder_output_from_decode_and_denoise(ray_local, folder, tmp_path, table_dir):
+    """decode and denoise write a folder of PNGs named by the input's relative paths (suffix .png),
+    pixels the .npy output's values on the training images' 0..255 range; on Ray and in-process.
+    A model whose rows are not images is refused before anything runs."""
+    from pipeline.run import load_run
+    from pipeline.sinks import PngSink
+
+    run = tmp_path / "run"
+    run_aepipe("train", folder, "--out", run, "--hidden", "16", "--code-dim", 4, "--epochs", 1, "--image-size", 8,
+               "--val-fraction", 0.3, "--on-bad-row", "skip")
+    run_aepipe("encode", folder, "--model", run, "--out", tmp_path / "c.zarr", "--on-bad-row", "skip")
+    names = sorted(PngSink.name_for(i) for i in GOOD)
+    assert names[:3] == ["a0.png", "a1.png", "b.png"] and "sub/deeper/f.png" in names
+    norm = load_run(run).normalizer
+    lo, span = norm.shift[0], norm.scale[0]
+
+    def check(out, npy):
+        manifest = json.loads((out / "_aepipe_manifest.json").read_text())
+        assert manifest["files"] == names and manifest["n_rows"] == len(GOOD)
+        got = np.stack([np.asarray(Image.open(out / n)) for n in map(PngSink.name_for, GOOD)])
+        want = np.clip(np.rint((np.load(npy) - lo) / span * 255), 0, 255)
+        assert got.shape == (len(GOOD), 8, 8) and np.abs(got - want).max() <= 1
+
+    run_aepipe("decode", tmp_path / "c.zarr", "--model", run, "--out", tmp_path / "rec.npy")
+    run_aepipe("decode", tmp_path / "c.zarr", "--model", run, "--out", tmp_path / "rec", "--engine", "ray")
+    check(tmp_path / "rec", tmp_path / "rec.npy")
+    run_aepipe("denoise", folder, "--model", run, "--out", tmp_path / "den.zarr", "--on-bad-row", "skip")
+    den = zarr.open_group(str(tmp_path / "den.zarr"), mode="r")
+    np.save(tmp_path / "den.npy", den["data"][:])
+    done = run_aepipe("denoise", folder, "--model", run, "--out", tmp_path / "den", "--on-bad-row", "skip")
+    assert f"skipped 1 bad row: {BAD}" in done.stdout
+    check(tmp_path / "den", tmp_path / "den.npy")
+
+    table_run = tmp_path / "table_run"
+    run_aepipe("train", table_dir, "--out", table_run, "--code-dim", 2, "--hidden", "8", "--epochs", 1)
+    fails_cleanly(["denoise", table_dir, "--model", table_run, "--out", tmp_path / "t"],
+                  "a folder of PNG images needs an image model", tmp_path / "t")
