@@ -8,6 +8,7 @@ entrypoint. Ray runs, places and logs the job; aepipe only fills in the spec and
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shlex
@@ -144,6 +145,8 @@ def client(address: str | None):
 
 
 async def _follow(jobs, job_id: str) -> None:
+    # Ray's client logs an INFO line of its own when the stream closes: not the job's output
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     async for lines in jobs.tail_job_logs(job_id):
         sys.stdout.write(lines)
         sys.stdout.flush()
@@ -164,7 +167,9 @@ def wait(jobs, job_id: str, url: str) -> None:
                           f"--address {url} stops it)", exit_code=130) from None
     if status != JobStatus.SUCCEEDED:
         info = jobs.get_job_info(job_id)
-        message = (info.message or "").strip().splitlines()
+        # Ray appends the log's tail to the message; it was streamed above already
+        message = (info.message or "").strip().splitlines()[:1]
+        message = [m.split(", last available logs")[0] for m in message]
         raise AepipeError(f"job {job_id} {status.value}" + (f": {message[0]}" if message else ""), exit_code=1)
 
 
