@@ -214,7 +214,13 @@ def _skipped_note(skipped: list[dict] | None, show: int = 3) -> str:
 def encode(
     data: str = typer.Argument(..., help="Data to encode, with the schema the model was trained on."),
     model: str = typer.Option(..., "--model", help="Run dir from aepipe train."),
-    out: str = typer.Option(..., "--out", help="CODES.zarr or CODES.parquet."),
+    out: Optional[str] = typer.Option(None, "--out", help="CODES.zarr or CODES.parquet (or --append)."),
+    append: Optional[str] = typer.Option(None, "--append", help="STORE.parquet: encode only DATA's files that the "
+                                         "store does not hold yet (by path, size and modification time) and add "
+                                         "their codes; starts the store if missing, a rerun with no new file is a "
+                                         "no-op. Prints the new codes' drift from the training codes and keeps it "
+                                         "in the store. For a folder that grows (Parquet/CSV with an id column, "
+                                         "or images); the store's --dtype and --scores apply."),
     dtype: str = typer.Option("float32", help="float32, float16, or int8 (per-dimension scale from training)."),
     scores: bool = typer.Option(False, "--scores", help="Also store each row's reconstruction error."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
@@ -235,12 +241,30 @@ def encode(
     """Stream DATA through the encoder; one code per row, keyed by its id."""
     from pipeline.encode import encode as encode_fn
 
+    if (out is None) == (append is None):
+        _die("aepipe: error: give --out CODES (a new store) or --append STORE (add DATA's new files), not "
+             + ("both" if out else "neither"), 2)
+    if append:
+        return _encode_append(data, model, append, dtype, scores, batch_size, concurrency, gpus, id_column,
+                              address, _run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     attrs = _run(encode_fn, data, str(model), out, dtype=dtype, scores=scores, batch_size=batch_size,
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
                  overwrite=overwrite, address=address, resume=resume,
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}" + _notes(attrs)
                + _skipped_note(attrs.get("skipped")))
+
+
+def _encode_append(data, model, store, dtype, scores, batch_size, concurrency, gpus, id_column, address, read):
+    from pipeline.append import append, describe_drift
+
+    done = _run(append, data, str(model), store, dtype=dtype, scores=scores, batch_size=batch_size,
+                concurrency=concurrency, num_gpus=gpus, id_column=id_column, address=address, read=read)
+    if not done["files"]:
+        typer.echo(f"nothing to append: {store} holds every file of {data} ({done['store_rows']} rows)")
+        return
+    typer.echo(f"appended {done['rows']} rows of {done['files']} new files -> {store} ({done['store_rows']} rows)")
+    typer.echo(describe_drift(done["drift"]))
 
 
 @app.command()
