@@ -51,7 +51,8 @@ class TrainConfig:
 
 # Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
 # memory (fit's st), a checkpoint is written when this much time passed since the last, and at the end.
-CHECKPOINT_EVERY_S = 30.0
+# Read where the fit runs (a Ray Train worker's environment): tests that kill a worker set it low.
+CHECKPOINT_EVERY_S = float(os.environ.get("AEPIPE_CHECKPOINT_EVERY_S", 30))
 # Ray Train path: batches taken from Ray Data's iterator at a time (see train_loop's batches)
 FETCH_BATCHES = 16
 # The in-process path holds the raw and normalised rows: keep that under this share of free memory
