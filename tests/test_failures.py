@@ -54,9 +54,20 @@ def wait_for(proc, test, what, timeout=300):
     deadline = time.time() + timeout
     while not test():
         if proc.poll() is not None or time.time() > deadline:
+            proc.kill()  # a no-op once it has exited
             out, err = proc.communicate()
             pytest.fail(f"{what} never happened (exit {proc.returncode}):\n{out}\n{err}")
         time.sleep(0.2)
+
+
+def finish(proc, timeout=400):
+    """The command's (stdout, stderr); killed, not left behind, if it hangs."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout} s:\n{out[-3000:]}\n{err[-3000:]}")
 
 
 @pytest.mark.slow
@@ -78,10 +89,34 @@ def test_node_killed_mid_encode_store_complete(cluster, tmp_path):
     assert victim is not None, [workers_on(n) for n in nodes]
     cluster.remove_node(victim)
     add_node(cluster, 2)  # what an autoscaler does: the lost actor needs somewhere to restart
-    out, err = proc.communicate(timeout=400)
+    out, err = finish(proc)
     assert proc.returncode == 0, err
     assert f"encoded {rows} rows" in out
     ids, codes = pipeline.load_codes(tmp_path / "codes.zarr")
     assert np.array_equal(np.sort(ids), np.arange(rows))  # every id exactly once
     ref = pipeline.AutoencoderFeatures(str(tmp_path / "run")).transform(x)
     np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_node_killed_mid_training_run_finishes_from_checkpoint(cluster, tmp_path):
+    """Two DDP workers on two 1-CPU nodes; the node of one of them dies after a checkpoint. Ray
+    Train's FailureConfig restarts the worker group from that checkpoint on a new node."""
+    epochs = 8  # about 5 s an epoch here after the restart (2 DDP workers on a loaded 2-core machine)
+    nodes = [add_node(cluster, 1), add_node(cluster, 1)]
+    cluster.wait_for_nodes()
+    run = tmp_path / "run"
+    proc = start("train", "builtin:digits", "--code-dim", "8", "--hidden", "32", "--epochs", epochs, "--patience", "0",
+                 "--workers", "2", "--out", run, "--address", cluster.address)
+    wait_for(proc, lambda: any(run.glob("checkpoints/train-*/checkpoint_*")), "a first checkpoint")
+    victim = next((n for n in nodes if any("TrainWorker" in t for t in workers_on(n))), None)
+    assert victim is not None, [workers_on(n) for n in nodes]
+    cluster.remove_node(victim)
+    add_node(cluster, 1)
+    out, err = finish(proc)
+    assert proc.returncode == 0, err
+    meta = json.loads((run / "aepipe.json").read_text())
+    assert meta["metrics"]["path"] == "ray train"
+    assert len(meta["metrics"]["history"]) == epochs  # every epoch once: none lost, none repeated
+    assert out.count(f"epoch 1/{epochs} ") == 1  # the restart went on from the checkpoint, not from epoch 1
+    assert out.count(f"epoch {epochs}/{epochs} ") == 1
