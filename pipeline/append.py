@@ -12,6 +12,7 @@ its last chunk and every array's shape in place.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import json
 
@@ -52,12 +53,16 @@ class FileRows(Source):
 
     def ranges(self, rows_per_task=None):
         """The source's own read ranges (Parquet: whole row groups) cut at file edges, renumbered."""
+        ranges = self.src.ranges(*([rows_per_task] if rows_per_task else []))
+        starts = [ra for ra, _ in ranges]
         out = []
         for (a, b), o in zip(self.spans, self.offsets):
-            for ra, rb in self.src.ranges(*([rows_per_task] if rows_per_task else [])):
-                lo, hi = max(a, ra), min(b, rb)
+            i = max(0, bisect.bisect_right(starts, a) - 1)  # the range holding row a, then on
+            while i < len(ranges) and ranges[i][0] < b:
+                lo, hi = max(a, ranges[i][0]), min(b, ranges[i][1])
                 if lo < hi:
                     out.append((int(o + lo - a), int(o + hi - a)))
+                i += 1
         return sorted(out)
 
 

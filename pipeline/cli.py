@@ -242,8 +242,8 @@ def encode(
     from pipeline.encode import encode as encode_fn
 
     if (out is None) == (append is None):
-        _die("aepipe: error: give --out CODES (a new store) or --append STORE (add DATA's new files), not "
-             + ("both" if out else "neither"), 2)
+        _die("aepipe: error: give --out CODES (a new store) or --append STORE (add DATA's new files)"
+             + (", not both" if out else ""), 2)
     if append:
         return _encode_append(data, model, append, dtype, scores, batch_size, concurrency, gpus, id_column,
                               address, _run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
@@ -487,7 +487,7 @@ def submit(
                                           "http://127.0.0.1:8265)."),
     wait: bool = typer.Option(False, "--wait", help="Stream the job's logs and exit with its status: 0 if it "
                                                     "SUCCEEDED, 1 if it FAILED or was STOPPED."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="NAME=VALUE: fill the entrypoint's {NAME} "
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help="NAME=VALUE: fill the entrypoint's {NAME} "
                                              "(default: the spec's params), or replace a field, dotted for "
                                              "nested ones (entrypoint_num_gpus=1, runtime_env.env_vars.X=1). "
                                              "Repeat for more."),

@@ -34,6 +34,7 @@ def parts(store):
     return {p.name: p.stat().st_mtime_ns for p in store.glob("*.parquet")}
 
 
+@pytest.mark.slow
 def test_append_twice_then_noop(growing, ray_local):
     root, shifted = growing
     store = root / "codes.parquet"
