@@ -42,7 +42,8 @@ def test_append_twice_then_noop(growing, ray_local):
                        address=ray_local)
     assert "appended 400 rows of 2 new files" in first.stdout and "drift:" in first.stdout
     before = parts(store)
-    pq.write_table(shifted, root / "inc" / "part-2.parquet", row_group_size=50)
+    # sorts between part-0 and part-1: the new rows sit mid-folder, their read ranges renumbered
+    pq.write_table(shifted, root / "inc" / "part-0b.parquet", row_group_size=50)
     second = run_aepipe("encode", root / "inc", "--model", root / "run", "--append", store, address=ray_local)
     assert "appended 200 rows of 1 new files" in second.stdout
     after = parts(store)
