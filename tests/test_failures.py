@@ -5,6 +5,7 @@ dir and is never connected to from this process, so the session's Ray (conftest)
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,10 +29,12 @@ def cluster(monkeypatch):
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("AEPIPE_CHECKPOINT_EVERY_S", "2")  # the nodes' (and so the train workers') environment
+    temp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: Ray's socket paths are limited to 107 bytes
     c = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "object_store_memory": 100 * MB, "temp_dir": tempfile.mkdtemp(prefix="rf", dir="/tmp")})
+        "num_cpus": 0, "object_store_memory": 100 * MB, "temp_dir": temp})
     yield c
     c.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def add_node(c, cpus):
