@@ -217,7 +217,13 @@ def _skipped_note(skipped: list[dict] | None, show: int = 3) -> str:
 def encode(
     data: str = typer.Argument(..., help="Data to encode, with the schema the model was trained on."),
     model: str = typer.Option(..., "--model", help="Run dir from aepipe train."),
-    out: str = typer.Option(..., "--out", help="CODES.zarr or CODES.parquet."),
+    out: Optional[str] = typer.Option(None, "--out", help="CODES.zarr or CODES.parquet (or --append)."),
+    append: Optional[str] = typer.Option(None, "--append", help="STORE.parquet: encode only DATA's files that the "
+                                         "store does not hold yet (by path, size and modification time) and add "
+                                         "their codes; starts the store if missing, a rerun with no new file is a "
+                                         "no-op. Prints the new codes' drift from the training codes and keeps it "
+                                         "in the store. For a folder that grows (Parquet/CSV with an id column, "
+                                         "or images); the store's --dtype and --scores apply."),
     dtype: str = typer.Option("float32", help="float32, float16, or int8 (per-dimension scale from training)."),
     scores: bool = typer.Option(False, "--scores", help="Also store each row's reconstruction error."),
     batch_size: int = typer.Option(1024, help="Rows per model call."),
@@ -238,12 +244,30 @@ def encode(
     """Stream DATA through the encoder; one code per row, keyed by its id."""
     from pipeline.encode import encode as encode_fn
 
+    if (out is None) == (append is None):
+        _die("aepipe: error: give --out CODES (a new store) or --append STORE (add DATA's new files)"
+             + (", not both" if out else ""), 2)
+    if append:
+        return _encode_append(data, model, append, dtype, scores, batch_size, concurrency, gpus, id_column,
+                              address, _run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     attrs = _run(encode_fn, data, str(model), out, dtype=dtype, scores=scores, batch_size=batch_size,
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
                  overwrite=overwrite, address=address, resume=resume,
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}" + _notes(attrs)
                + _skipped_note(attrs.get("skipped")))
+
+
+def _encode_append(data, model, store, dtype, scores, batch_size, concurrency, gpus, id_column, address, read):
+    from pipeline.append import append, describe_drift
+
+    done = _run(append, data, str(model), store, dtype=dtype, scores=scores, batch_size=batch_size,
+                concurrency=concurrency, num_gpus=gpus, id_column=id_column, address=address, read=read)
+    if not done["files"]:
+        typer.echo(f"nothing to append: {store} holds every file of {data} ({done['store_rows']} rows)")
+        return
+    typer.echo(f"appended {done['rows']} rows of {done['files']} new files -> {store} ({done['store_rows']} rows)")
+    typer.echo(describe_drift(done["drift"]))
 
 
 @app.command()
@@ -458,6 +482,35 @@ def report(
     done = _run(report_fn, str(model), out, data=data, labels=labels, label_column=label_column,
                 labels_id_column=labels_id_column, rows=rows, tsne=tsne, overwrite=overwrite)
     typer.echo(f"report -> {done['png']} and {done['html']}")
+
+
+@app.command()
+def submit(
+    jobspec: str = typer.Argument(..., help="A job spec, e.g. jobs/train.yaml: submit_job's fields plus params."),
+    address: Optional[str] = typer.Option(None, "--address", help="The cluster's job server, e.g. http://HEAD:8265 "
+                                          "(default: RAY_API_SERVER_ADDRESS, an http:// RAY_ADDRESS, else "
+                                          "http://127.0.0.1:8265)."),
+    wait: bool = typer.Option(False, "--wait", help="Stream the job's logs and exit with its status: 0 if it "
+                                                    "SUCCEEDED, 1 if it FAILED or was STOPPED."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help="NAME=VALUE: fill the entrypoint's {NAME} "
+                                             "(default: the spec's params), or replace a field, dotted for "
+                                             "nested ones (entrypoint_num_gpus=1, runtime_env.env_vars.X=1). "
+                                             "Repeat for more."),
+):
+    """Run a job spec on a Ray cluster through Ray Jobs; prints the job id.
+
+    \b
+      ray up cluster.yaml && ray dashboard cluster.yaml       # job server on localhost:8265
+      aepipe submit jobs/train.yaml --set data=s3://bucket/t.parquet --wait
+      aepipe submit jobs/encode_nightly.yaml --address http://head:8265
+
+    A cluster with token auth (RAY_AUTH_MODE=token, as cluster.yaml starts it) takes the submit only
+    with its token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH to a file holding it). Scheduling is
+    cron's or Kubernetes' job: see jobs/crontab and jobs/rayjob.yaml.
+    """
+    from pipeline.submit import submit as submit_fn
+
+    _run(submit_fn, jobspec, address, sets=set_ or (), follow=wait)
 
 
 def main():

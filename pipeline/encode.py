@@ -101,15 +101,17 @@ def resume_settings(run, src: Source, out: Path, **options) -> dict:
 def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
            batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, id_column: str | None = None,
            chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
-           read: dict | None = None, resume: bool = False) -> dict:
+           read: dict | None = None, resume: bool = False, select=None) -> dict:
     """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance.
-    resume: finish OUT.partial, left by a run that was killed, instead of starting again."""
+    resume: finish OUT.partial, left by a run that was killed, instead of starting again.
+    select: a function of the opened source that returns the rows to encode (encode --append)."""
     if dtype not in DTYPES:
         raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
     check_job_options(batch_size, concurrency, num_gpus)
     positive("chunk_rows", chunk_rows)
     run = load_run(model)
     src = open_for_run(data, run.meta, id_column, **(read or {}))
+    src = select(src) if select else src
     out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
     src.schema.check_matches(run.schema, data)
     src.schema = run.schema  # columns are read by name, in the order the model was trained on

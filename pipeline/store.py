@@ -198,6 +198,8 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
                 m = json.loads(f.read())
             if m.get("skipped"):
                 attrs.update(n_rows=m["n_rows"], skipped=m["skipped"])
+            if "encoded_files" in m:  # grown by encode --append: the parts' own metadata predates the rest
+                attrs.update(n_rows=m["n_rows"], input_files=len(m["encoded_files"]), drift=m.get("drift"))
         kind = "parquet"
     else:
         raise AepipeError(f"{path}: not a codes store (expected a .zarr or .parquet path)")

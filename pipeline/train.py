@@ -51,7 +51,8 @@ class TrainConfig:
 
 # Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
 # memory (fit's st), a checkpoint is written when this much time passed since the last, and at the end.
-CHECKPOINT_EVERY_S = 30.0
+# Read where the fit runs (a Ray Train worker's environment): tests that kill a worker set it low.
+CHECKPOINT_EVERY_S = float(os.environ.get("AEPIPE_CHECKPOINT_EVERY_S", 30))
 # Ray Train path: batches taken from Ray Data's iterator at a time (see train_loop's batches)
 FETCH_BATCHES = 16
 # The in-process path holds the raw and normalised rows: keep that under this share of free memory
@@ -116,6 +117,23 @@ def _code_range(model, batches):
             hi = z.max(0).values if hi is None else torch.maximum(hi, z.max(0).values)
     t = _all_reduce(torch.stack([-lo, hi]).cpu().double(), model, torch.distributed.ReduceOp.MAX)
     return (-t[0]).tolist(), t[1].tolist()
+
+
+def _code_moments(model, batches):
+    """Per-dimension mean and standard deviation of the codes over the training rows: what
+    `encode --append` measures the drift of new codes against."""
+    n, total, squares = 0, 0.0, 0.0
+    model.eval()
+    with torch.no_grad():
+        for x in batches:
+            z = model.encode(x).double()
+            n, total, squares = n + len(z), total + z.sum(0), squares + z.pow(2).sum(0)
+    t = _all_reduce(torch.cat([torch.tensor([float(n)]), torch.as_tensor(total).cpu().double().reshape(-1),
+                               torch.as_tensor(squares).cpu().double().reshape(-1)]), model)
+    n, d = t[0], (len(t) - 1) // 2
+    mean = t[1:1 + d] / n
+    std = (t[1 + d:] / n - mean.pow(2)).clamp(min=0).sqrt()
+    return mean.tolist(), std.tolist()
 
 
 def _schedule(mcfg: ModelConfig, tcfg: TrainConfig) -> list:
@@ -241,6 +259,7 @@ def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | 
     try:
         st = fit(model, opt, batches, mcfg, tcfg, st, _after_epoch(len(_schedule(mcfg, tcfg)), save))
         st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
+        st["code_mean"], st["code_std"] = _code_moments(inner, batches("train", None))
         from pipeline.reconstruct import training_quantiles  # score --threshold auto reads these
         st["score_quantiles"] = training_quantiles(inner, batches("train", None))
     finally:
@@ -291,6 +310,7 @@ def train_loop(config: dict) -> None:
     st = fit(model, opt, batches, mcfg, tcfg, st, report)
     st["device"] = str(device)
     st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
+    st["code_mean"], st["code_std"] = _code_moments(inner, batches("train", None))
     from pipeline.reconstruct import training_quantiles  # score --threshold auto reads these
     st["score_quantiles"] = training_quantiles(inner, batches("train", None))
     _report({"epoch": st["step"], "final": True}, inner, opt, st, rank, True)
@@ -574,6 +594,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "data_fingerprint": fingerprint(src, stats),
         "code_range": {"lo": st["code_lo"], "hi": st["code_hi"]},
         "score_quantiles": st.get("score_quantiles"),
+        "code_stats": {"mean": st.get("code_mean"), "std": st.get("code_std")} if st.get("code_mean") else None,
         "metrics": {"history": st["history"], "best_epoch": st["best_epoch"], "best_val_loss": st["best_val"],
                     "stopped_early": len(st["history"]) < len(_schedule(mcfg, tcfg)), "device": st["device"],
                     "path": "ray train" if why_ray else "process", "seconds": time.time() - t0,

@@ -1,0 +1,127 @@
+"""Failures on a multi-node Ray on this machine (ray.cluster_utils.Cluster: a head and worker
+nodes, each its own raylet): a node killed mid-encode, a node killed mid-training. Ray retries the
+lost work; aepipe must end with a complete store / a finished run. Each cluster has its own temp
+dir and is never connected to from this process, so the session's Ray (conftest) is untouched."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from ray._private import ray_constants
+
+import pipeline
+
+AEPIPE = str(Path(sys.executable).with_name("aepipe"))
+MB = 2 ** 20
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """A head with no CPU (drivers only, as in cluster.yaml) and worker nodes added by the test."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("AEPIPE_CHECKPOINT_EVERY_S", "2")  # the nodes' (and so the train workers') environment
+    temp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: Ray's socket paths are limited to 107 bytes
+    c = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 0, "object_store_memory": 100 * MB, "temp_dir": temp})
+    yield c
+    c.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def add_node(c, cpus):
+    return c.add_node(num_cpus=cpus, object_store_memory=100 * MB)
+
+
+def workers_on(node) -> list[str]:
+    """Process titles of the Ray workers a node runs (ray::MapWorker(MapBatches(Encoder)), ...)."""
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    return [k.name() for k in psutil.Process(raylet).children(recursive=True)]
+
+
+def start(*args):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AEPIPE_DEBUG")}
+    return subprocess.Popen([AEPIPE, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(proc, test, what, timeout=300):
+    deadline = time.time() + timeout
+    while not test():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()  # a no-op once it has exited
+            out, err = proc.communicate()
+            pytest.fail(f"{what} never happened (exit {proc.returncode}):\n{out}\n{err}")
+        time.sleep(0.2)
+
+
+def finish(proc, timeout=400):
+    """The command's (stdout, stderr); killed, not left behind, if it hangs."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout} s:\n{out[-3000:]}\n{err[-3000:]}")
+
+
+@pytest.mark.slow
+def test_node_killed_mid_encode_store_complete(cluster, tmp_path):
+    rows = 200_000
+    x = np.random.default_rng(0).random((rows, 16), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "small.npy", x[:5000])
+    subprocess.run([AEPIPE, "train", tmp_path / "small.npy", "--code-dim", "4", "--hidden", "16", "--epochs", "1",
+                    "--out", tmp_path / "run"], check=True, capture_output=True)
+    nodes = [add_node(cluster, 2), add_node(cluster, 2)]
+    cluster.wait_for_nodes()
+    proc = start("encode", tmp_path / "x.npy", "--model", tmp_path / "run", "--out", tmp_path / "codes.zarr",
+                 "--concurrency", "2", "--address", cluster.address)
+    done = tmp_path / "codes.zarr.partial" / "_aepipe_done"
+    wait_for(proc, lambda: done.exists() and any(done.iterdir()), "a first chunk")
+    # kill a node holding an encoder actor, so the failure hits the model's work, not only a read
+    victim = next((n for n in nodes if any("Encoder" in t for t in workers_on(n))), None)
+    assert victim is not None, [workers_on(n) for n in nodes]
+    cluster.remove_node(victim)
+    add_node(cluster, 2)  # what an autoscaler does: the lost actor needs somewhere to restart
+    out, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert f"encoded {rows} rows" in out
+    ids, codes = pipeline.load_codes(tmp_path / "codes.zarr")
+    assert np.array_equal(np.sort(ids), np.arange(rows))  # every id exactly once
+    ref = pipeline.AutoencoderFeatures(str(tmp_path / "run")).transform(x)
+    np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_node_killed_mid_training_run_finishes_from_checkpoint(cluster, tmp_path):
+    """Two DDP workers on two 1-CPU nodes; the node of one of them dies after a checkpoint. Ray
+    Train's FailureConfig restarts the worker group from that checkpoint on a new node."""
+    epochs = 8  # about 5 s an epoch here after the restart (2 DDP workers on a loaded 2-core machine)
+    nodes = [add_node(cluster, 1), add_node(cluster, 1)]
+    cluster.wait_for_nodes()
+    run = tmp_path / "run"
+    proc = start("train", "builtin:digits", "--code-dim", "8", "--hidden", "32", "--epochs", epochs, "--patience", "0",
+                 "--workers", "2", "--out", run, "--address", cluster.address)
+    # two checkpoint folders: the first is then registered with Ray Train (a folder alone may still
+    # be on its way in when the node dies, and the restart then rightly begins at epoch 1)
+    wait_for(proc, lambda: len(list(run.glob("checkpoints/train-*/checkpoint_*"))) >= 2, "two checkpoints")
+    victim = next((n for n in nodes if any("TrainWorker" in t for t in workers_on(n))), None)
+    assert victim is not None, [workers_on(n) for n in nodes]
+    cluster.remove_node(victim)
+    add_node(cluster, 1)
+    out, err = finish(proc)
+    assert proc.returncode == 0, err
+    meta = json.loads((run / "aepipe.json").read_text())
+    assert meta["metrics"]["path"] == "ray train"
+    assert len(meta["metrics"]["history"]) == epochs  # every epoch once: none lost, none repeated
+    assert out.count(f"epoch 1/{epochs} ") == 1  # the restart went on from the checkpoint, not from epoch 1
+    assert out.count(f"epoch {epochs}/{epochs} ") == 1
