@@ -150,7 +150,7 @@ def describe_drift(d: dict) -> str:
 def _move_parts(staged, store, base: int, fresh: bool) -> dict:
     """Move the staged parts into the store, renamed after the store's rows so far; returns
     {new name: rows}. Through pyarrow's filesystem: a rename on disk, copy and delete on S3."""
-    where, sw = locate(str(staged)), None
+    where = locate(str(staged))
     with where.open(f"{where.path}/{MANIFEST}") as f:
         files = json.loads(f.read())["files"]
     target = locate(str(store)) if not fresh else None

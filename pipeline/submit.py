@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from pipeline import AepipeError
@@ -138,7 +139,7 @@ def client(address: str | None):
         return JobSubmissionClient(url, headers=_auth_headers())
     except AuthenticationError as e:
         raise _refused(url, e) from None
-    except (ConnectionError, OSError) as e:
+    except (ConnectionError, OSError):
         raise AepipeError(f"cannot reach the Ray job server at {url}; is the head's dashboard running "
                           "(ray start --head, port 8265; `ray dashboard cluster.yaml` forwards it)?",
                           exit_code=1) from None
@@ -173,6 +174,22 @@ def wait(jobs, job_id: str, url: str) -> None:
         raise AepipeError(f"job {job_id} {status.value}" + (f": {message[0]}" if message else ""), exit_code=1)
 
 
+AGENT_WAIT_S = 60  # a head just started answers HTTP before its job agent is up
+
+
+def _submit_when_ready(jobs, kwargs: dict) -> str:
+    """submit_job, retried while the head says its job agent is not up yet (a 500 "No available
+    agent to submit job, please try again later" for some seconds after `ray start`)."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return jobs.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def submit(spec_path: str, address: str | None = None, sets=(), follow: bool = False) -> str:
     """Submit the spec; print the job id; with follow, stream its logs and raise unless it SUCCEEDED."""
     from ray.exceptions import AuthenticationError
@@ -181,7 +198,7 @@ def submit(spec_path: str, address: str | None = None, sets=(), follow: bool = F
     url = job_server(address)
     jobs = client(address)
     try:
-        job_id = jobs.submit_job(**kwargs)
+        job_id = _submit_when_ready(jobs, kwargs)
     except AuthenticationError as e:
         raise _refused(url, e) from None
     except RuntimeError as e:  # the job server's own refusal (bad runtime_env, a taken submission_id)

@@ -3,7 +3,6 @@ store once, a rerun is a no-op, and the drift of new codes against the training 
 
 import json
 
-import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest

@@ -3,7 +3,6 @@
 import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import pytest
 import torch
 import zarr
 

@@ -87,11 +87,12 @@ def test_node_killed_mid_encode_store_complete(cluster, tmp_path):
                  "--concurrency", "2", "--address", cluster.address)
     done = tmp_path / "codes.zarr.partial" / "_aepipe_done"
     wait_for(proc, lambda: done.exists() and any(done.iterdir()), "a first chunk")
-    # kill a node holding an encoder actor, so the failure hits the model's work, not only a read
-    victim = next((n for n in nodes if any("Encoder" in t for t in workers_on(n))), None)
+    # kill a node running an encode task (read, model and write fused in one), so the failure hits
+    # the model's work, not only a read
+    victim = next((n for n in nodes if any("MapBatches" in t for t in workers_on(n))), None)
     assert victim is not None, [workers_on(n) for n in nodes]
     cluster.remove_node(victim)
-    add_node(cluster, 2)  # what an autoscaler does: the lost actor needs somewhere to restart
+    add_node(cluster, 2)  # what an autoscaler does: the lost tasks get somewhere to rerun
     out, err = finish(proc)
     assert proc.returncode == 0, err
     assert f"encoded {rows} rows" in out
