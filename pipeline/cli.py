@@ -131,6 +131,10 @@ def train(
     depth: Optional[int] = typer.Option(None, help="Shorthand for --hidden: this many layers of --width."),
     width: Optional[int] = typer.Option(None, help="Width of each hidden layer with --depth."),
     loss: Optional[str] = typer.Option(None, help="Reconstruction loss: mse, l1 or bce (inputs in [0, 1]). [default: mse]"),
+    init: Optional[str] = typer.Option(None, help="pca: start as PCA with the same code size (fitted on the "
+                                       "training rows) plus learned corrections that start at zero, and keep the best "
+                                       "validation weights, so the model never ends worse than PCA; none: random "
+                                       "weights. Refused for sparse --sparsity kl. [default: pca]"),
     epochs: Optional[int] = typer.Option(None, help="Epochs (most; early stopping may end sooner). [default: 30]"),
     batch_size: Optional[int] = typer.Option(None, help="Rows per step per worker. [default: 64]"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate. [default: 0.001]"),
@@ -197,8 +201,22 @@ def train(
     mcfg, tcfg, id_column, read = _run(build)
     meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume, address=address, read=read)
     m = meta["metrics"]
+    _versus_pca(mcfg, m)
     typer.echo(f"trained {meta['family']} (code {mcfg.code_dim}) in {m['seconds']:.1f} s: best val loss "
                f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1} -> {out}" + _skipped_note(meta.get("skipped")))
+
+
+def _versus_pca(mcfg, m: dict) -> None:
+    """The model's validation reconstruction loss beside PCA's with the same code size, and one
+    warning line when the model ends worse (possible only with --init none)."""
+    pca = m.get("pca") or {}
+    if m.get("val_recon") is None or pca.get("val_loss") is None:
+        return
+    mine, floor = m["val_recon"], pca["val_loss"]
+    typer.echo(f"val {mcfg.loss} {mine:.4g}, PCA {pca['code_dim']}: {floor:.4g}")
+    if mine > floor * (1 + 1e-6):
+        typer.echo(f"aepipe: warning: the model ends worse than PCA {pca['code_dim']} on the validation rows "
+                   f"({mine:.4g} > {floor:.4g}); --init pca starts from PCA and cannot end worse", err=True)
 
 
 def _skipped_note(skipped: list[dict] | None, show: int = 3) -> str:

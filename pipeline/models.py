@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.pca import project, reconstruct
+
 LOSSES = ("mse", "l1", "bce")
 
 
@@ -28,6 +30,8 @@ class ModelConfig:
     code_dim: int = 16  # the compression knob: 16 floats for 64 pixels is 4x
     hidden: tuple[int, ...] | None = None  # widths, outermost first; None: the family's default
     loss: str = "mse"
+    # "pca": start as PCA with this code size plus learned corrections that start at zero (PCAFloor)
+    init: str = "pca"
     # stacked
     tied: bool = False  # decoder reuses the encoder's transposed weights: half the parameters
     layerwise: bool = False  # greedy layer-wise pretraining before fine-tuning the stack
@@ -340,13 +344,56 @@ class Recurrent(Autoencoder):
         return self.out(y).view(-1, *self.cfg.input_shape)
 
 
+class PCAFloor:
+    """--init pca, for every family: code = PCA projection + code_gate * the family's own code, and
+    output = PCA reconstruction + out_gate * the family's own output. Both gates start at zero, so
+    before the first step the model IS PCA (train.fit scores it as "epoch 0" and keeps the best
+    weights), and Adam, which is blind to a gradient's scale, grows the corrections from there
+    (ReZero's trick). The PCA itself is frozen (buffers, saved in model.pt): the family learns the
+    nonlinear part only. Conv and recurrent take PCA of the flattened image or sequence; the VAE's
+    mean path is PCA + correction, its noise and KL act on the correction, and its PCA codes are
+    whitened so that its N(0, I) prior still fits. Mixed in before the family (see build_model)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        k = cfg.code_dim
+        self.register_buffer("pca_mean", torch.zeros(self.n_in))
+        self.register_buffer("pca_components", torch.zeros(k, self.n_in))
+        self.register_buffer("pca_scale", torch.ones(k))
+        self.code_gate = nn.Parameter(torch.zeros(k))
+        self.out_gate = nn.Parameter(torch.zeros(cfg.input_shape))
+
+    @torch.no_grad()
+    def set_pca(self, pca: dict) -> None:
+        self.pca_mean.copy_(pca["mean"])
+        self.pca_components.copy_(pca["components"])
+        if self.cfg.family == "vae":
+            std = pca["variance"].sqrt()
+            self.pca_scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def pca_code(self, x):
+        return project(x, self.pca_mean, self.pca_components, self.pca_scale)
+
+    def encode(self, x):
+        return self.pca_code(x) + self.code_gate * super().encode(x)
+
+    def code_for_training(self, x):
+        if isinstance(self, VAE):  # its own sampled code is the correction here
+            return self.pca_code(x) + self.code_gate * super().code_for_training(x)
+        return self.encode(x)
+
+    def decode_logits(self, z):
+        pca = reconstruct(z, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
+        return pca.view(-1, *self.cfg.input_shape) + self.out_gate * super().decode_logits(z)
+
+
 REGISTRY: dict[str, type[Autoencoder]] = {
     "dense": Dense, "stacked": Stacked, "sparse": Sparse, "contractive": Contractive,
     "denoising": Denoising, "vae": VAE, "conv": Conv, "recurrent": Recurrent,
 }
 
 CHOICES = {"loss": LOSSES, "sparsity": ("l1", "kl"), "noise": ("gaussian", "mask"),
-           "up": ("transpose", "upsample"), "down": ("stride", "pool"), "cell": ("gru", "lstm")}
+           "up": ("transpose", "upsample"), "down": ("stride", "pool"), "cell": ("gru", "lstm"), "init": ("pca", "none")}
 
 
 def check_config(cfg: ModelConfig) -> None:
@@ -358,8 +405,14 @@ def check_config(cfg: ModelConfig) -> None:
             raise ValueError(f'unknown {field} "{getattr(cfg, field)}"; choose one of {", ".join(allowed)}')
     if cfg.code_dim < 1 or any(w < 1 for w in cfg.widths()):
         raise ValueError(f"code size and widths must be positive, got {cfg.code_dim} and {cfg.widths()}")
+    if cfg.init == "pca" and cfg.family == "sparse" and cfg.sparsity == "kl":
+        raise ValueError("--init pca cannot apply to sparse --sparsity kl: its code must lie in (0, 1) and a PCA "
+                         "code does not; use --sparsity l1 or --init none")
 
 
 def build_model(cfg: ModelConfig) -> Autoencoder:
     check_config(cfg)
-    return REGISTRY[cfg.family](cfg)
+    cls = REGISTRY[cfg.family]
+    if cfg.init == "pca":  # the same family with the PCA floor under it; its state dict adds pca_* and the gates
+        cls = type(f"PCAFloor{cls.__name__}", (PCAFloor, cls), {})
+    return cls(cfg)

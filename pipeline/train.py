@@ -29,6 +29,7 @@ from pipeline.normalize import (Normalizer, block_stats, combine_stats, default_
                                 in_validation)
 from pipeline.sources import bad_rows, open_source, read_block, skipped_rows, to_dataset
 from pipeline.models import ModelConfig, build_model
+from pipeline.pca import fit_pca, val_loss as pca_val_loss
 from pipeline.run import META, load_state, save_run
 from pipeline.checks import run_dir_output, train_options
 from pipeline.runtime import Interrupted, require, run_interruptibly, user_errors
@@ -134,6 +135,9 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
     tensors of "train" (shuffled by seed) or "val"; after_epoch(row, st) reports and checkpoints."""
     inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
     schedule = _schedule(mcfg, tcfg)
+    _floor(inner, batches, mcfg, st)
+    # the floor is a promise about reconstruction: with it, penalties shape the path, not the pick
+    monitor = "recon" if hasattr(inner, "set_pca") else "loss"
     while st["step"] < len(schedule) and not (tcfg.patience and st["bad"] >= tcfg.patience):
         stage, t0 = schedule[st["step"]], time.time()
         tr = _epoch(model, batches("train", tcfg.seed * 100003 + st["step"]), opt, stage)
@@ -143,8 +147,8 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
         st["history"].append(row)
         st["step"] += 1
         if stage is None:  # early stopping and best weights only count on the whole model
-            if va["loss"] < st["best_val"]:
-                st.update(best_val=va["loss"], best_epoch=row["epoch"], bad=0,
+            if va[monitor] < st["best_val"]:
+                st.update(best_val=va[monitor], best_recon=va["recon"], best_epoch=row["epoch"], bad=0,
                           best_state={k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
             else:
                 st["bad"] += 1
@@ -158,6 +162,23 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
         raise AepipeError("the validation loss was never finite; try a lower --lr or --normalize standard")
     inner.load_state_dict(st["best_state"])
     return st
+
+
+def _floor(inner, batches, mcfg: ModelConfig, st: dict) -> None:
+    """Before the first epoch: PCA with the code size on the training rows (kept in st, so the run
+    dir gets pca.npz), its loss on the validation rows, and, under --init pca, the model set to it
+    and scored as epoch 0, its weights the best so far. A resumed fit has all of these already."""
+    if "pca" in st:
+        return
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    reduce = lambda t: _all_reduce(t, inner)  # noqa: E731
+    st["pca"] = fit_pca(batches("train", None), inner.n_in, mcfg.code_dim, reduce, rank)
+    st["pca_val"] = pca_val_loss(st["pca"], batches("val", None), mcfg.loss, reduce)
+    if hasattr(inner, "set_pca") and st["step"] == 0:
+        inner.set_pca({k: v.to(inner.pca_mean.device) for k, v in st["pca"].items()})
+        va = _epoch(inner, batches("val", None))
+        st.update(best_val=va["recon"], best_recon=va["recon"], best_epoch=-1, init_val=va["recon"],
+                  best_state={k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
 
 
 def _start(mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, prepare=lambda m: m):
@@ -575,12 +596,17 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "code_range": {"lo": st["code_lo"], "hi": st["code_hi"]},
         "score_quantiles": st.get("score_quantiles"),
         "metrics": {"history": st["history"], "best_epoch": st["best_epoch"], "best_val_loss": st["best_val"],
+                    # the linear floor beside the model, on the same validation rows and loss
+                    "val_recon": st.get("best_recon"), "pca": {"code_dim": mcfg.code_dim, "val_loss": st.get("pca_val"),
+                                                              "init_val_loss": st.get("init_val")},
                     "stopped_early": len(st["history"]) < len(_schedule(mcfg, tcfg)), "device": st["device"],
                     "path": "ray train" if why_ray else "process", "seconds": time.time() - t0,
                     "streamed": bool(st.get("streamed")),
                     # where this call's wall time went (bench/train_overhead.py reads it)
                     "timings": {**tm, "before_save": time.time()}},
     }
+    if "pca" in st:  # the baseline itself, for anyone who wants to compare codes with PCA's
+        np.savez(out / "pca.npz", **{k: v.numpy() for k, v in st["pca"].items()})
     meta = save_run(out, meta, state)  # with the weights fingerprint it computed
     return meta
 
