@@ -12,6 +12,7 @@ This module knows torch only: no Ray, no files beyond a state dict.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -414,5 +415,10 @@ def build_model(cfg: ModelConfig) -> Autoencoder:
     check_config(cfg)
     cls = REGISTRY[cfg.family]
     if cfg.init == "pca":  # the same family with the PCA floor under it; its state dict adds pca_* and the gates
-        cls = type(f"PCAFloor{cls.__name__}", (PCAFloor, cls), {})
+        cls = _floored(cls)
     return cls(cfg)
+
+
+@functools.cache
+def _floored(cls: type[Autoencoder]) -> type[Autoencoder]:
+    return type(f"PCAFloor{cls.__name__}", (PCAFloor, cls), {})

@@ -37,17 +37,49 @@ from pipeline.runtime import Interrupted, require, run_interruptibly, user_error
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30  # digits reach their best validation loss in 20-40 epochs
+    epochs: int | None = None  # None: enough epochs for `steps` optimiser steps (see budget)
+    steps: int = 4000  # the default budget in optimiser steps: small data get more epochs
     batch_size: int = 64  # small data, small batches: more steps per epoch
-    lr: float = 1e-3  # Adam's usual default
+    lr: float = 1e-3  # Adam's usual default; the peak of the cosine schedule
+    schedule: str = "cosine"  # cosine: lr decays to LR_FLOOR * lr over the epochs; constant: lr throughout
+    weight_decay: float = 0.0  # AdamW's decoupled decay (0: plain Adam)
     seed: int = 0
     workers: int = 1
     gpus_per_worker: float = 0.0
     val_fraction: float = 0.1  # rows held out by a fixed hash of their index
-    patience: int = 10  # stop after this many epochs without a better validation loss; 0: never
+    patience: int | None = None  # epochs without a better val loss before stopping; 0: never; None: see budget
     normalize: str | None = None  # None: "global" for arrays/images, "feature" for tables
     ray_train: bool | None = None  # None: choose (see fit_path); True/False: force Ray Train / this process
     stream: bool | None = None  # None: choose (see _streams); True: reread every epoch; False: materialise
+
+
+# The default budget: at least MIN_EPOCHS, at most MAX_EPOCHS epochs, enough for TrainConfig.steps
+MIN_EPOCHS, MAX_EPOCHS = 30, 2000
+LR_FLOOR = 0.05  # the cosine schedule ends at this share of --lr, not at zero
+SCHEDULES = ("cosine", "constant")
+
+
+def budget(tcfg: "TrainConfig", n_train: int) -> "TrainConfig":
+    """Epochs and patience made concrete for n_train training rows. A fixed epoch count under-trains
+    small data: 150 images at batch 64 are 3 steps an epoch, so 60 epochs are 180 steps. Counting in
+    optimiser steps gives them more epochs; patience grows with the epochs (a fifth of them), since
+    with a cosine schedule the validation loss still falls late, as the learning rate does."""
+    epochs = tcfg.epochs
+    if epochs is None:
+        per_epoch = max(1, math.ceil(n_train / (tcfg.batch_size * tcfg.workers)))
+        epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(tcfg.steps / per_epoch)))
+    patience = tcfg.patience if tcfg.patience is not None else max(10, epochs // 5)
+    return dataclasses.replace(tcfg, epochs=epochs, patience=patience)
+
+
+def _set_lr(opt, tcfg: "TrainConfig", epoch: int) -> None:
+    """The learning rate for whole-model epoch `epoch` (0-based) of tcfg.epochs."""
+    if tcfg.schedule == "cosine":
+        share = LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * epoch / max(tcfg.epochs, 1)))
+    else:
+        share = 1.0
+    for g in opt.param_groups:
+        g["lr"] = tcfg.lr * share
 
 
 # Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
@@ -140,6 +172,8 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
     monitor = "recon" if hasattr(inner, "set_pca") else "loss"
     while st["step"] < len(schedule) and not (tcfg.patience and st["bad"] >= tcfg.patience):
         stage, t0 = schedule[st["step"]], time.time()
+        whole = st["step"] - (len(schedule) - tcfg.epochs)  # the whole model's epoch, < 0 in layer-wise stages
+        _set_lr(opt, tcfg, max(whole, 0))
         tr = _epoch(model, batches("train", tcfg.seed * 100003 + st["step"]), opt, stage)
         va = _epoch(model, batches("val", None), None, stage)
         row = {"epoch": st["step"], "stage": stage, "train_loss": tr["loss"], "val_loss": va["loss"],
@@ -186,7 +220,7 @@ def _start(mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, prepare=lam
     torch.manual_seed(tcfg.seed)
     model = prepare(build_model(mcfg))
     inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     st = new_state()
     if saved:
         inner.load_state_dict(saved["model"])
@@ -212,6 +246,7 @@ def _array_batches(arrays: dict, batch_size: int):
 def fit_local(mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_val: np.ndarray):
     """The same fit in this process, on arrays already normalised, writing nothing: for benchmarks
     that train a hundred small models."""
+    tcfg = budget(tcfg, len(x_train))
     model, _, opt, st = _start(mcfg, tcfg, None)
     st = fit(model, opt, _array_batches({"train": x_train, "val": x_val}, tcfg.batch_size), mcfg, tcfg, st)
     return model.eval(), st
@@ -548,6 +583,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         build_model(mcfg)  # refuse a bad family/option/shape here, before any work
     except ValueError as e:
         raise AepipeError(str(e)) from None
+    tcfg = budget(tcfg, _split_rows(src.n_rows, tcfg.val_fraction, False))  # aepipe.json keeps the concrete values
     why_ray = fit_path(src, tcfg, address)
     storage = out / "checkpoints"
     latest = _latest_checkpoint(storage) if resume else None
