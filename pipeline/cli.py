@@ -136,9 +136,9 @@ def train(
                                        "validation weights, so the model never ends worse than PCA; none: random "
                                        "weights. Refused for sparse --sparsity kl. [default: pca]"),
     epochs: Optional[int] = typer.Option(None, help="Epochs (most; early stopping may end sooner). [default: enough "
-                                         "for --steps optimiser steps, at least 30 and at most 2000: small data get more]"),
+                                         "for --steps optimiser steps, at least 30 and at most 1000: small data get more]"),
     steps: Optional[int] = typer.Option(None, help="The default budget in optimiser steps, used when --epochs is not "
-                                        "given (digits: 26 steps an epoch at batch 64, so 154 epochs). [default: 4000]"),
+                                        "given (digits: 26 steps an epoch at batch 64, so 116 epochs). [default: 3000]"),
     schedule: Optional[str] = typer.Option(None, help="Learning rate schedule: cosine (from --lr down to 5% of it over "
                                            "the epochs) or constant. [default: cosine]"),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW's decoupled weight decay; 0 is plain Adam. [default: 0]"),
@@ -147,7 +147,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed: same seed, same data, same weights on the CPU. [default: 0]"),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP). [default: 1]"),
     gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per worker; 0 trains on CPUs. [default: 0]"),
-    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: a fifth of the epochs, at least 10]"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: a tenth of the epochs, at least 10]"),
     val_fraction: Optional[float] = typer.Option(None, help="Rows held out for validation. [default: 0.1]"),
     normalize: Optional[str] = typer.Option(None, help="global, feature, standard or none. [default: global for arrays, feature for tables]"),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),
@@ -346,7 +346,9 @@ def models():
     from pipeline.models import REGISTRY, ModelConfig
 
     defaults = ModelConfig()
-    typer.echo("every family: --code-dim, --hidden (or --depth/--width), --loss mse|l1|bce\n")
+    typer.echo("every family: --code-dim, --hidden (or --depth/--width), --loss mse|l1|bce, --init pca|none\n"
+               "--init pca (the default): the model starts as PCA with its code size and learns a nonlinear\n"
+               "correction on top; its best validation weights are kept, so it never ends worse than PCA.\n")
     for name, cls in REGISTRY.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         opts = ", ".join(f"--{o.replace('_', '-')} ({getattr(defaults, o)})" for o in cls.options)

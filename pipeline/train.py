@@ -38,7 +38,7 @@ from pipeline.runtime import Interrupted, require, run_interruptibly, user_error
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int | None = None  # None: enough epochs for `steps` optimiser steps (see budget)
-    steps: int = 4000  # the default budget in optimiser steps: small data get more epochs
+    steps: int = 3000  # the default budget in optimiser steps: small data get more epochs
     batch_size: int = 64  # small data, small batches: more steps per epoch
     lr: float = 1e-3  # Adam's usual default; the peak of the cosine schedule
     schedule: str = "cosine"  # cosine: lr decays to LR_FLOOR * lr over the epochs; constant: lr throughout
@@ -54,7 +54,7 @@ class TrainConfig:
 
 
 # The default budget: at least MIN_EPOCHS, at most MAX_EPOCHS epochs, enough for TrainConfig.steps
-MIN_EPOCHS, MAX_EPOCHS = 30, 2000
+MIN_EPOCHS, MAX_EPOCHS = 30, 1000
 LR_FLOOR = 0.05  # the cosine schedule ends at this share of --lr, not at zero
 SCHEDULES = ("cosine", "constant")
 
@@ -62,13 +62,13 @@ SCHEDULES = ("cosine", "constant")
 def budget(tcfg: "TrainConfig", n_train: int) -> "TrainConfig":
     """Epochs and patience made concrete for n_train training rows. A fixed epoch count under-trains
     small data: 150 images at batch 64 are 3 steps an epoch, so 60 epochs are 180 steps. Counting in
-    optimiser steps gives them more epochs; patience grows with the epochs (a fifth of them), since
+    optimiser steps gives them more epochs; patience grows with the epochs (a tenth of them), since
     with a cosine schedule the validation loss still falls late, as the learning rate does."""
     epochs = tcfg.epochs
     if epochs is None:
         per_epoch = max(1, math.ceil(n_train / (tcfg.batch_size * tcfg.workers)))
         epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(tcfg.steps / per_epoch)))
-    patience = tcfg.patience if tcfg.patience is not None else max(10, epochs // 5)
+    patience = tcfg.patience if tcfg.patience is not None else max(10, epochs // 10)
     return dataclasses.replace(tcfg, epochs=epochs, patience=patience)
 
 
