@@ -281,12 +281,15 @@ def _checkpoint(inner, opt, st) -> dict:
     return {"model": inner.state_dict(), "opt": opt.state_dict(), "st": st}
 
 
-def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | None, ckpt_dir: Path) -> dict:
+def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | None, ckpt_dir: Path,
+              on_epoch=None) -> dict:
     """The in-process path: fit on normalised arrays, checkpoint on the interval and at the end."""
     model, inner, opt, st = _start(mcfg, tcfg, saved)
     batches = _array_batches(arrays, tcfg.batch_size)
 
     def save(row, st, due):
+        if on_epoch:  # aepipe tune reports every epoch to Ray Tune (which may stop the trial here)
+            on_epoch(row, st)
         if due:
             _save_checkpoint(ckpt_dir, inner, opt, st)
 
@@ -497,7 +500,7 @@ def fit_path(src, tcfg: TrainConfig, address: str | None = None) -> str:
     return ", ".join(w for w, yes in why if yes)
 
 
-def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, storage: Path):
+def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, storage: Path, on_epoch=None):
     """Statistics, split and fit without Ray: the source read once, range by range, into memory."""
     tm, t = {}, time.time()
     blocks = [read_block(src, a, b) for a, b in src.ranges()]  # the blocks to_dataset would make
@@ -511,7 +514,7 @@ def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, s
         _check_split(src, name, len(arrays[name]))
     del blocks
     tm["datasets"], t = time.time() - t, time.time()
-    st = _fit_here(mcfg, tcfg, arrays, saved, storage / "process")
+    st = _fit_here(mcfg, tcfg, arrays, saved, storage / "process", on_epoch)
     tm["fit"] = time.time() - t
     return stats, norm, st, tm
 
@@ -567,9 +570,10 @@ def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None,
 
 
 def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_column: str | None = None,
-          resume: bool = False, address: str | None = None, read: dict | None = None) -> dict:
+          resume: bool = False, address: str | None = None, read: dict | None = None, on_epoch=None) -> dict:
     """Fit a model on DATA and write a self-describing run dir at `out`. Returns aepipe.json's dict.
-    address (or RAY_ADDRESS) names a Ray cluster, which sends the fit to Ray Train (see fit_path)."""
+    address (or RAY_ADDRESS) names a Ray cluster, which sends the fit to Ray Train (see fit_path).
+    on_epoch(row, st): called after every epoch of an in-process fit (aepipe tune's trials)."""
     if remote.is_uri(out):
         return _train_to_uri(data, out, mcfg, tcfg, id_column, resume, address, read)
     started = time.time()
@@ -599,7 +603,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         else:
             print("fitting in this process (1 worker, data in memory); --workers 2 or --address uses Ray Train",
                   flush=True)
-            stats, norm, st, tm = _train_here(src, mcfg, tcfg, saved, storage)
+            stats, norm, st, tm = _train_here(src, mcfg, tcfg, saved, storage, on_epoch)
     except (Interrupted, KeyboardInterrupt):
         if storage.exists():
             raise Interrupted(f"interrupted; checkpoints kept in {storage}: `aepipe train ... --resume` continues") from None
