@@ -351,9 +351,11 @@ class PCAFloor:
     before the first step the model IS PCA (train.fit scores it as "epoch 0" and keeps the best
     weights), and Adam, which is blind to a gradient's scale, grows the corrections from there
     (ReZero's trick). The PCA itself is frozen (buffers, saved in model.pt): the family learns the
-    nonlinear part only. Conv and recurrent take PCA of the flattened image or sequence; the VAE's
-    mean path is PCA + correction, its noise and KL act on the correction, and its PCA codes are
-    whitened so that its N(0, I) prior still fits. Mixed in before the family (see build_model)."""
+    nonlinear part only; contractive's penalty is on the correction's Jacobian (penalising PCA's
+    fixed one would only teach the correction to shrink the code). Conv and recurrent take PCA of the
+    flattened image or sequence; the VAE's mean path is PCA + correction, its noise and KL act on
+    the correction, and its PCA codes are whitened so that its N(0, I) prior still fits. Sparse L1
+    penalises the whole code. Mixed in before the family (see build_model)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -382,6 +384,14 @@ class PCAFloor:
         if isinstance(self, VAE):  # its own sampled code is the correction here
             return self.pca_code(x) + self.code_gate * super().code_for_training(x)
         return self.encode(x)
+
+    def penalty(self, x, z):
+        if isinstance(self, Contractive):  # PCA's share of dz/dx is fixed: contract the learned part only
+            return {"contractive": self.cfg.contractive_weight * jacobian_frobenius(self._correction, x)}
+        return super().penalty(x, z)
+
+    def _correction(self, x):
+        return self.code_gate * super().encode(x)
 
     def decode_logits(self, z):
         pca = reconstruct(z, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)

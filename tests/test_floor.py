@@ -91,29 +91,33 @@ def _table(path, n, seed):
     return path
 
 
-def _photos(folder, names, size=16):
-    """Non-overlapping size x size grayscale patches of scikit-image's photographs, as PNG files."""
+def _photos(root, names=("camera", "moon", "coins"), size=16):
+    """Non-overlapping size x size grayscale patches of scikit-image's photographs, as PNG files:
+    every fifth patch into the held-out folder, the rest into the training one."""
     import skimage.data as skd
     from skimage.color import rgb2gray
 
-    folder.mkdir()
+    train, test = root / "photos-train", root / "photos-test"
+    train.mkdir(), test.mkdir()
+    n = 0
     for name in names:
         img = getattr(skd, name)()
         img = (rgb2gray(img) * 255 if img.ndim == 3 else img).astype(np.uint8)[::2, ::2]  # coarser: more detail per patch
         for i in range(0, img.shape[0] - size + 1, size):
             for j in range(0, img.shape[1] - size + 1, size):
-                Image.fromarray(img[i:i + size, j:j + size]).save(folder / f"{name}-{i:03d}-{j:03d}.png")
-    return folder
+                Image.fromarray(img[i:i + size, j:j + size]).save((test if n % 5 == 0 else train) / f"{name}-{i:03d}-{j:03d}.png")
+                n += 1
+    return train, test
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    """(train, held-out) pairs: digits' split, two draws of one table, patches of different photos."""
+    """(train, held-out) pairs: digits' split, two draws of one table, photographs' patches (500 and 125)."""
     d = tmp_path_factory.mktemp("floor")
     return {
         "digits": ("builtin:digits-train", "builtin:digits-test"),
         "table": (_table(d / "train.parquet", 400, 0), _table(d / "test.parquet", 200, 1)),
-        "photos": (_photos(d / "photos-train", ["camera", "moon"]), _photos(d / "photos-test", ["coins"])),
+        "photos": _photos(d),
     }
 
 
