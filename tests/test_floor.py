@@ -46,7 +46,7 @@ def _pca_mse(x_train, x_test, k) -> float:
     return float(((p.inverse_transform(p.transform(flat)) - flat) ** 2).mean())
 
 
-def test_epoch_zero_is_pca_and_every_run_reports_it(ray_local, tmp_path):
+def test_epoch_zero_is_pca_and_every_run_reports_it(tmp_path):
     """--init pca scores the untrained model, which must be PCA of the training split to float
     tolerance (checked against scikit-learn's PCA on the same rows); pca.npz holds the basis."""
     proc, meta = _train("builtin:digits-train", tmp_path / "run", "dense", epochs=1)
@@ -64,7 +64,7 @@ def test_epoch_zero_is_pca_and_every_run_reports_it(ray_local, tmp_path):
     np.testing.assert_allclose(basis @ basis.T, np.eye(CODE), atol=1e-5)
 
 
-def test_init_none_warns_when_it_ends_worse_than_pca(ray_local, tmp_path):
+def test_init_none_warns_when_it_ends_worse_than_pca(tmp_path):
     """One epoch from random weights cannot reach PCA on digits: the run says so in one line."""
     proc, meta = _train("builtin:digits-train", tmp_path / "run", "dense", "--init", "none", epochs=1)
     assert meta["metrics"]["val_recon"] > meta["metrics"]["pca"]["val_loss"]
@@ -122,7 +122,7 @@ def datasets(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", list(REGISTRY))
-def test_every_family_is_no_worse_than_pca_on_held_out_rows(family, datasets, ray_local, tmp_path):
+def test_every_family_is_no_worse_than_pca_on_held_out_rows(family, datasets, tmp_path):
     for name, (train, test) in datasets.items():
         if family in ("conv",) and name == "table":
             continue  # conv needs images
