@@ -10,16 +10,18 @@ random_state=0, stratify=y), LogisticRegression(max_iter=5000) on the codes. Pri
               clipped to [0, 1], against the clean digits
 
 Models are fitted in this process with pipeline.train.fit_local: the same models, epoch loop,
-validation split and early stopping as `aepipe train`, without Ray Train's start-up per fit.
+validation split, early stopping and default budget (3000 optimiser steps, cosine schedule) as
+`aepipe train`, and by default its --init pca (every family starts as PCA with its code size),
+without Ray Train's start-up per fit.
 
     .venv/bin/python bench/quality.py                 # every family, about 15 minutes on 2 cores
     .venv/bin/python bench/quality.py --families dense,denoising --epochs 50
+    .venv/bin/python bench/quality.py --init none     # the families from random weights
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import numpy as np
@@ -52,8 +54,8 @@ def split_val(x, ids):
     return x[~val], x[val]
 
 
-def fit(family, k, x, ids, tcfg, shape=(8, 8)):
-    mcfg = ModelConfig(family=family, input_shape=shape, code_dim=k, **SETTINGS[family])
+def fit(family, k, x, ids, tcfg, shape=(8, 8), init="pca"):
+    mcfg = ModelConfig(family=family, input_shape=shape, code_dim=k, init=init, **SETTINGS[family])
     tr, va = split_val(x.reshape(-1, *shape).astype(np.float32), ids)
     model, _ = fit_local(mcfg, tcfg, tr, va)
     return model
@@ -74,16 +76,17 @@ def recon_error(model, x):
         return (model.decode(model.encode(t)) - t).pow(2).flatten(1).mean(1).numpy()
 
 
-def family_row(family, data, tcfg, noisy):
+def family_row(family, data, tcfg, noisy, init):
     xtr, ytr, idtr, xte, yte, _ = data
     t0 = time.time()
     row, models = [family], {}
     for k in CODES:
-        models[k] = fit(family, k, xtr, idtr, tcfg)
+        models[k] = fit(family, k, xtr, idtr, tcfg, init=init)
         row.append(probe_accuracy(run(models[k], models[k].encode, xtr), ytr, run(models[k], models[k].encode, xte), yte))
     aucs = []
     for c in range(10):
-        m = fit(family, 8, xtr[ytr == c], idtr[ytr == c], dataclasses.replace(tcfg, epochs=tcfg.epochs * 3))
+        # a tenth of the rows: the step budget already gives these ten times the epochs
+        m = fit(family, 8, xtr[ytr == c], idtr[ytr == c], tcfg, init=init)
         aucs.append(roc_auc_score((yte != c).astype(int), recon_error(m, xte)))
     row.append(float(np.mean(aucs)))
     den = np.clip(run(models[16], lambda t: models[16].decode(models[16].encode(t)), noisy).reshape(len(xte), -1), 0, 1)
@@ -112,8 +115,9 @@ def baseline_rows(data, noisy):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", default=",".join(REGISTRY), help="comma-separated families")
-    ap.add_argument("--epochs", type=int, default=300, help="most epochs per fit (early stopping ends most sooner)")
-    ap.add_argument("--patience", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=None, help="most epochs per fit [default: aepipe train's budget]")
+    ap.add_argument("--patience", type=int, default=None, help="[default: aepipe train's, a tenth of the epochs]")
+    ap.add_argument("--init", default="pca", choices=("pca", "none"), help="aepipe train --init [default: pca]")
     args = ap.parse_args()
     import torch
 
@@ -124,8 +128,9 @@ def main():
     noisy = np.clip(xte + np.random.default_rng(0).normal(0, 0.25, xte.shape), 0, 1)
     rows = baseline_rows(data, noisy)
     for family in args.families.split(","):
-        rows.append(family_row(family, data, tcfg, noisy))
-        print(f"  {family} done in {rows[-1][-1]} s", flush=True)
+        rows.append(family_row(family, data, tcfg, noisy, args.init))
+        print(f"  {family} done in {rows[-1][-1]} s: " + "  ".join(
+            f"{v:.4f}" if isinstance(v, float) else str(v) for v in rows[-1][1:-1]), flush=True)
     print(format_table(["model", "probe 8", "probe 16", "probe 32", "novelty AUC", "denoise PSNR dB", "fit s"], rows))
 
 

@@ -77,12 +77,18 @@ def typed_options(cls, opts: dict, source: str) -> dict:
 def train_options(mcfg, tcfg) -> None:
     """Every TrainConfig/ModelConfig value in range; the family-specific names are checked by
     build_model afterwards (it knows the registry)."""
-    positive("epochs", tcfg.epochs, hint="train for at least one epoch")
+    if tcfg.epochs is not None:  # None: the budget in steps decides
+        positive("epochs", tcfg.epochs, hint="train for at least one epoch")
+    positive("steps", tcfg.steps)
+    at_least("weight_decay", tcfg.weight_decay, 0)
+    if tcfg.schedule not in ("cosine", "constant"):
+        raise AepipeError(f'--schedule {tcfg.schedule}: choose cosine or constant')
     positive("batch_size", tcfg.batch_size)
     positive("lr", tcfg.lr, integer=False)
     positive("workers", tcfg.workers)
     at_least("gpus_per_worker", tcfg.gpus_per_worker, 0)
-    at_least("patience", tcfg.patience, 0)
+    if tcfg.patience is not None:
+        at_least("patience", tcfg.patience, 0)
     at_least("seed", tcfg.seed, 0)
     fraction("val_fraction", tcfg.val_fraction)
     positive("code_dim", mcfg.code_dim)

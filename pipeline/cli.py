@@ -134,13 +134,23 @@ def train(
     depth: Optional[int] = typer.Option(None, help="Shorthand for --hidden: this many layers of --width."),
     width: Optional[int] = typer.Option(None, help="Width of each hidden layer with --depth."),
     loss: Optional[str] = typer.Option(None, help="Reconstruction loss: mse, l1 or bce (inputs in [0, 1]). [default: mse]"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (most; early stopping may end sooner). [default: 30]"),
+    init: Optional[str] = typer.Option(None, help="pca: start as PCA with the same code size (fitted on the "
+                                       "training rows) plus learned corrections that start at zero, and keep the best "
+                                       "validation weights, so the model never ends worse than PCA; none: random "
+                                       "weights. Refused for sparse --sparsity kl. [default: pca]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (most; early stopping may end sooner). [default: enough "
+                                         "for --steps optimiser steps, at least 30 and at most 1000: small data get more]"),
+    steps: Optional[int] = typer.Option(None, help="The default budget in optimiser steps, used when --epochs is not "
+                                        "given (digits: 26 steps an epoch at batch 64, so 116 epochs). [default: 3000]"),
+    schedule: Optional[str] = typer.Option(None, help="Learning rate schedule: cosine (from --lr down to 5% of it over "
+                                           "the epochs) or constant. [default: cosine]"),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW's decoupled weight decay; 0 is plain Adam. [default: 0]"),
     batch_size: Optional[int] = typer.Option(None, help="Rows per step per worker. [default: 64]"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate. [default: 0.001]"),
     seed: Optional[int] = typer.Option(None, help="Seed: same seed, same data, same weights on the CPU. [default: 0]"),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP). [default: 1]"),
     gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per worker; 0 trains on CPUs. [default: 0]"),
-    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: 10]"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: a tenth of the epochs, at least 10]"),
     val_fraction: Optional[float] = typer.Option(None, help="Rows held out for validation. [default: 0.1]"),
     normalize: Optional[str] = typer.Option(None, help="global, feature, standard or none. [default: global for arrays, feature for tables]"),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),
@@ -200,8 +210,79 @@ def train(
     mcfg, tcfg, id_column, read = _run(build)
     meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume, address=address, read=read)
     m = meta["metrics"]
+    versus = _versus_pca(mcfg, m)
     typer.echo(f"trained {meta['family']} (code {mcfg.code_dim}) in {m['seconds']:.1f} s: best val loss "
-               f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1} -> {out}" + _skipped_note(meta.get("skipped")))
+               f"{m['best_val_loss']:.5g} at epoch {m['best_epoch'] + 1}{versus} -> {out}"
+               + _skipped_note(meta.get("skipped")))
+
+
+@app.command()
+def tune(
+    data: str = typer.Argument(..., help="Training data, as for aepipe train."),
+    out: str = typer.Option(..., "--out", help="Run dir to create: the best trial's, an ordinary run dir."),
+    family: str = typer.Option("dense", help="Autoencoder family (see `aepipe models`)."),
+    code_dim: str = typer.Option("8,16,32", help="Code sizes to try, comma-separated."),
+    depth: str = typer.Option("1,2", help="Hidden layers to try (each --width wide; conv: levels of channels)."),
+    width: str = typer.Option("64,256", help="Widths to try (nodes per hidden layer; conv: channels)."),
+    loss: str = typer.Option("mse", help="Losses to try, comma-separated: mse, l1, bce."),
+    trials: int = typer.Option(8, help="Trials sampled from the grid above (Ray Tune, one CPU each, as many at "
+                                       "once as the cluster has CPUs); ASHA stops those that fall behind."),
+    epochs: int = typer.Option(100, help="Most epochs per trial; ASHA's rungs are fractions of it."),
+    batch_size: int = typer.Option(64, help="Rows per step."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (cosine schedule)."),
+    seed: int = typer.Option(0, help="Seed of every trial's weights."),
+    init: str = typer.Option("pca", help="pca or none, as for aepipe train."),
+    id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids."),
+    mode: Optional[str] = MODE,
+    image_size: Optional[str] = IMAGE_SIZE,
+    columns: Optional[str] = COLUMNS,
+    address: Optional[str] = ADDRESS,
+):
+    """Search code size, depth, width and loss with Ray Tune and ASHA, ranking trials by their
+    validation reconstruction loss over PCA's with the same code size and loss ("vs PCA" < 1: better
+    than PCA); prints the table of trials and writes the best as a run dir that encode/decode take."""
+    from pipeline.checks import train_options
+    from pipeline.evaluate import format_table
+    from pipeline.models import ModelConfig
+    from pipeline.train import TrainConfig
+    from pipeline.tune import tune as tune_fn
+
+    def setup():
+        space = {"code_dim": _ints(code_dim, "--code-dim"), "depth": _ints(depth, "--depth"),
+                 "width": _ints(width, "--width"), "loss": tuple(v.strip() for v in loss.split(",") if v.strip())}
+        empty = [k for k, v in space.items() if not v]
+        if empty:
+            raise AepipeError(f"--{empty[0].replace('_', '-')}: give at least one value")
+        mcfg, tcfg = ModelConfig(family=family, init=init), TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                                                                        seed=seed)
+        train_options(mcfg, tcfg)
+        if trials < 1:
+            raise AepipeError("--trials must be a positive integer")
+        return space, mcfg, tcfg, _read_options(columns=columns, mode=mode, image_size=image_size)
+
+    space, mcfg, tcfg, read = _run(setup)
+    local = Path(data)
+    rows, meta = _run(tune_fn, str(local.resolve()) if local.exists() else data, out, mcfg, tcfg, space, trials,
+                      id_column=id_column, address=address, read=read)
+    typer.echo(format_table(["code", "depth", "width", "loss", "val loss", "PCA val loss", "vs PCA", "trial"], rows))
+    m = meta["metrics"]
+    typer.echo(f"tuned {meta['family']}: best code {meta['model']['code_dim']}, hidden {meta['model']['hidden']}, "
+               f"loss {meta['model']['loss']}: val {m['val_recon']:.4g}, PCA {m['pca']['code_dim']}: "
+               f"{m['pca']['val_loss']:.4g} -> {out}")
+
+
+def _versus_pca(mcfg, m: dict) -> str:
+    """The summary's note: the model's validation reconstruction loss beside PCA's with the same
+    code size (epoch 0 is PCA under --init pca); one warning line first when the model ends worse
+    (possible only with --init none)."""
+    pca = m.get("pca") or {}
+    if m.get("val_recon") is None or pca.get("val_loss") is None:
+        return ""
+    mine, floor = m["val_recon"], pca["val_loss"]
+    if mine > floor * (1 + 1e-6):
+        typer.echo(f"aepipe: warning: the model ends worse than PCA {pca['code_dim']} on the validation rows "
+                   f"({mine:.4g} > {floor:.4g}); --init pca starts from PCA and cannot end worse", err=True)
+    return f" (val {mcfg.loss} {mine:.4g}, PCA {pca['code_dim']}: {floor:.4g})"
 
 
 def _skipped_note(skipped: list[dict] | None, show: int = 3) -> str:
@@ -350,7 +431,9 @@ def models():
     from pipeline.models import REGISTRY, ModelConfig
 
     defaults = ModelConfig()
-    typer.echo("every family: --code-dim, --hidden (or --depth/--width), --loss mse|l1|bce\n")
+    typer.echo("every family: --code-dim, --hidden (or --depth/--width), --loss mse|l1|bce, --init pca|none\n"
+               "--init pca (the default): the model starts as PCA with its code size and learns a nonlinear\n"
+               "correction on top; its best validation weights are kept, so it never ends worse than PCA.\n")
     for name, cls in REGISTRY.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         opts = ", ".join(f"--{o.replace('_', '-')} ({getattr(defaults, o)})" for o in cls.options)

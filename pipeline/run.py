@@ -33,6 +33,7 @@ def model_config_from_json(d: dict) -> ModelConfig:
     d = dict(d)
     d["input_shape"] = tuple(d["input_shape"])
     d["hidden"] = tuple(d["hidden"]) if d.get("hidden") else None
+    d.setdefault("init", "none")  # run dirs from before --init pca have no floor in their weights
     return ModelConfig(**d)
 
 
@@ -178,7 +179,17 @@ def describe_run(path: Path) -> list[tuple[str, str]]:
             ("normalisation", m["normalizer"]["kind"]),
             ("epochs run", f'{len(hist)} (best {m["metrics"]["best_epoch"] + 1}, val loss '
                            f'{m["metrics"]["best_val_loss"]:.5g}{", stopped early" if m["metrics"]["stopped_early"] else ""})'),
+            *_versus_pca(m),
             ("workers", f'{m["train"]["workers"]} x {m["train"]["gpus_per_worker"]} GPU'),
             ("options", json.dumps(opts)), ("data fingerprint", m["data_fingerprint"]),
             ("model fingerprint", m["model_fingerprint"]), ("aepipe version", m["aepipe_version"]),
             ("created", m["created"])]
+
+
+def _versus_pca(m: dict) -> list[tuple[str, str]]:
+    """info's line for the linear floor: the model's validation reconstruction loss beside PCA's."""
+    pca, mine = m["metrics"].get("pca") or {}, m["metrics"].get("val_recon")
+    if pca.get("val_loss") is None or mine is None:
+        return []  # a run dir from before the floor
+    return [("vs PCA", f'val {m["model"]["loss"]} {mine:.4g}, PCA {pca["code_dim"]}: {pca["val_loss"]:.4g} '
+                       f'(init {m["model"].get("init", "none")})')]

@@ -29,6 +29,7 @@ from pipeline.normalize import (Normalizer, block_stats, combine_stats, default_
                                 in_validation)
 from pipeline.sources import bad_rows, open_source, read_block, skipped_rows, to_dataset
 from pipeline.models import ModelConfig, build_model
+from pipeline.pca import fit_pca, val_loss as pca_val_loss
 from pipeline.run import META, load_state, save_run
 from pipeline.checks import run_dir_output, train_options
 from pipeline.runtime import Interrupted, require, run_interruptibly, user_errors
@@ -36,17 +37,49 @@ from pipeline.runtime import Interrupted, require, run_interruptibly, user_error
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30  # digits reach their best validation loss in 20-40 epochs
+    epochs: int | None = None  # None: enough epochs for `steps` optimiser steps (see budget)
+    steps: int = 3000  # the default budget in optimiser steps: small data get more epochs
     batch_size: int = 64  # small data, small batches: more steps per epoch
-    lr: float = 1e-3  # Adam's usual default
+    lr: float = 1e-3  # Adam's usual default; the peak of the cosine schedule
+    schedule: str = "cosine"  # cosine: lr decays to LR_FLOOR * lr over the epochs; constant: lr throughout
+    weight_decay: float = 0.0  # AdamW's decoupled decay (0: plain Adam)
     seed: int = 0
     workers: int = 1
     gpus_per_worker: float = 0.0
     val_fraction: float = 0.1  # rows held out by a fixed hash of their index
-    patience: int = 10  # stop after this many epochs without a better validation loss; 0: never
+    patience: int | None = None  # epochs without a better val loss before stopping; 0: never; None: see budget
     normalize: str | None = None  # None: "global" for arrays/images, "feature" for tables
     ray_train: bool | None = None  # None: choose (see fit_path); True/False: force Ray Train / this process
     stream: bool | None = None  # None: choose (see _streams); True: reread every epoch; False: materialise
+
+
+# The default budget: at least MIN_EPOCHS, at most MAX_EPOCHS epochs, enough for TrainConfig.steps
+MIN_EPOCHS, MAX_EPOCHS = 30, 1000
+LR_FLOOR = 0.05  # the cosine schedule ends at this share of --lr, not at zero
+SCHEDULES = ("cosine", "constant")
+
+
+def budget(tcfg: "TrainConfig", n_train: int) -> "TrainConfig":
+    """Epochs and patience made concrete for n_train training rows. A fixed epoch count under-trains
+    small data: 150 images at batch 64 are 3 steps an epoch, so 60 epochs are 180 steps. Counting in
+    optimiser steps gives them more epochs; patience grows with the epochs (a tenth of them), since
+    with a cosine schedule the validation loss still falls late, as the learning rate does."""
+    epochs = tcfg.epochs
+    if epochs is None:
+        per_epoch = max(1, math.ceil(n_train / (tcfg.batch_size * tcfg.workers)))
+        epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(tcfg.steps / per_epoch)))
+    patience = tcfg.patience if tcfg.patience is not None else max(10, epochs // 10)
+    return dataclasses.replace(tcfg, epochs=epochs, patience=patience)
+
+
+def _set_lr(opt, tcfg: "TrainConfig", epoch: int) -> None:
+    """The learning rate for whole-model epoch `epoch` (0-based) of tcfg.epochs."""
+    if tcfg.schedule == "cosine":
+        share = LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * epoch / max(tcfg.epochs, 1)))
+    else:
+        share = 1.0
+    for g in opt.param_groups:
+        g["lr"] = tcfg.lr * share
 
 
 # Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
@@ -152,8 +185,13 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
     tensors of "train" (shuffled by seed) or "val"; after_epoch(row, st) reports and checkpoints."""
     inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
     schedule = _schedule(mcfg, tcfg)
+    _floor(inner, batches, mcfg, st)
+    # the floor is a promise about reconstruction: with it, penalties shape the path, not the pick
+    monitor = "recon" if hasattr(inner, "set_pca") else "loss"
     while st["step"] < len(schedule) and not (tcfg.patience and st["bad"] >= tcfg.patience):
         stage, t0 = schedule[st["step"]], time.time()
+        whole = st["step"] - (len(schedule) - tcfg.epochs)  # the whole model's epoch, < 0 in layer-wise stages
+        _set_lr(opt, tcfg, max(whole, 0))
         tr = _epoch(model, batches("train", tcfg.seed * 100003 + st["step"]), opt, stage)
         va = _epoch(model, batches("val", None), None, stage)
         row = {"epoch": st["step"], "stage": stage, "train_loss": tr["loss"], "val_loss": va["loss"],
@@ -161,8 +199,8 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
         st["history"].append(row)
         st["step"] += 1
         if stage is None:  # early stopping and best weights only count on the whole model
-            if va["loss"] < st["best_val"]:
-                st.update(best_val=va["loss"], best_epoch=row["epoch"], bad=0,
+            if va[monitor] < st["best_val"]:
+                st.update(best_val=va[monitor], best_recon=va["recon"], best_epoch=row["epoch"], bad=0,
                           best_state={k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
             else:
                 st["bad"] += 1
@@ -178,12 +216,29 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
     return st
 
 
+def _floor(inner, batches, mcfg: ModelConfig, st: dict) -> None:
+    """Before the first epoch: PCA with the code size on the training rows (kept in st, so the run
+    dir gets pca.npz), its loss on the validation rows, and, under --init pca, the model set to it
+    and scored as epoch 0, its weights the best so far. A resumed fit has all of these already."""
+    if "pca" in st:
+        return
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    reduce = lambda t: _all_reduce(t, inner)  # noqa: E731
+    st["pca"] = fit_pca(batches("train", None), inner.n_in, mcfg.code_dim, reduce, rank)
+    st["pca_val"] = pca_val_loss(st["pca"], batches("val", None), mcfg.loss, reduce)
+    if hasattr(inner, "set_pca") and st["step"] == 0:
+        inner.set_pca({k: v.to(inner.pca_mean.device) for k, v in st["pca"].items()})
+        va = _epoch(inner, batches("val", None))
+        st.update(best_val=va["recon"], best_recon=va["recon"], best_epoch=-1, init_val=va["recon"],
+                  best_state={k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
+
+
 def _start(mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, prepare=lambda m: m):
     """Model, optimiser and fit state: fresh for the seed, or continued from a checkpoint's dict."""
     torch.manual_seed(tcfg.seed)
     model = prepare(build_model(mcfg))
     inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     st = new_state()
     if saved:
         inner.load_state_dict(saved["model"])
@@ -209,6 +264,7 @@ def _array_batches(arrays: dict, batch_size: int):
 def fit_local(mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_val: np.ndarray):
     """The same fit in this process, on arrays already normalised, writing nothing: for benchmarks
     that train a hundred small models."""
+    tcfg = budget(tcfg, len(x_train))
     model, _, opt, st = _start(mcfg, tcfg, None)
     st = fit(model, opt, _array_batches({"train": x_train, "val": x_val}, tcfg.batch_size), mcfg, tcfg, st)
     return model.eval(), st
@@ -243,12 +299,15 @@ def _checkpoint(inner, opt, st) -> dict:
     return {"model": inner.state_dict(), "opt": opt.state_dict(), "st": st}
 
 
-def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | None, ckpt_dir: Path) -> dict:
+def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | None, ckpt_dir: Path,
+              on_epoch=None) -> dict:
     """The in-process path: fit on normalised arrays, checkpoint on the interval and at the end."""
     model, inner, opt, st = _start(mcfg, tcfg, saved)
     batches = _array_batches(arrays, tcfg.batch_size)
 
     def save(row, st, due):
+        if on_epoch:  # aepipe tune reports every epoch to Ray Tune (which may stop the trial here)
+            on_epoch(row, st)
         if due:
             _save_checkpoint(ckpt_dir, inner, opt, st)
 
@@ -461,7 +520,7 @@ def fit_path(src, tcfg: TrainConfig, address: str | None = None) -> str:
     return ", ".join(w for w, yes in why if yes)
 
 
-def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, storage: Path):
+def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, storage: Path, on_epoch=None):
     """Statistics, split and fit without Ray: the source read once, range by range, into memory."""
     tm, t = {}, time.time()
     blocks = [read_block(src, a, b) for a, b in src.ranges()]  # the blocks to_dataset would make
@@ -475,7 +534,7 @@ def _train_here(src, mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, s
         _check_split(src, name, len(arrays[name]))
     del blocks
     tm["datasets"], t = time.time() - t, time.time()
-    st = _fit_here(mcfg, tcfg, arrays, saved, storage / "process")
+    st = _fit_here(mcfg, tcfg, arrays, saved, storage / "process", on_epoch)
     tm["fit"] = time.time() - t
     return stats, norm, st, tm
 
@@ -531,9 +590,10 @@ def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None,
 
 
 def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_column: str | None = None,
-          resume: bool = False, address: str | None = None, read: dict | None = None) -> dict:
+          resume: bool = False, address: str | None = None, read: dict | None = None, on_epoch=None) -> dict:
     """Fit a model on DATA and write a self-describing run dir at `out`. Returns aepipe.json's dict.
-    address (or RAY_ADDRESS) names a Ray cluster, which sends the fit to Ray Train (see fit_path)."""
+    address (or RAY_ADDRESS) names a Ray cluster, which sends the fit to Ray Train (see fit_path).
+    on_epoch(row, st): called after every epoch of an in-process fit (aepipe tune's trials)."""
     if remote.is_uri(out):
         return _train_to_uri(data, out, mcfg, tcfg, id_column, resume, address, read)
     started = time.time()
@@ -547,6 +607,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         build_model(mcfg)  # refuse a bad family/option/shape here, before any work
     except ValueError as e:
         raise AepipeError(str(e)) from None
+    tcfg = budget(tcfg, _split_rows(src.n_rows, tcfg.val_fraction, False))  # aepipe.json keeps the concrete values
     why_ray = fit_path(src, tcfg, address)
     storage = out / "checkpoints"
     latest = _latest_checkpoint(storage) if resume else None
@@ -562,7 +623,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         else:
             print("fitting in this process (1 worker, data in memory); --workers 2 or --address uses Ray Train",
                   flush=True)
-            stats, norm, st, tm = _train_here(src, mcfg, tcfg, saved, storage)
+            stats, norm, st, tm = _train_here(src, mcfg, tcfg, saved, storage, on_epoch)
     except (Interrupted, KeyboardInterrupt):
         if storage.exists():
             raise Interrupted(f"interrupted; checkpoints kept in {storage}: `aepipe train ... --resume` continues") from None
@@ -596,12 +657,17 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
         "score_quantiles": st.get("score_quantiles"),
         "code_stats": {"mean": st.get("code_mean"), "std": st.get("code_std")} if st.get("code_mean") else None,
         "metrics": {"history": st["history"], "best_epoch": st["best_epoch"], "best_val_loss": st["best_val"],
+                    # the linear floor beside the model, on the same validation rows and loss
+                    "val_recon": st.get("best_recon"), "pca": {"code_dim": mcfg.code_dim, "val_loss": st.get("pca_val"),
+                                                              "init_val_loss": st.get("init_val")},
                     "stopped_early": len(st["history"]) < len(_schedule(mcfg, tcfg)), "device": st["device"],
                     "path": "ray train" if why_ray else "process", "seconds": time.time() - t0,
                     "streamed": bool(st.get("streamed")),
                     # where this call's wall time went (bench/train_overhead.py reads it)
                     "timings": {**tm, "before_save": time.time()}},
     }
+    if "pca" in st:  # the baseline itself, for anyone who wants to compare codes with PCA's
+        np.savez(out / "pca.npz", **{k: v.numpy() for k, v in st["pca"].items()})
     meta = save_run(out, meta, state)  # with the weights fingerprint it computed
     return meta
 

@@ -76,8 +76,8 @@ def test_each_path_is_deterministic_and_says_which_ran(fits, path):
 def test_both_paths_reach_the_same_validation_loss(fits):
     here, ray = (fits[p][0][0]["metrics"]["best_val_loss"] for p in ("process", "ray train"))
     assert abs(here - ray) / ray < 0.02, (here, ray)
-    first = fits["process"][0][0]["metrics"]["history"][0]["val_loss"]
-    assert here < 0.8 * first  # it learned something, so the agreement means something
+    start = fits["process"][0][0]["metrics"]["pca"]["init_val_loss"]  # --init pca: epoch 0 is PCA
+    assert here < 0.97 * start  # 25 full-batch steps past its PCA start (cosine lr): the agreement means something
 
 
 @pytest.mark.parametrize("first,then", [("process", "ray train"), ("ray train", "process")])

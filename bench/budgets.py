@@ -1,0 +1,56 @@
+"""Training budgets and --init on digits: each family fitted in this process (fit_local, the same
+loop as `aepipe train`) on the digits train split, then its reconstruction MSE on the test split
+beside PCA with the same code size; also the validation loss at epoch 0 (PCA's, under --init pca).
+
+    .venv/bin/python bench/budgets.py                                   # defaults
+    .venv/bin/python bench/budgets.py --train '{"epochs": 30, "patience": 10, "schedule": "constant"}'
+    .venv/bin/python bench/budgets.py --init none --families dense,conv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", default="dense,sparse,vae,conv")
+    ap.add_argument("--code-dim", type=int, default=8)
+    ap.add_argument("--init", default="pca", choices=("pca", "none"))
+    ap.add_argument("--train", default="{}", help="TrainConfig fields as JSON [default: aepipe train's]")
+    args = ap.parse_args()
+    import torch
+    from sklearn.decomposition import PCA
+
+    from pipeline.evaluate import digits_split, format_table
+    from pipeline.models import ModelConfig
+    from pipeline.normalize import in_validation
+    from pipeline.train import TrainConfig, fit_local
+
+    torch.set_num_threads(1)
+    xtr, _, idtr, xte, _, _ = digits_split()
+    val = in_validation(idtr, 0.1)
+    tr, va = (a.reshape(-1, 8, 8).astype(np.float32) for a in (xtr[~val], xtr[val]))
+    p = PCA(args.code_dim).fit(tr.reshape(len(tr), -1))
+    pca_test = float(((p.inverse_transform(p.transform(xte)) - xte) ** 2).mean())
+    rows = []
+    for family in args.families.split(","):
+        t0 = time.time()
+        mcfg = ModelConfig(family=family, input_shape=(8, 8), code_dim=args.code_dim, init=args.init)
+        model, st = fit_local(mcfg, TrainConfig(**json.loads(args.train)), tr, va)
+        with torch.no_grad():
+            te = torch.from_numpy(xte.reshape(-1, 8, 8).astype(np.float32))
+            mse = float((model.decode(model.encode(te)) - te).pow(2).mean())
+        rows.append([family, st.get("init_val", "-"), st["pca_val"], st["best_recon"],
+                     f"{st['best_epoch'] + 1}/{len(st['history'])}", mse, pca_test, f"{time.time() - t0:.0f}"])
+        print(rows[-1], flush=True)
+    print(format_table(["family", "epoch-0 val", "PCA val", "best val", "best/run epochs", "test MSE",
+                        f"PCA {args.code_dim} test MSE", "s"], rows))
+
+
+if __name__ == "__main__":
+    main()
