@@ -179,12 +179,13 @@ def bare(data: str, model: str, out: str) -> None:
     print(json.dumps({"encode_s": time.time() - t0}))
 
 
-def train_model(folder: Path, make) -> Path:
+def train_model(folder: Path, make, file_name: str) -> Path:
     """A dense 784-256-32 model fitted for one epoch on 2k-20k rows of the source's kind, in this process."""
     from pipeline.models import ModelConfig
     from pipeline.train import TrainConfig, train
 
-    small = make(folder / f"train-{make.__name__}", 20_000 if make is make_parquet else 2_000, seed=1)
+    rows = 20_000 if make is make_parquet else 2_000
+    small = make(folder / ("train-" + file_name.format(rows)), rows, seed=1)
     out = folder / f"model-{make.__name__}"
     train(str(small), out, ModelConfig(family="dense", code_dim=32, hidden=(256,)), TrainConfig(epochs=1))
     return out
@@ -208,7 +209,7 @@ def main() -> None:
             if args.only and args.only not in name:
                 continue
             print(f"{name}: fitting a dense 784-256-32 model (1 epoch) ...", file=sys.stderr, flush=True)
-            model = train_model(tmp, make)
+            model = train_model(tmp, make, file_name)
             results = {}
             top = source_rows or args.rows
             for scale, rows in (("1x", top // 10), ("10x", top)):
