@@ -242,7 +242,9 @@ def encode(
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
                  overwrite=overwrite, address=address, resume=resume,
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
-    typer.echo(f"encoded {attrs['n_rows']} rows to {attrs['code_dim']}-d {dtype} codes -> {out}" + _notes(attrs)
+    what = (f"bitstreams, {attrs['bits_per_pixel']:.4f} bits per pixel" if attrs.get("code_kind") == "bitstream"
+            else f"{attrs['code_dim']}-d {dtype} codes")
+    typer.echo(f"encoded {attrs['n_rows']} rows to {what} -> {out}" + _notes(attrs)
                + _skipped_note(attrs.get("skipped")))
 
 

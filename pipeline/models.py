@@ -420,6 +420,7 @@ class Compress(Autoencoder):
         self.g_s = nn.Sequential(up(m, n), GDN(n, True), up(n, n), GDN(n, True), up(n, n), GDN(n, True), up(n, c))
         self.density = FactorizedDensity(m)
         self.latent_hw = tuple(-(-s // self.factor) for s in self.chw[1:])
+        self.pixels = math.prod(self.chw[1:])  # per image, whatever its channels: bits per pixel counts these
 
     def pad(self, x):  # (B, C, H, W) -> padded to a multiple of 16 by repeating the edge
         h, w = x.shape[-2:]
@@ -444,8 +445,7 @@ class Compress(Autoencoder):
         # training: additive uniform noise stands in for rounding (differentiable, same rate in expectation)
         y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
         x_hat = self.synthesis(y_hat).reshape(x.shape)
-        pixels = x.shape[0] * math.prod(self.chw[1:])
-        bpp = -torch.log2(self.density.likelihood(y_hat)).sum() / pixels
+        bpp = -torch.log2(self.density.likelihood(y_hat)).sum() / (x.shape[0] * self.pixels)
         mse = F.mse_loss(x_hat, x)
         # CompressAI's scale: MSE on [0, 1] pixels times 255^2, so lmbda 0.01 sits near 0.3-0.5 bpp
         parts = {"bpp": bpp, "distortion": self.cfg.lmbda * 255 ** 2 * mse}
