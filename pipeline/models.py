@@ -444,7 +444,7 @@ class Compress(Autoencoder):
         y = self.analysis(x)
         # training: additive uniform noise stands in for rounding (differentiable, same rate in expectation)
         y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
-        x_hat = self.synthesis(y_hat).reshape(x.shape)
+        x_hat = self.synthesis(y_hat, x.shape[-2:]).reshape(x.shape)
         bpp = -torch.log2(self.density.likelihood(y_hat)).sum() / (x.shape[0] * self.pixels)
         mse = F.mse_loss(x_hat, x)
         # CompressAI's scale: MSE on [0, 1] pixels times 255^2, so lmbda 0.01 sits near 0.3-0.5 bpp
