@@ -56,14 +56,14 @@ def test_rate_falls_as_lmbda_falls():
     # the ANS coder's last words, which every bitstream pays
     held = torch.from_numpy(np.stack([skd.camera()[:128, :128], skd.coins()[:128, :128]]) / 255.0).float()
     rates = {}
-    for lmbda in (0.1, 0.001):
+    for lmbda in (1.0, 0.0001):
         model, _ = fit_local(ModelConfig(family="compress", input_shape=(32, 32), code_dim=8, hidden=(8,), lmbda=lmbda),
-                             TrainConfig(epochs=30, batch_size=8, lr=5e-3, patience=0), x[8:], x[:8])
+                             TrainConfig(epochs=40, batch_size=8, lr=5e-3, patience=0), x[8:], x[:8])
         coder = LatentCoder(model.density)
         with torch.no_grad():
             y = torch.round(model.analysis(held)).numpy().astype(np.int64)
         rates[lmbda] = sum(8 * len(coder.encode(yi)) for yi in y) / held.numel()  # real bytes, bits per pixel
-    assert rates[0.001] < 0.7 * rates[0.1], rates
+    assert rates[0.0001] < 0.7 * rates[1.0], rates
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +103,24 @@ def test_encode_writes_bitstreams_and_decode_restores_the_same_pixels(compress_r
     np.testing.assert_allclose(np.load(a), want, atol=1e-3)
 
 
+def one(data: bytes) -> np.ndarray:
+    a = np.empty(1, dtype=object)  # a vlen-bytes zarr array takes bytes objects in an object array
+    a[0] = data
+    return a
+
+
 def test_damaged_bitstreams_are_refused_by_image_id(compress_run, ray_local):
     tmp = compress_run
     store = tmp / "damaged.zarr"
     run_aepipe("encode", tmp / "imgs.npy", "--model", tmp / "run", "--out", store, address=ray_local)
     g = zarr.open_group(str(store), mode="r+")
-    good = bytes(g["codes"][5])
-    g["codes"][5] = good[:-4]  # truncated by one word
+    good = g["codes"][5:6][0]  # a bytes object (g["codes"][5] is a 0-d object array)
+    g["codes"][5:6] = one(good[:-4])  # truncated by one word
     proc = run_aepipe("decode", store, "--model", tmp / "run", "--out", tmp / "t.npy", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("aepipe: error:"), proc.stderr
     assert 'image "5"' in proc.stderr and "truncated" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp / "t.npy").exists()
-    g["codes"][5] = good[:-1] + bytes([good[-1] ^ 0x10])  # same length, one bit flipped
+    g["codes"][5:6] = one(good[:-1] + bytes([good[-1] ^ 0x10]))  # same length, one bit flipped
     proc = run_aepipe("decode", store, "--model", tmp / "run", "--out", tmp / "c.npy", check=False)
     assert proc.returncode == 2 and 'image "5"' in proc.stderr and "CRC32" in proc.stderr, proc.stderr
     assert not (tmp / "c.npy").exists()
