@@ -393,10 +393,11 @@ class FactorizedDensity(nn.Module):
 
 
 class Compress(Autoencoder):
-    """Learned image compression: a factorized-prior model (Balle et al. 2018, as CompressAI's
-    FactorizedPrior). Analysis transform (4 strided 5x5 convs with GDN, 16x smaller) -> latent of
+    """Learned image compression to real bitstreams: bits per pixel + lmbda * 255^2 * MSE.
+
+    A factorized-prior model (Balle et al. 2018, as CompressAI's FactorizedPrior). Analysis transform (4 strided 5x5 convs with GDN, 16x smaller) -> latent of
     --code-dim channels, rounded -> per-channel learned density -> synthesis transform back.
-    Trains on bits per pixel + lmbda * 255^2 * MSE; `aepipe encode` writes real bitstreams."""
+    `aepipe encode` entropy-codes the latent (pipeline/bitstream.py), one bitstream per image."""
 
     default_hidden = (64,)  # channels of the transforms' hidden layers (CompressAI's N)
     options = ("lmbda",)
