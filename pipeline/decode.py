@@ -14,7 +14,7 @@ from pipeline.sources import Source
 from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
 from pipeline.runtime import run_interruptibly, user_errors
-from pipeline.store import chunk_rows_for, dequantize, id_dtype, open_codes, quant_range
+from pipeline.store import chunk_rows_for, dequantize, id_dtype, open_codes, quant_range, read_metadata
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
@@ -158,13 +158,18 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
     Small selections run in this process (pipeline.actors.model_job), large ones on Ray."""
     check_job_options(batch_size, concurrency, num_gpus)
     run = load_run(model)
-    src, attrs = open_codes(codes)
+    kind, attrs = read_metadata(codes)
     out = output_path(out, overwrite, (".zarr", ".parquet", ".npy", ""), inputs=(codes, model))
     if out.suffix == "":  # a folder of PNG images: only for image models, refused before Ray starts
         png_range(run, out)
     if attrs["model_fingerprint"] != run.fingerprint:
         raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
                           f"not by {model} ({run.fingerprint})")
+    if attrs.get("code_kind") == "bitstream":  # a compress model's store: entropy-coded images
+        from pipeline import bitstore
+
+        return bitstore.decode(codes, kind, attrs, run, out, rows, ids, batch_size, concurrency, num_gpus, engine, address)
+    src, attrs = open_codes(codes, (kind, attrs))
     src = select(src, rows, ids)
     lo, hi = quant_range(attrs)
     ds = model_job(src, Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi, num_gpus=num_gpus),

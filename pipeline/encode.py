@@ -124,7 +124,9 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
                        # what `aepipe info` compares the store with
                        input_bytes=src.n_rows * src.schema.size * 4,
                        input_file_bytes=sum(size for _, size, _ in files) if files else None)
-    chunk_rows = chunk_rows or chunk_rows_for(d * np.dtype(dtype).itemsize)
+    # a bitstream's size is not known ahead: chunks are sized for one at about 1 bit per pixel
+    row_bytes = run.schema.size // 8 if run.meta["family"] == "compress" else d * np.dtype(dtype).itemsize
+    chunk_rows = chunk_rows or chunk_rows_for(row_bytes)
     ids_kind = id_dtype(src)
     rows_per_task = task_rows(chunk_rows, 4 * src.schema.size)
     ranges = src.ranges(rows_per_task)
@@ -132,7 +134,16 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
                                chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges))
     from pipeline.sinks import ParquetSink, ZarrSink
 
-    if out.suffix == ".zarr":
+    actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
+    if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row
+        from pipeline import bitstore
+
+        if scores or dtype != "float32":
+            raise AepipeError(f"--scores and --dtype: {model} is a compress model; it writes bitstreams, whose "
+                              "size is set by its --lmbda")
+        sink = bitstore.encode_sink(out, src, attrs, ids_kind, chunk_rows, ranges, settings)
+        actor, kwargs = bitstore.BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
+    elif out.suffix == ".zarr":
         arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
         if scores:
             arrays["scores"] = ("score", (), "float32")
@@ -145,12 +156,15 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     todo = sink.prepare(resume=True) if resume else ranges
     # everything above is checked without Ray: a mistake costs a second, not a start-up
     if todo:  # (none: killed after its last range, before the commit)
-        ds = model_job(Remaining(src, todo), Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores,
-                       num_gpus=num_gpus), batch_size, concurrency, num_gpus, engine="ray", address=address,
-                       rows_per_task=rows_per_task)
+        ds = model_job(Remaining(src, todo), actor, kwargs, batch_size, concurrency, num_gpus, engine="ray",
+                       address=address, rows_per_task=rows_per_task)
         write(ds, sink)
     else:
         sink.on_write_complete(types.SimpleNamespace(write_returns=[]))
+    if attrs.get("code_kind") == "bitstream":  # the rate the store really holds, for the summary line
+        from pipeline.bitstore import stored_bits
+
+        attrs["bits_per_pixel"] = stored_bits(out) / ((src.n_rows - len(sink.skipped)) * run.model.pixels)
     if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others
         attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
     return attrs

@@ -54,6 +54,8 @@ class ModelConfig:
     down: str = "stride"  # strided convolutions or max pooling
     # recurrent
     cell: str = "gru"  # gru or lstm
+    # compress (learned compression): loss = bits per pixel + lmbda * 255^2 * MSE, as CompressAI
+    lmbda: float = 0.01  # larger: more bits, higher PSNR
 
     def widths(self) -> tuple[int, ...]:
         return tuple(self.hidden) if self.hidden else REGISTRY[self.family].default_hidden
@@ -73,6 +75,7 @@ class Autoencoder(nn.Module):
 
     default_hidden: tuple[int, ...] = (256, 64)  # widths when --hidden is not given
     options: tuple[str, ...] = ()  # the ModelConfig fields this family reads, for `aepipe models`
+    pca_floor: bool = True  # --init pca applies: the code is a vector PCA can start
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -399,9 +402,121 @@ class PCAFloor:
         return pca.view(-1, *self.cfg.input_shape) + self.out_gate * super().decode_logits(z)
 
 
+class GDN(nn.Module):
+    """Generalised divisive normalisation (Balle et al. 2016): y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2);
+    inverse=True multiplies instead (IGDN, the synthesis side). beta and gamma are kept positive by
+    squaring their parameters (CompressAI uses a lower-bounded reparametrisation to the same end)."""
+
+    def __init__(self, ch: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(ch))
+        self.gamma = nn.Parameter(math.sqrt(0.1) * torch.eye(ch).view(ch, ch, 1, 1))
+
+    def forward(self, x):
+        norm = F.conv2d(x * x, self.gamma ** 2, self.beta ** 2 + 1e-6).sqrt()
+        return x * norm if self.inverse else x / norm
+
+
+class FactorizedDensity(nn.Module):
+    """A learned density per latent channel (Balle et al. 2018, appendix 6.1; CompressAI's
+    EntropyBottleneck): its CDF is a small monotone network of the scalar value: softplus-positive
+    matrices, tanh gates, ending in a logit. P(round(y) = k) = CDF(k + 0.5) - CDF(k - 0.5)."""
+
+    def __init__(self, channels: int, filters=(3, 3, 3), init_scale: float = 10.0):
+        super().__init__()
+        dims = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(filters) + 1))
+        self.matrices, self.biases, self.factors = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
+        for i, (a, b) in enumerate(zip(dims, dims[1:])):
+            init = math.log(math.expm1(1 / scale / b))  # softplus(init) = 1 / scale / b: the CDF starts wide
+            self.matrices.append(nn.Parameter(torch.full((channels, b, a), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, b, 1) - 0.5))
+            if i < len(filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, b, 1)))
+
+    def logits_cdf(self, v):  # v: (C, 1, n) -> logit of the CDF at v, same shape
+        for i, (m, b) in enumerate(zip(self.matrices, self.biases)):
+            v = torch.matmul(F.softplus(m), v) + b
+            if i < len(self.factors):
+                v = v + torch.tanh(self.factors[i]) * torch.tanh(v)
+        return v
+
+    def likelihood(self, y):  # y: (B, C, H, W) of integers (or noisy) -> P per element, same shape
+        c = y.shape[1]
+        v = y.transpose(0, 1).reshape(c, 1, -1)
+        lo, hi = self.logits_cdf(v - 0.5), self.logits_cdf(v + 0.5)
+        # difference of sigmoids on the side where they are not both near 1 (float precision)
+        s = -torch.sign(lo + hi).detach()
+        p = (torch.sigmoid(s * hi) - torch.sigmoid(s * lo)).abs()
+        return p.clamp_min(1e-9).reshape(c, y.shape[0], *y.shape[2:]).transpose(0, 1)
+
+
+class Compress(Autoencoder):
+    """Learned image compression to real bitstreams: bits per pixel + lmbda * 255^2 * MSE.
+
+    A factorized-prior model (Balle et al. 2018, as CompressAI's FactorizedPrior). Analysis transform (4 strided 5x5 convs with GDN, 16x smaller) -> latent of
+    --code-dim channels, rounded -> per-channel learned density -> synthesis transform back.
+    `aepipe encode` entropy-codes the latent (pipeline/bitstream.py), one bitstream per image."""
+
+    default_hidden = (64,)  # channels of the transforms' hidden layers (CompressAI's N)
+    options = ("lmbda",)
+    factor = 16  # the analysis transform's downsampling: images are padded to a multiple of this
+    pca_floor = False  # its code is a quantised latent map priced in bits: no PCA start, no PCA baseline
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        shape = cfg.input_shape
+        if len(shape) not in (2, 3):
+            raise ValueError(f"compress needs images shaped (H, W) or (C, H, W), got {shape}")
+        self.chw = (1, *shape) if len(shape) == 2 else tuple(shape)
+        n, m, c = cfg.widths()[0], cfg.code_dim, self.chw[0]
+
+        def down(a, b):
+            return nn.Conv2d(a, b, 5, stride=2, padding=2)
+
+        def up(a, b):
+            return nn.ConvTranspose2d(a, b, 5, stride=2, padding=2, output_padding=1)
+
+        self.g_a = nn.Sequential(down(c, n), GDN(n), down(n, n), GDN(n), down(n, n), GDN(n), down(n, m))
+        self.g_s = nn.Sequential(up(m, n), GDN(n, True), up(n, n), GDN(n, True), up(n, n), GDN(n, True), up(n, c))
+        self.density = FactorizedDensity(m)
+        self.latent_hw = tuple(-(-s // self.factor) for s in self.chw[1:])
+        self.pixels = math.prod(self.chw[1:])  # per image, whatever its channels: bits per pixel counts these
+
+    def pad(self, x):  # (B, C, H, W) -> padded to a multiple of 16 by repeating the edge
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.factor, -w % self.factor
+        return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+    def analysis(self, x):  # (B, H, W) or (B, C, H, W), any size -> latent y (B, M, h, w), not rounded
+        return self.g_a(self.pad(x.unsqueeze(1) if x.dim() == 3 else x))
+
+    def synthesis(self, y_hat, hw=None):  # latent -> images (B, C, H, W), cropped to hw
+        h, w = hw or self.chw[1:]
+        return self.g_s(y_hat)[..., :h, :w]
+
+    def encode(self, x):  # the rounded latent, flat: the integers the bitstream carries
+        return torch.round(self.analysis(x)).flatten(1)
+
+    def decode_logits(self, z):
+        return self.synthesis(z.view(-1, self.cfg.code_dim, *self.latent_hw)).reshape(-1, *self.cfg.input_shape)
+
+    def forward(self, x):
+        y = self.analysis(x)
+        # training: additive uniform noise stands in for rounding (differentiable, same rate in expectation)
+        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
+        x_hat = self.synthesis(y_hat, x.shape[-2:]).reshape(x.shape)
+        bpp = -torch.log2(self.density.likelihood(y_hat)).sum() / (x.shape[0] * self.pixels)
+        mse = F.mse_loss(x_hat, x)
+        # CompressAI's scale: MSE on [0, 1] pixels times 255^2, so lmbda 0.01 sits near 0.3-0.5 bpp
+        parts = {"bpp": bpp, "distortion": self.cfg.lmbda * 255 ** 2 * mse}
+        return {"x_hat": x_hat, "z": y_hat.flatten(1), "loss": bpp + parts["distortion"], "loss_parts": parts}
+
+
 REGISTRY: dict[str, type[Autoencoder]] = {
     "dense": Dense, "stacked": Stacked, "sparse": Sparse, "contractive": Contractive,
-    "denoising": Denoising, "vae": VAE, "conv": Conv, "recurrent": Recurrent,
+    "denoising": Denoising, "vae": VAE, "conv": Conv, "recurrent": Recurrent, "compress": Compress,
 }
 
 CHOICES = {"loss": LOSSES, "sparsity": ("l1", "kl"), "noise": ("gaussian", "mask"),
@@ -422,10 +537,14 @@ def check_config(cfg: ModelConfig) -> None:
                          "code does not; use --sparsity l1 or --init none")
 
 
+    if not (cfg.lmbda > 0 and math.isfinite(cfg.lmbda)):
+        raise ValueError(f"lmbda {cfg.lmbda}: must be a positive, finite number")
+
+
 def build_model(cfg: ModelConfig) -> Autoencoder:
     check_config(cfg)
     cls = REGISTRY[cfg.family]
-    if cfg.init == "pca":  # the same family with the PCA floor under it; its state dict adds pca_* and the gates
+    if cfg.init == "pca" and cls.pca_floor:  # the family with the PCA floor under it; its state dict adds pca_* and the gates
         cls = _floored(cls)
     return cls(cfg)
 

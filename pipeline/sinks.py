@@ -58,6 +58,8 @@ def _runs(rows: np.ndarray):
     return zip(starts, ends)
 
 
+# names for zarr dtypes numpy has no fixed-width form of: "bytes" holds bitstreams (pipeline.bitstore)
+ZARR_DTYPES = {"str": str, "bytes": zarr.core.dtype.VariableLengthBytes()}
 RESUME = "_aepipe_resume.json"  # in OUT.partial: the settings it was started with
 DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
 
@@ -205,7 +207,7 @@ class ZarrSink(_Staged):
             # every chunk is written, even one equal to the fill value, so a missing chunk file always
             # means damage; crc32c makes a damaged chunk fail its read instead of decoding as garbage
             g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape),
-                           dtype=str if dtype == "str" else dtype, config={"write_empty_chunks": True},
+                           dtype=ZARR_DTYPES.get(dtype, dtype), config={"write_empty_chunks": True},
                            compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()])
         g.attrs.update({**self.attrs, "complete": False})
         if not self.remote:

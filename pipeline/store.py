@@ -218,9 +218,10 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
     return kind, attrs
 
 
-def open_codes(path: str | Path) -> tuple[Source, dict]:
-    """A codes store as a Source of (ids, codes as stored), plus its provenance."""
-    kind, attrs = read_metadata(path)
+def open_codes(path: str | Path, known: tuple[str, dict] | None = None) -> tuple[Source, dict]:
+    """A codes store as a Source of (ids, codes as stored), plus its provenance (`known`: what
+    read_metadata(path) already returned, not read twice)."""
+    kind, attrs = known or read_metadata(path)
     if "code_dim" not in attrs:
         raise AepipeError(f"{path}: holds decoded data, not codes")
     if kind == "zarr":

@@ -220,7 +220,7 @@ def _floor(inner, batches, mcfg: ModelConfig, st: dict) -> None:
     """Before the first epoch: PCA with the code size on the training rows (kept in st, so the run
     dir gets pca.npz), its loss on the validation rows, and, under --init pca, the model set to it
     and scored as epoch 0, its weights the best so far. A resumed fit has all of these already."""
-    if "pca" in st:
+    if "pca" in st or not inner.pca_floor:  # resumed, or a family PCA means nothing to (compress)
         return
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     reduce = lambda t: _all_reduce(t, inner)  # noqa: E731

@@ -1,0 +1,222 @@
+"""Learned compression (the compress family) against JPEG and PCA on held-out grayscale photographs.
+
+The eleven photographs of ../shared/anchors.py, grayscale as it converts them, are split by name:
+the model trains on random crops of TRAIN and is scored on the whole images of HELD_OUT (cropped to
+a multiple of 8 as anchors.py crops them). Every figure is measured on the held-out images only:
+
+  compress   bits per pixel = bytes of the real bitstreams (pipeline.bitstream, constriction ANS)
+             x 8 / pixels; PSNR of the decoded image rounded to 0..255
+  JPEG       Pillow, qualities 10..90: file bytes x 8 / pixels, PSNR of the decoded file
+  PCA 8x8    PCA fitted on TRAIN's 8x8 blocks, k = 1, 2, 4 float16 coefficients a block (as anchors.py)
+
+Lambdas are trained in increasing order, each starting from the previous one's weights (a warm
+start, to fit the CPU budget); the first trains from scratch for twice the steps.
+
+    nice -n 5 .venv/bin/python bench/rate_distortion.py --out runs/rd     # about 25 min on 2 shared cores
+    nice -n 5 .venv/bin/python bench/rate_distortion.py --lmbdas 0.005 --steps 200 --out /tmp/rd  # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.bitstream import LatentCoder
+from pipeline.models import ModelConfig, build_model
+
+TRAIN = ["astronaut", "chelsea", "rocket", "horse", "moon", "grass", "brick"]
+HELD_OUT = ["camera", "coffee", "coins", "gravel"]
+
+
+def gray(name: str) -> np.ndarray:
+    """uint8 grayscale, cropped to a multiple of 8, exactly as ../shared/anchors.py."""
+    import skimage.data as skd
+
+    a = getattr(skd, name)()
+    if a.ndim == 3:
+        a = 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
+    a = a.astype(np.float64)
+    if a.max() <= 1.0:
+        a = a * 255
+    h, w = (a.shape[0] // 8) * 8, (a.shape[1] // 8) * 8
+    return np.clip(a[:h, :w], 0, 255).astype(np.uint8)
+
+
+def psnr(a, b) -> float:
+    return float(10 * np.log10(255 ** 2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def pooled(results):
+    """(bpp, PSNR) over all held-out pixels together: total bits / total pixels, PSNR of the pooled MSE."""
+    bits = sum(b for b, _, _ in results)
+    se = sum(s for _, s, _ in results)
+    n = sum(p for _, _, p in results)
+    return bits / n, 10 * np.log10(255 ** 2 / (se / n))
+
+
+def jpeg_curve(images, qualities=range(10, 100, 10)):
+    rows = []
+    for q in qualities:
+        res = []
+        for im in images:
+            buf = io.BytesIO()
+            Image.fromarray(im).save(buf, "JPEG", quality=q)
+            dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float64)
+            res.append((len(buf.getvalue()) * 8, ((dec - im) ** 2).sum(), im.size))
+        rows.append((f"JPEG q{q}", *map(float, pooled(res))))
+    return rows
+
+
+def blocks(im):
+    h, w = im.shape
+    return im.reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 64) / 255.0
+
+
+def pca_curve(train_images, images, ks=(1, 2, 4)):
+    from sklearn.decomposition import PCA
+
+    P = np.concatenate([blocks(i) for i in train_images])
+    rows = []
+    for k in ks:
+        p = PCA(k, random_state=0).fit(P)
+        res = []
+        for im in images:
+            b = blocks(im)
+            rec = np.clip(p.inverse_transform(p.transform(b).astype(np.float16).astype(np.float64)), 0, 1)
+            res.append((b.shape[0] * k * 16, ((rec - b) ** 2).sum() * 255 ** 2, im.size))
+        rows.append((f"PCA 8x8 k{k} f16", *map(float, pooled(res))))
+    return rows
+
+
+def crops(images, n, size, rng):
+    """n random size x size crops in [0, 1], drawn with the images weighted by their area."""
+    sizes = np.array([i.size for i in images], float)
+    which = rng.choice(len(images), n, p=sizes / sizes.sum())
+    out = np.empty((n, size, size), np.float32)
+    for j, k in enumerate(which):
+        im = images[k]
+        y, x = rng.integers(0, im.shape[0] - size + 1), rng.integers(0, im.shape[1] - size + 1)
+        out[j] = im[y:y + size, x:x + size] / 255.0
+    return out
+
+
+def train(model, images, steps, batch, size, lr, seed):
+    """Adam on random crops; returns seconds. The same loss as `aepipe train`: model.loss(x)."""
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        if step == int(steps * 0.8):  # a lower rate for the last fifth, as CompressAI's schedules end
+            for g in opt.param_groups:
+                g["lr"] = lr / 5
+        x = torch.from_numpy(crops(images, batch, size, rng))
+        loss, parts = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 200 == 0:
+            print(f"  step {step}: loss {loss.item():.4f} bpp {parts['bpp'].item():.3f} "
+                  f"distortion {parts['distortion'].item():.4f} ({time.time() - t0:.0f} s)", flush=True)
+    return time.time() - t0
+
+
+@torch.no_grad()
+def evaluate(model, images):
+    """Real bitstreams: encode each whole image, decode it back from the bytes alone, count bytes."""
+    model.eval()
+    coder = LatentCoder(model.density)
+    res = []
+    for im in images:
+        x = torch.from_numpy(im[None, None] / 255.0).float()
+        y = torch.round(model.analysis(x))[0].numpy().astype(np.int64)
+        data = coder.encode(y)
+        y_back = coder.decode(data, y.shape)
+        assert (y_back == y).all(), "entropy-coded round trip differs"
+        x_hat = model.synthesis(torch.from_numpy(y_back[None]).float(), im.shape)[0, 0].numpy()
+        dec = np.clip(np.round(x_hat * 255), 0, 255)
+        res.append((len(data) * 8, ((dec - im) ** 2).sum(), im.size))
+    return pooled(res)
+
+
+def plot(rows, anchors_q25, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for prefix, style in (("compress", "o-"), ("JPEG", "s--"), ("PCA", "^:")):
+        pts = sorted((b, p) for n, b, p in rows if n.startswith(prefix))
+        if pts:
+            ax.plot(*zip(*pts), style, label=prefix if prefix != "compress" else "compress (learned, real bytes)")
+    ax.axvspan(0.3, 1.0, color="0.9", zorder=0)
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR dB")
+    ax.set_xlim(0, 2.2)
+    ax.set_title(f"held-out grayscale photos: {', '.join(HELD_OUT)}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lmbdas", default="0.0025,0.005,0.01,0.02", help="comma-separated, trained in increasing order")
+    ap.add_argument("--steps", type=int, default=1500, help="Adam steps per lambda (the first gets twice as many)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--channels", type=int, default=64, help="N, the transforms' width")
+    ap.add_argument("--latent", type=int, default=64, help="M, the latent's channels (--code-dim)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("runs/rd"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_images, test_images = [gray(n) for n in TRAIN], [gray(n) for n in HELD_OUT]
+    rows = jpeg_curve(test_images) + pca_curve(train_images, test_images)
+    model, times = None, {}
+    for i, lmbda in enumerate(float(v) for v in args.lmbdas.split(",")):
+        cfg = ModelConfig(family="compress", input_shape=(args.crop, args.crop), code_dim=args.latent,
+                          hidden=(args.channels,), lmbda=lmbda)
+        fresh = build_model(cfg)
+        if model is not None:  # warm start from the previous lambda
+            fresh.load_state_dict(model.state_dict())
+        model = fresh
+        print(f"lmbda {lmbda}: training", flush=True)
+        times[lmbda] = train(model, train_images, args.steps * (2 if i == 0 else 1), args.batch, args.crop,
+                             args.lr, seed=i)
+        bpp, db = evaluate(model, test_images)
+        rows.append((f"compress lmbda {lmbda}", float(bpp), float(db)))
+        print(f"lmbda {lmbda}: {bpp:.3f} bpp, {db:.2f} dB, trained {times[lmbda]:.0f} s", flush=True)
+        torch.save(model.state_dict(), args.out / f"compress_{lmbda}.pt")
+    print(f"\nheld out: {', '.join(HELD_OUT)}; trained on crops of: {', '.join(TRAIN)}\n")
+    print("| method | bpp | PSNR dB |\n|---|---|---|")
+    for name, bpp, db in rows:
+        print(f"| {name} | {bpp:.3f} | {db:.2f} |")
+    jpeg = sorted((b, p) for n, b, p in rows if n.startswith("JPEG"))
+    print("\ncompress vs JPEG at the same bpp (JPEG's PSNR interpolated between qualities):")
+    for name, bpp, db in rows:
+        if name.startswith("compress"):
+            ref = float(np.interp(bpp, *zip(*jpeg)))
+            print(f"  {name}: {bpp:.3f} bpp, {db - ref:+.2f} dB vs JPEG ({ref:.2f} dB)")
+    print(f"training seconds per lambda: {json.dumps(times)}")
+    plot(rows, None, args.out / "rate_distortion.png")
+    (args.out / "rate_distortion.json").write_text(json.dumps({"rows": rows, "train_seconds": times,
+                                                               "args": vars(args) | {"out": str(args.out)}}, indent=1))
+    print(f"curves -> {args.out / 'rate_distortion.png'}")
+
+
+if __name__ == "__main__":
+    main()

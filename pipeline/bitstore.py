@@ -1,0 +1,180 @@
+"""encode and decode for compress models: one entropy-coded bitstream per image in the codes store.
+
+    aepipe encode IMAGES --model RUN(compress) --out B.zarr|B.parquet   (encode.encode sends it here)
+    aepipe decode B.zarr --model RUN --out OUT                           (decode.decode sends it here)
+
+A bitstream store is a codes store whose attributes say code_kind "bitstream". Per image it holds:
+
+    codes / bitstream   the ANS words as variable-length bytes (Zarr vlen-bytes; Parquet binary)
+    latent_shape        (M, h, w): what the decoder needs besides the bytes
+    nbytes, crc32       the length and zlib CRC32 written: a truncated or damaged bitstream is refused
+                        with its image's id before decoding (ANS would decode any bytes into garbage)
+
+The bits counted (attrs "bits_per_pixel", the summary line) are the sum of the stored bitstreams'
+lengths; the shape, length and CRC columns are bookkeeping beside them, not counted as rate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline import AepipeError
+from pipeline.actors import ModelActor, model_job
+from pipeline.bitstream import BitstreamError, LatentCoder, crc32
+from pipeline.sources import Source
+
+KIND = "bitstream"
+
+
+class BitstreamEncoder(ModelActor):
+    """Images -> rounded latents -> one bitstream each (the coder's tables built once per actor)."""
+
+    def __init__(self, run_dir: str, num_gpus: float = 0):
+        super().__init__(run_dir, num_gpus)
+        self.model.eval()
+        self.coder = LatentCoder(self.model.density)
+
+    def __call__(self, batch: dict) -> dict:
+        x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
+        with torch.inference_mode():
+            y = torch.round(self.model.analysis(x)).cpu().numpy().astype(np.int64)
+        streams = np.empty(len(y), dtype=object)
+        for i, yi in enumerate(y):
+            try:
+                streams[i] = self.coder.encode(yi)
+            except BitstreamError as e:
+                raise AepipeError(f"image {batch['id'][i]}: {e}") from None
+        return {"row": batch["row"], "id": batch["id"], "bitstream": streams,
+                "latent_shape": np.tile(np.array(y.shape[1:], np.int32), (len(y), 1)),
+                "nbytes": np.array([len(s) for s in streams], np.int64),
+                "crc32": np.array([crc32(s) for s in streams], np.int64)}
+
+
+class BitstreamDecoder(ModelActor):
+    """Bitstreams (checked by the source) -> latents -> images in the data's units."""
+
+    def __init__(self, run_dir: str, num_gpus: float = 0):
+        super().__init__(run_dir, num_gpus)
+        self.model.eval()
+        self.coder = LatentCoder(self.model.density)
+        self.shape = (self.model.cfg.code_dim, *self.model.latent_hw)
+
+    def __call__(self, batch: dict) -> dict:
+        y = np.stack([self.coder.decode(s, self.shape) for s in batch["x"]])
+        with torch.inference_mode():
+            x_hat = self.model.decode_logits(torch.from_numpy(y).float().to(self.device).flatten(1))
+        return {"row": batch["row"], "id": batch["id"], "x": self.run.normalizer.invert(x_hat.cpu().numpy())}
+
+
+def encode_sink(out, src, attrs: dict, ids_kind: str, chunk_rows: int, ranges, settings):
+    """The Zarr or Parquet sink of a bitstream store (the same staged, all-or-nothing sinks as codes)."""
+    from pipeline.sinks import ParquetSink, ZarrSink
+
+    attrs.update(code_kind=KIND, dtype=KIND)
+    if out.suffix == ".zarr":
+        arrays = {"codes": ("bitstream", (), "bytes"), "latent_shape": ("latent_shape", (3,), "int32"),
+                  "nbytes": ("nbytes", (), "int64"), "crc32": ("crc32", (), "int64"), "ids": ("id", (), ids_kind)}
+        return ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows, ranges, settings)
+    cols = {"id": ("id", "scalar"), "bitstream": ("bitstream", "scalar"), "latent_shape": ("latent_shape", "list"),
+            "nbytes": ("nbytes", "scalar"), "crc32": ("crc32", "scalar")}
+    return ParquetSink(out, src.n_rows, cols, attrs, ranges, settings)
+
+
+def stored_bits(out) -> int:
+    """Bits of every bitstream in a finished store: the rate that the store really holds."""
+    return 8 * int(_columns(str(out), read_metadata_kind(str(out)), ("nbytes",))["nbytes"].sum())
+
+
+def read_metadata_kind(path: str) -> str:
+    from pipeline.store import read_metadata
+
+    return read_metadata(path)[0]
+
+
+def _columns(path: str, kind: str, names) -> dict:
+    """Whole columns of a bitstream store by name (Parquet parts in row order: named by first row)."""
+    if kind == "zarr":
+        import zarr
+
+        from pipeline.store import read_rows
+
+        g = zarr.open_group(path, mode="r")
+        n = g["ids"].shape[0]
+        return {k: read_rows(g, "codes" if k == "bitstream" else k, 0, n, path) for k in names}
+    import pyarrow.parquet as pq
+
+    from pipeline.sources import locate
+    from pipeline.sources.parquet import parquet_files
+
+    where = locate(path)
+    tables = [pq.read_table(where.open(f), columns=list(names)) for f in sorted(parquet_files(where))]
+    cols = {k: [t.column(k).to_numpy(zero_copy_only=False) for t in tables] for k in names}
+    return {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+
+
+class BitstreamSource(Source):
+    """A bitstream store read back as (ids, bitstreams), each checked against its stored length,
+    CRC32 and latent shape as it is read: a damaged one stops the job with its image's id.
+    (Parquet stores are read whole on open; Zarr stores chunk by chunk.)"""
+
+    def __init__(self, path: str, kind: str, attrs: dict, latent_shape, rows: tuple[int, int] | None = None):
+        from pipeline.sources import Schema
+
+        self.spec, self.path, self.kind, self.latent_shape = str(path), str(path), kind, tuple(latent_shape)
+        self.cols = None if kind == "zarr" else _columns(self.path, kind, ("id", "bitstream", "latent_shape", "nbytes", "crc32"))
+        n = len(self.cols["id"]) if self.cols else _zarr_rows(self.path)
+        self.first, stop = rows or (0, n)
+        self.n_rows = stop - self.first
+        self.schema = Schema(("bitstream",), (1,), tabular=False)
+
+    def _raw(self, a: int, b: int) -> dict:
+        if self.cols is not None:
+            return {k: v[a:b] for k, v in self.cols.items()}
+        import zarr
+
+        from pipeline.store import read_rows
+
+        g = zarr.open_group(self.path, mode="r")
+        return {"id": read_rows(g, "ids", a, b, self.path), "bitstream": read_rows(g, "codes", a, b, self.path),
+                **{k: read_rows(g, k, a, b, self.path) for k in ("latent_shape", "nbytes", "crc32")}}
+
+    def read(self, start: int, stop: int):
+        c = self._raw(self.first + start, self.first + stop)
+        for i, s in enumerate(c["bitstream"]):
+            s = bytes(s)
+            problem = (f"holds {len(s)} bytes, {c['nbytes'][i]} were written (truncated or padded)"
+                       if len(s) != c["nbytes"][i] else
+                       "fails its CRC32 check (damaged)" if crc32(s) != c["crc32"][i] else
+                       f"has latent shape {tuple(c['latent_shape'][i])}, the model makes {self.latent_shape}"
+                       if tuple(c["latent_shape"][i]) != self.latent_shape else None)
+            if problem:
+                raise AepipeError(f'{self.spec}: the bitstream of image "{c["id"][i]}" {problem}; not decoding it')
+        streams = np.empty(len(c["bitstream"]), dtype=object)  # bytes objects as they are, not a fixed-width S array
+        streams[:] = [bytes(s) for s in c["bitstream"]]
+        return np.asarray(c["id"]), streams
+
+
+def _zarr_rows(path: str) -> int:
+    import zarr
+
+    return zarr.open_group(path, mode="r")["ids"].shape[0]
+
+
+def decode(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, batch_size: int,
+           concurrency: int, num_gpus: float, engine: str, address: str | None) -> int:
+    """decode.decode for a bitstream store: same output paths (write_rows), bitstreams checked first."""
+    from pipeline.decode import select, write_rows
+    from pipeline.encode import provenance
+
+    if ids:
+        raise AepipeError(f"--ids: {codes} holds bitstreams; pick them with --rows A:B")
+    model = run.model
+    src = BitstreamSource(codes, kind, attrs, (model.cfg.code_dim, *model.latent_hw))
+    if rows:  # positions as in any store; select() checks and parses A:B
+        picked = select(src, rows, None).positions
+        src = BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))
+    ds = model_job(src, BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus), batch_size, concurrency,
+                   num_gpus, engine, address)
+    write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
+    return src.n_rows

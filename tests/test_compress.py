@@ -1,0 +1,126 @@
+"""The compress family: real entropy-coded bitstreams (constriction ANS), their rate, and their integrity."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+
+from pipeline.bitstream import LatentCoder
+from pipeline.models import ModelConfig, build_model
+from pipeline.train import TrainConfig, fit_local
+from tests.conftest import run_aepipe
+
+
+def photo_patches(n=64, size=32):
+    """Real pixels in [0, 1]: patches of scikit-image's camera and coins."""
+    import skimage.data as skd
+
+    out = []
+    for im in (skd.camera(), skd.coins()):
+        h, w = (im.shape[0] // size) * size, (im.shape[1] // size) * size
+        out.append(im[:h, :w].reshape(h // size, size, w // size, size).transpose(0, 2, 1, 3).reshape(-1, size, size))
+    return (np.concatenate(out)[:: max(1, len(np.concatenate(out)) // n)][:n] / 255.0).astype(np.float32)
+
+
+def tiny(lmbda=0.01, shape=(32, 32)):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(family="compress", input_shape=shape, code_dim=8, hidden=(8,), lmbda=lmbda))
+
+
+def test_entropy_coded_round_trip_is_exact_and_costs_what_the_model_counts():
+    import skimage.data as skd
+
+    model = tiny().eval()
+    coder = LatentCoder(model.density)
+    with torch.no_grad():
+        x = torch.from_numpy(skd.camera()[None, :200, :120] / 255.0).float()  # not a multiple of 16: padded
+        y = torch.round(model.analysis(x))[0]
+        counted = -torch.log2(model.density.likelihood(y[None])).sum().item()  # the rate training minimises
+    y = y.numpy().astype(np.int64)
+    data = coder.encode(y)
+    assert np.array_equal(coder.decode(data, y.shape), y)
+    # ANS spends at most a word or so beyond the information content, plus perfect=False's rounding
+    assert counted <= 8 * len(data) <= counted * 1.02 + 64
+    # values far outside the table's range take the escape path and still come back exactly
+    y[0, 0, 0], y[-1, -1, -1] = coder.hi + 1000, coder.lo - 5
+    assert np.array_equal(coder.decode(coder.encode(y), y.shape), y)
+    assert coder.encode(y) == coder.encode(y)  # same bytes every time
+
+
+def test_rate_falls_as_lmbda_falls():
+    import skimage.data as skd
+
+    x = photo_patches()
+    # rates are measured on whole 128x128 crops: a 32x32 patch's few latents cost little beside
+    # the ANS coder's last words, which every bitstream pays
+    held = torch.from_numpy(np.stack([skd.camera()[:128, :128], skd.coins()[:128, :128]]) / 255.0).float()
+    rates = {}
+    for lmbda in (1.0, 0.0001):
+        model, _ = fit_local(ModelConfig(family="compress", input_shape=(32, 32), code_dim=8, hidden=(8,), lmbda=lmbda),
+                             TrainConfig(epochs=40, batch_size=8, lr=5e-3, patience=0), x[8:], x[:8])
+        coder = LatentCoder(model.density)
+        with torch.no_grad():
+            y = torch.round(model.analysis(held)).numpy().astype(np.int64)
+        rates[lmbda] = sum(8 * len(coder.encode(yi)) for yi in y) / held.numel()  # real bytes, bits per pixel
+    assert rates[0.0001] < 0.7 * rates[1.0], rates
+
+
+@pytest.fixture(scope="module")
+def compress_run(ray_local, tmp_path_factory):
+    """`aepipe train --family compress` on 64 real 32x32 photo patches, kept as a .npy of 0..255."""
+    tmp = tmp_path_factory.mktemp("compress")
+    np.save(tmp / "imgs.npy", (photo_patches() * 255).astype(np.float32))
+    run_aepipe("train", tmp / "imgs.npy", "--family", "compress", "--code-dim", 8, "--hidden", 8, "--lmbda", 0.01,
+               "--epochs", 3, "--out", tmp / "run")
+    return tmp
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_encode_writes_bitstreams_and_decode_restores_the_same_pixels(compress_run, ray_local, fmt):
+    from pipeline.run import load_run
+
+    tmp = compress_run
+    store = tmp / f"b.{fmt}"
+    proc = run_aepipe("encode", tmp / "imgs.npy", "--model", tmp / "run", "--out", store, address=ray_local)
+    if fmt == "zarr":
+        g = zarr.open_group(str(store), mode="r")
+        streams, nbytes = list(g["codes"][:]), g["nbytes"][:]
+    else:
+        t = pq.read_table(store)
+        streams, nbytes = t.column("bitstream").to_pylist(), t.column("nbytes").to_numpy()
+    assert len(streams) == 64 and [len(s) for s in streams] == list(nbytes)
+    bpp = float(proc.stdout.split("bitstreams, ")[1].split(" bits")[0])
+    assert bpp == pytest.approx(8 * sum(len(s) for s in streams) / (64 * 32 * 32), abs=1e-4)  # stored bytes = counted
+    a, b = tmp / f"a_{fmt}.npy", tmp / f"b_{fmt}.npy"
+    run_aepipe("decode", store, "--model", tmp / "run", "--out", a)
+    run_aepipe("decode", store, "--model", tmp / "run", "--out", b, "--engine", "ray", address=ray_local)  # on Ray
+    run = load_run(tmp / "run")
+    x = np.load(tmp / "imgs.npy")
+    with torch.no_grad():  # the model's own round trip: round(analysis) -> synthesis
+        want = run.normalizer.invert(run.model.eval().decode(run.model.encode(torch.from_numpy(run.normalizer.apply(x)))).numpy())
+    assert np.array_equal(np.load(a), np.load(b))  # same pixels every time, in this process or on Ray
+    np.testing.assert_allclose(np.load(a), want, atol=1e-3)
+
+
+def one(data: bytes) -> np.ndarray:
+    a = np.empty(1, dtype=object)  # a vlen-bytes zarr array takes bytes objects in an object array
+    a[0] = data
+    return a
+
+
+def test_damaged_bitstreams_are_refused_by_image_id(compress_run, ray_local):
+    tmp = compress_run
+    store = tmp / "damaged.zarr"
+    run_aepipe("encode", tmp / "imgs.npy", "--model", tmp / "run", "--out", store, address=ray_local)
+    g = zarr.open_group(str(store), mode="r+")
+    good = g["codes"][5:6][0]  # a bytes object (g["codes"][5] is a 0-d object array)
+    g["codes"][5:6] = one(good[:-4])  # truncated by one word
+    proc = run_aepipe("decode", store, "--model", tmp / "run", "--out", tmp / "t.npy", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("aepipe: error:"), proc.stderr
+    assert 'image "5"' in proc.stderr and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp / "t.npy").exists()
+    g["codes"][5:6] = one(good[:-1] + bytes([good[-1] ^ 0x10]))  # same length, one bit flipped
+    proc = run_aepipe("decode", store, "--model", tmp / "run", "--out", tmp / "c.npy", check=False)
+    assert proc.returncode == 2 and 'image "5"' in proc.stderr and "CRC32" in proc.stderr, proc.stderr
+    assert not (tmp / "c.npy").exists()
