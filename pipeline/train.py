@@ -200,7 +200,7 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
         st["step"] += 1
         if stage is None:  # early stopping and best weights only count on the whole model
             if va[monitor] < st["best_val"]:
-                st.update(best_val=va[monitor], best_recon=va["recon"], best_epoch=row["epoch"], bad=0,
+                st.update(best_val=va[monitor], best_recon=va.get("recon"), best_epoch=row["epoch"], bad=0,
                           best_state={k: v.detach().cpu().clone() for k, v in inner.state_dict().items()})
             else:
                 st["bad"] += 1

@@ -160,7 +160,9 @@ def test_denoise_beats_the_noisy_input_and_pca(ray_local, tmp_path):
     noisy = np.clip(xte + np.random.default_rng(0).normal(0, 0.25, xte.shape), 0, 1)
     np.save(tmp_path / "noisy.npy", (noisy * 16).reshape(-1, 8, 8).astype(np.float32))
     run_dir = tmp_path / "dn"
-    train("builtin:digits-train", run_dir, ModelConfig(family="denoising", code_dim=16, hidden=(256,), loss="bce"),
+    # a random start: from PCA (the default), 25 epochs keep much of PCA's code and its noise
+    train("builtin:digits-train", run_dir, ModelConfig(family="denoising", code_dim=16, hidden=(256,), loss="bce",
+                                                       init="none"),
           TrainConfig(epochs=25, batch_size=32, patience=0))
     done = run_aepipe("denoise", tmp_path / "noisy.npy", "--model", run_dir, "--out", tmp_path / "clean.npy")
     assert "not trained as denoising" not in done.stderr
