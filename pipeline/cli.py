@@ -93,9 +93,12 @@ def _die(line: str, code: int):
     typer.echo(line, err=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    if code in (1, 130) and "ray" in sys.modules:
-        os._exit(code)
+    if code in (1, 130) and "ray" in sys.modules and _AS_COMMAND:  # in a test's CliRunner: exit normally,
+        os._exit(code)  # or the whole test session would end here with no report
     raise typer.Exit(code)
+
+
+_AS_COMMAND = False  # set by main(): this process is the `aepipe` command itself
 
 
 def _notes(done: dict) -> str:
@@ -611,6 +614,8 @@ def main():
 
     from pipeline.runtime import quiet_native_logs
 
+    global _AS_COMMAND
+    _AS_COMMAND = True
     if "--verbose" not in sys.argv:
         quiet_native_logs()
         warnings.simplefilter("ignore")  # libraries' advice to developers is not the user's business
