@@ -60,7 +60,10 @@ def job_server():
     env.update(RAY_TMPDIR=str(tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--port=0", f"--dashboard-port={port}",
-                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--block"],
+                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--block",
+                             # the node agent's ports: the defaults (52365, ...) are held by the test
+                             # session's own Ray when it runs, and then no job agent answers
+                             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
                             env=env, cwd=tmp, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
