@@ -24,7 +24,7 @@ from pipeline.store import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
 
 
 class Encoder(ModelActor):
-    """Holds the model on one actor; each call encodes one batch (Ray's batch-inference pattern)."""
+    """Holds the model (once per CPU worker process, or on a GPU actor); each call encodes one batch."""
 
     def __init__(self, run_dir: str, dtype: str, scores: bool, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
