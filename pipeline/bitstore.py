@@ -58,7 +58,7 @@ class BitstreamDecoder(ModelActor):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
         self.coder = LatentCoder(self.model.density)
-        self.shape = (self.model.cfg.code_dim, *self.model.latent_hw)
+        self.shape = (self.model.latent_channels, *self.model.latent_hw)
 
     def __call__(self, batch: dict) -> dict:
         y = np.stack([self.coder.decode(s, self.shape) for s in batch["x"]])
@@ -170,7 +170,7 @@ def decode(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, 
     if ids:
         raise AepipeError(f"--ids: {codes} holds bitstreams; pick them with --rows A:B")
     model = run.model
-    src = BitstreamSource(codes, kind, attrs, (model.cfg.code_dim, *model.latent_hw))
+    src = BitstreamSource(codes, kind, attrs, (model.latent_channels, *model.latent_hw))
     if rows:  # positions as in any store; select() checks and parses A:B
         picked = select(src, rows, None).positions
         src = BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))

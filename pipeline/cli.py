@@ -621,7 +621,12 @@ def main():
         warnings.simplefilter("ignore")  # libraries' advice to developers is not the user's business
     try:
         code = app(prog_name="aepipe", standalone_mode=False)  # without standalone mode, Exit(n) returns n
-        sys.exit(code if isinstance(code, int) else 0)
+        code = code if isinstance(code, int) else 0
+        if "ray" in sys.modules:
+            from pipeline.runtime import exit_now
+
+            exit_now(code)  # an embedded Ray's shutdown would take seconds more
+        sys.exit(code)
     except NoArgsIsHelpError as e:
         typer.echo(e.ctx.get_help() if e.ctx else "")
         sys.exit(0)

@@ -452,17 +452,39 @@ class FactorizedDensity(nn.Module):
         return p.clamp_min(1e-9).reshape(c, y.shape[0], *y.shape[2:]).transpose(0, 1)
 
 
+def dct_basis(n: int = 8) -> torch.Tensor:
+    """The orthonormal 2-D DCT-II basis of n x n blocks, (n * n, n, n), coefficient u * n + v."""
+    k = torch.arange(n, dtype=torch.float64)
+    c = torch.cos(math.pi * (2 * k[None] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)  # (freq, pos)
+    c[0] /= math.sqrt(2)
+    return torch.einsum("ux,vy->uvxy", c, c).reshape(n * n, n, n).float()
+
+
+def dct_step(lmbda: float) -> float:
+    """The uniform quantiser step (pixels in [0, 1]) that minimises bpp + lmbda * 255^2 * MSE for an
+    orthonormal transform at high rate: each coefficient's bits fall by 1 / (s ln 2) per unit of
+    step s while its MSE grows by s^2 / 12, so s^2 = 6 / (lmbda * 255^2 * ln 2)."""
+    return math.sqrt(6 / (lmbda * math.log(2))) / 255
+
+
 class Compress(Autoencoder):
     """Learned image compression to real bitstreams: bits per pixel + lmbda * 255^2 * MSE.
 
-    A factorized-prior model (Balle et al. 2018, as CompressAI's FactorizedPrior). Analysis transform (4 strided 5x5 convs with GDN, 16x smaller) -> latent of
-    --code-dim channels, rounded -> per-channel learned density -> synthesis transform back.
-    `aepipe encode` entropy-codes the latent (pipeline/bitstream.py), one bitstream per image."""
+    A factorized-prior model (Balle et al. 2018, as CompressAI's FactorizedPrior): analysis
+    transform -> latent, rounded -> per-channel learned density -> synthesis transform back.
+    `aepipe encode` entropy-codes the latent (pipeline/bitstream.py), one bitstream per image.
+
+    --init pca (the default): the classical floor under it, as the PCA floor under the other
+    families: JPEG's 8x8 block DCT (close to the PCA of natural 8x8 blocks) with a uniform step
+    set by --lmbda, plus gated nonlinear corrections (strided 5x5 convs with GDN, 8x smaller) that
+    start at zero. Epoch 0 is a DCT codec with a learned entropy model (about JPEG's curve on the
+    held-out photos of bench/rate_distortion.py); training moves both transforms from there. The
+    latent has 64 channels per image channel, one per DCT coefficient (--code-dim is not used).
+    --init none: CompressAI's four strided convs with GDN (16x smaller), --code-dim channels."""
 
     default_hidden = (64,)  # channels of the transforms' hidden layers (CompressAI's N)
     options = ("lmbda",)
-    factor = 16  # the analysis transform's downsampling: images are padded to a multiple of this
-    pca_floor = False  # its code is a quantised latent map priced in bits: no PCA start, no PCA baseline
+    pca_floor = False  # its floor is its own (the block DCT), not a PCA of whole images
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -470,7 +492,10 @@ class Compress(Autoencoder):
         if len(shape) not in (2, 3):
             raise ValueError(f"compress needs images shaped (H, W) or (C, H, W), got {shape}")
         self.chw = (1, *shape) if len(shape) == 2 else tuple(shape)
-        n, m, c = cfg.widths()[0], cfg.code_dim, self.chw[0]
+        n, c = cfg.widths()[0], self.chw[0]
+        self.floor = cfg.init == "pca"
+        self.factor = 8 if self.floor else 16  # the analysis transform's downsampling: images are padded to it
+        m = self.latent_channels = 64 * c if self.floor else cfg.code_dim
 
         def down(a, b):
             return nn.Conv2d(a, b, 5, stride=2, padding=2)
@@ -478,29 +503,46 @@ class Compress(Autoencoder):
         def up(a, b):
             return nn.ConvTranspose2d(a, b, 5, stride=2, padding=2, output_padding=1)
 
-        self.g_a = nn.Sequential(down(c, n), GDN(n), down(n, n), GDN(n), down(n, n), GDN(n), down(n, m))
-        self.g_s = nn.Sequential(up(m, n), GDN(n, True), up(n, n), GDN(n, True), up(n, n), GDN(n, True), up(n, c))
+        if self.floor:
+            self.dct = nn.Conv2d(c, m, 8, stride=8, bias=False, groups=c)
+            self.idct = nn.ConvTranspose2d(m, c, 8, stride=8, bias=False, groups=c)
+            with torch.no_grad():
+                self.dct.weight.copy_(dct_basis().repeat(c, 1, 1).unsqueeze(1))
+                self.idct.weight.copy_(dct_basis().repeat(c, 1, 1).unsqueeze(1))
+            self.log_step = nn.Parameter(torch.full((m, 1, 1), math.log(dct_step(cfg.lmbda))))
+            self.gate_a, self.gate_s = nn.Parameter(torch.zeros(m, 1, 1)), nn.Parameter(torch.zeros(c, 1, 1))
+            self.g_a = nn.Sequential(down(c, n), GDN(n), down(n, n), GDN(n), down(n, m))
+            self.g_s = nn.Sequential(up(m, n), GDN(n, True), up(n, n), GDN(n, True), up(n, c))
+        else:
+            self.g_a = nn.Sequential(down(c, n), GDN(n), down(n, n), GDN(n), down(n, n), GDN(n), down(n, m))
+            self.g_s = nn.Sequential(up(m, n), GDN(n, True), up(n, n), GDN(n, True), up(n, n), GDN(n, True), up(n, c))
         self.density = FactorizedDensity(m)
         self.latent_hw = tuple(-(-s // self.factor) for s in self.chw[1:])
         self.pixels = math.prod(self.chw[1:])  # per image, whatever its channels: bits per pixel counts these
 
-    def pad(self, x):  # (B, C, H, W) -> padded to a multiple of 16 by repeating the edge
+    def pad(self, x):  # (B, C, H, W) -> padded to a multiple of the factor by repeating the edge
         h, w = x.shape[-2:]
         ph, pw = -h % self.factor, -w % self.factor
         return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
     def analysis(self, x):  # (B, H, W) or (B, C, H, W), any size -> latent y (B, M, h, w), not rounded
-        return self.g_a(self.pad(x.unsqueeze(1) if x.dim() == 3 else x))
+        x = self.pad(x.unsqueeze(1) if x.dim() == 3 else x)
+        if not self.floor:
+            return self.g_a(x)
+        return self.dct(x - 0.5) / self.log_step.exp() + self.gate_a * self.g_a(x)
 
     def synthesis(self, y_hat, hw=None):  # latent -> images (B, C, H, W), cropped to hw
         h, w = hw or self.chw[1:]
-        return self.g_s(y_hat)[..., :h, :w]
+        if not self.floor:
+            return self.g_s(y_hat)[..., :h, :w]
+        x = self.idct(y_hat * self.log_step.exp()) + 0.5 + self.gate_s * self.g_s(y_hat)
+        return x[..., :h, :w]
 
     def encode(self, x):  # the rounded latent, flat: the integers the bitstream carries
         return torch.round(self.analysis(x)).flatten(1)
 
     def decode_logits(self, z):
-        return self.synthesis(z.view(-1, self.cfg.code_dim, *self.latent_hw)).reshape(-1, *self.cfg.input_shape)
+        return self.synthesis(z.view(-1, self.latent_channels, *self.latent_hw)).reshape(-1, *self.cfg.input_shape)
 
     def forward(self, x):
         y = self.analysis(x)

@@ -114,7 +114,7 @@ class ParquetSource(Source):
             r = int(np.flatnonzero(lengths != s.size)[0])
             raise AepipeError(f'{self.spec}: row {start + r} of column "{s.columns[0]}" has '
                               f"{lengths[r]} values, the others {s.size}")
-        return pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32)
+        return pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
 
 
 def _same_columns(first: pa.Schema, other: pa.Schema, first_file, other_file) -> None:
