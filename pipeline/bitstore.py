@@ -167,13 +167,13 @@ def decode(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, 
     from pipeline.decode import select, write_rows
     from pipeline.encode import provenance
 
-    if ids:
-        raise AepipeError(f"--ids: {codes} holds bitstreams; pick them with --rows A:B")
     model = run.model
     src = BitstreamSource(codes, kind, attrs, (model.latent_channels, *model.latent_hw))
     if rows:  # positions as in any store; select() checks and parses A:B
         picked = select(src, rows, None).positions
         src = BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))
+    elif ids:  # only the named images' bitstreams are read (and checked)
+        src = select(src, None, ids)
     ds = model_job(src, BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus), batch_size, concurrency,
                    num_gpus, engine, address)
     write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))

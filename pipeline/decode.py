@@ -39,15 +39,17 @@ class Selection(Source):
         self.src, self.positions = src, positions
         self.spec, self.schema, self.n_rows = src.spec, src.schema, len(positions)
 
-    def _read(self, start, stop):
+    def read(self, start, stop):  # the source's own read checked the rows already
         p = self.positions[start:stop]
-        ids, x = [None] * len(p), np.empty((len(p), *self.schema.shape), np.float32)
+        ids, x = [None] * len(p), None
         order = np.argsort(p, kind="stable")
         sp = p[order]
         cuts = np.flatnonzero(np.diff(sp) > 1024) + 1  # read nearby rows together, far ones apart
         for run in np.split(np.arange(len(sp)), cuts):
             lo, hi = int(sp[run[0]]), int(sp[run[-1]]) + 1
             run_ids, run_x = self.src.read(lo, hi)
+            if x is None:  # codes are float32; a bitstream store's rows are bytes objects
+                x = np.empty((len(p), *run_x.shape[1:]), run_x.dtype)
             for i in run:
                 ids[order[i]], x[order[i]] = run_ids[sp[i] - lo], run_x[sp[i] - lo]
         return np.asarray(ids), x
@@ -78,8 +80,8 @@ def find_ids(src: Source, ids: list[str]) -> np.ndarray:
     from pipeline.store import ZarrCodesSource
 
     found = {}
-    if isinstance(src, ZarrCodesSource) and len(ids) <= 64:
-        found = _bisect_ids(src, ids)
+    if (isinstance(src, ZarrCodesSource) or getattr(src, "kind", None) == "zarr") and len(ids) <= 64:
+        found = _bisect_ids(src, ids)  # (a bitstream store of kind zarr keeps its ids as "ids" too)
     rest = [i for i in ids if i not in found]
     if rest:
         for start, values in _id_blocks(src, rest):
@@ -118,7 +120,7 @@ def _id_blocks(src: Source, wanted: list[str]):
     from pipeline.sources.parquet import ParquetSource
     from pipeline.store import ZarrCodesSource
 
-    if isinstance(src, ZarrCodesSource):
+    if isinstance(src, ZarrCodesSource) or getattr(src, "kind", None) == "zarr":
         import zarr
 
         arr = zarr.open_group(src.path, mode="r")["ids"]
@@ -132,6 +134,8 @@ def _id_blocks(src: Source, wanted: list[str]):
             if _group_may_hold(pq.ParquetFile(src.where.open(src.files[fi])).metadata.row_group(g), src.id_column, wanted):
                 col = pq.ParquetFile(src.where.open(src.files[fi])).read_row_group(g, columns=[src.id_column]).column(0)
                 yield start, col.to_numpy(zero_copy_only=False)
+    elif getattr(src, "cols", None) is not None:  # a Parquet bitstream store, read whole on open
+        yield 0, src.cols["id"]
     else:
         for a, b in src.ranges():
             yield a, src.read(a, b)[0]

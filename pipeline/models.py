@@ -83,6 +83,10 @@ class Autoencoder(nn.Module):
         self.n_in = math.prod(cfg.input_shape)
 
     # families override these three
+    def param_groups(self, lr: float) -> list[dict]:
+        """The optimiser's parameter groups: one rate for everything, unless a family says otherwise."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     def encode(self, x):
         raise NotImplementedError
 
@@ -519,6 +523,13 @@ class Compress(Autoencoder):
         self.density = FactorizedDensity(m)
         self.latent_hw = tuple(-(-s // self.factor) for s in self.chw[1:])
         self.pixels = math.prod(self.chw[1:])  # per image, whatever its channels: bits per pixel counts these
+
+    def param_groups(self, lr: float, density_lr: float | None = None) -> list[dict]:
+        """The density at 10x the rate (unless density_lr says): it learns 64+ distributions from a
+        wide start, and until it has, the rate it prices is far above the transforms' real one."""
+        density = list(self.density.parameters())
+        rest = [p for p in self.parameters() if all(p is not d for d in density)]
+        return [{"params": rest, "lr": lr}, {"params": density, "lr": 10 * lr if density_lr is None else density_lr}]
 
     def pad(self, x):  # (B, C, H, W) -> padded to a multiple of the factor by repeating the edge
         h, w = x.shape[-2:]

@@ -238,7 +238,7 @@ def _start(mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, prepare=lam
     torch.manual_seed(tcfg.seed)
     model = prepare(build_model(mcfg))
     inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt = torch.optim.AdamW(inner.param_groups(tcfg.lr), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     st = new_state()
     if saved:
         inner.load_state_dict(saved["model"])

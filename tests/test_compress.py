@@ -23,15 +23,39 @@ def photo_patches(n=64, size=32):
     return (np.concatenate(out)[:: max(1, len(np.concatenate(out)) // n)][:n] / 255.0).astype(np.float32)
 
 
-def tiny(lmbda=0.01, shape=(32, 32)):
+def tiny(lmbda=0.01, shape=(32, 32), init="pca"):
     torch.manual_seed(0)
-    return build_model(ModelConfig(family="compress", input_shape=shape, code_dim=8, hidden=(8,), lmbda=lmbda))
+    return build_model(ModelConfig(family="compress", input_shape=shape, code_dim=8, hidden=(8,), lmbda=lmbda, init=init))
 
 
-def test_entropy_coded_round_trip_is_exact_and_costs_what_the_model_counts():
+def test_the_dct_floor_starts_as_a_block_dct_codec():
+    """--init pca: before training, the latent is JPEG's 8x8 DCT of the image divided by the step
+    --lmbda sets, and the synthesis is the inverse DCT of the rounded latent (gates at zero)."""
+    import skimage.data as skd
+    from scipy.fft import dctn, idctn
+
+    from pipeline.models import dct_step
+
+    model = tiny(lmbda=0.0025).eval()
+    im = skd.camera()[:64, :96] / 255.0
+    step = dct_step(0.0025)
+    blocks = im.reshape(8, 8, 12, 8).transpose(0, 2, 1, 3) - 0.5  # (by, bx, 8, 8)
+    want = dctn(blocks, axes=(2, 3), norm="ortho").reshape(8, 12, 64).transpose(2, 0, 1) / step  # (64, by, bx)
+    with torch.no_grad():
+        y = model.analysis(torch.from_numpy(im[None]).float())[0].numpy()
+        q = np.round(y)
+        x_hat = model.synthesis(torch.from_numpy(q[None]).float(), im.shape)[0, 0].numpy()
+    np.testing.assert_allclose(y, want, atol=1e-3)
+    back = idctn(q.transpose(1, 2, 0).reshape(8, 12, 8, 8) * step, axes=(2, 3), norm="ortho") + 0.5
+    np.testing.assert_allclose(x_hat, back.transpose(0, 2, 1, 3).reshape(64, 96), atol=1e-4)
+    assert step * 255 == pytest.approx(58.8, abs=0.1)  # the high-rate optimum for lmbda 0.0025, in grey levels
+
+
+@pytest.mark.parametrize("init", ["pca", "none"])
+def test_entropy_coded_round_trip_is_exact_and_costs_what_the_model_counts(init):
     import skimage.data as skd
 
-    model = tiny().eval()
+    model = tiny(init=init).eval()
     coder = LatentCoder(model.density)
     with torch.no_grad():
         x = torch.from_numpy(skd.camera()[None, :200, :120] / 255.0).float()  # not a multiple of 16: padded
@@ -101,6 +125,11 @@ def test_encode_writes_bitstreams_and_decode_restores_the_same_pixels(compress_r
         want = run.normalizer.invert(run.model.eval().decode(run.model.encode(torch.from_numpy(run.normalizer.apply(x)))).numpy())
     assert np.array_equal(np.load(a), np.load(b))  # same pixels every time, in this process or on Ray
     np.testing.assert_allclose(np.load(a), want, atol=1e-3)
+    picked = tmp / f"ids_{fmt}.npy"  # named images only, in the order asked
+    run_aepipe("decode", store, "--model", tmp / "run", "--out", picked, "--ids", "41,3")
+    assert np.array_equal(np.load(picked), np.load(a)[[41, 3]])
+    proc = run_aepipe("decode", store, "--model", tmp / "run", "--out", tmp / "none.npy", "--ids", "64", check=False)
+    assert proc.returncode == 2 and 'no row with id "64"' in proc.stderr
 
 
 def one(data: bytes) -> np.ndarray:
