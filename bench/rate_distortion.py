@@ -161,7 +161,7 @@ def plot(rows, anchors_q25, path: Path):
         pts = sorted((b, p) for n, b, p in rows if n.startswith(prefix))
         if pts:
             ax.plot(*zip(*pts), style, label=prefix if prefix != "compress" else "compress (learned, real bytes)")
-    ax.axvspan(0.3, 1.0, color="0.9", zorder=0)
+    ax.axvspan(0.3, 1.0, color="0.9", zorder=0, label="goal: above JPEG in 0.3-1.0 bpp")
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("PSNR dB")
     ax.set_xlim(0, 2.2)
