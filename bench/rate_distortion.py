@@ -36,6 +36,16 @@ from pipeline.models import ModelConfig, build_model
 
 TRAIN = ["astronaut", "chelsea", "rocket", "horse", "moon", "grass", "brick"]
 HELD_OUT = ["camera", "coffee", "coins", "gravel"]
+# --rgb: the colour photographs scikit-image ships, coffee held out as in grayscale
+TRAIN_RGB, HELD_OUT_RGB = ["astronaut", "chelsea", "rocket"], ["coffee"]
+
+
+def rgb(name: str) -> np.ndarray:
+    """uint8 (H, W, 3), cropped to a multiple of 8."""
+    import skimage.data as skd
+
+    a = getattr(skd, name)()
+    return a[:a.shape[0] // 8 * 8, :a.shape[1] // 8 * 8]
 
 
 def gray(name: str) -> np.ndarray:
@@ -57,11 +67,13 @@ def psnr(a, b) -> float:
 
 
 def pooled(results):
-    """(bpp, PSNR) over all held-out pixels together: total bits / total pixels, PSNR of the pooled MSE."""
+    """(bpp, PSNR) over all held-out images together: total bits / total pixels (H x W, whatever the
+    channels), PSNR of the MSE over every value. results: (bits, squared error, image array)."""
     bits = sum(b for b, _, _ in results)
     se = sum(s for _, s, _ in results)
-    n = sum(p for _, _, p in results)
-    return bits / n, 10 * np.log10(255 ** 2 / (se / n))
+    pixels = sum(im.shape[0] * im.shape[1] for _, _, im in results)
+    values = sum(im.size for _, _, im in results)
+    return bits / pixels, 10 * np.log10(255 ** 2 / (se / values))
 
 
 def jpeg_curve(images, qualities=(5, *range(10, 100, 10))):
@@ -72,7 +84,7 @@ def jpeg_curve(images, qualities=(5, *range(10, 100, 10))):
             buf = io.BytesIO()
             Image.fromarray(im).save(buf, "JPEG", quality=q)
             dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float64)
-            res.append((len(buf.getvalue()) * 8, ((dec - im) ** 2).sum(), im.size))
+            res.append((len(buf.getvalue()) * 8, ((dec - im) ** 2).sum(), im))
         rows.append((f"JPEG q{q}", *map(float, pooled(res))))
     return rows
 
@@ -93,7 +105,7 @@ def pca_curve(train_images, images, ks=(1, 2, 4)):
         for im in images:
             b = blocks(im)
             rec = np.clip(p.inverse_transform(p.transform(b).astype(np.float16).astype(np.float64)), 0, 1)
-            res.append((b.shape[0] * k * 16, ((rec - b) ** 2).sum() * 255 ** 2, im.size))
+            res.append((b.shape[0] * k * 16, ((rec - b) ** 2).sum() * 255 ** 2, im))
         rows.append((f"PCA 8x8 k{k} f16", *map(float, pooled(res))))
     return rows
 
@@ -102,11 +114,12 @@ def crops(images, n, size, rng):
     """n random size x size crops in [0, 1], drawn with the images weighted by their area."""
     sizes = np.array([i.size for i in images], float)
     which = rng.choice(len(images), n, p=sizes / sizes.sum())
-    out = np.empty((n, size, size), np.float32)
+    out = np.empty((n, *images[0].shape[2:], size, size), np.float32)  # colour: channels first
     for j, k in enumerate(which):
         im = images[k]
         y, x = rng.integers(0, im.shape[0] - size + 1), rng.integers(0, im.shape[1] - size + 1)
-        out[j] = im[y:y + size, x:x + size] / 255.0
+        crop = im[y:y + size, x:x + size] / 255.0
+        out[j] = np.moveaxis(crop, -1, 0) if im.ndim == 3 else crop
     return out
 
 
@@ -139,18 +152,19 @@ def evaluate(model, images):
     coder = LatentCoder(model.density)
     res = []
     for im in images:
-        x = torch.from_numpy(im[None, None] / 255.0).float()
+        chw = np.moveaxis(im, -1, 0) if im.ndim == 3 else im[None]
+        x = torch.from_numpy(chw[None] / 255.0).float()
         y = torch.round(model.analysis(x))[0].numpy().astype(np.int64)
         data = coder.encode(y)
         y_back = coder.decode(data, y.shape)
         assert (y_back == y).all(), "entropy-coded round trip differs"
-        x_hat = model.synthesis(torch.from_numpy(y_back[None]).float(), im.shape)[0, 0].numpy()
+        x_hat = model.synthesis(torch.from_numpy(y_back[None]).float(), im.shape[:2])[0].numpy()
         dec = np.clip(np.round(x_hat * 255), 0, 255)
-        res.append((len(data) * 8, ((dec - im) ** 2).sum(), im.size))
+        res.append((len(data) * 8, ((dec - chw) ** 2).sum(), im))
     return pooled(res)
 
 
-def plot(rows, anchors_q25, path: Path):
+def plot(rows, title: str, path: Path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,7 +179,7 @@ def plot(rows, anchors_q25, path: Path):
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("PSNR dB")
     ax.set_xlim(0, 2.2)
-    ax.set_title(f"held-out grayscale photos: {', '.join(HELD_OUT)}")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -188,15 +202,20 @@ def main():
                          "transforms from random weights (each lambda warm-starts from the previous one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/rd"))
+    ap.add_argument("--rgb", action="store_true", help=f"colour: train on {', '.join(TRAIN_RGB)}, score "
+                                                        f"{', '.join(HELD_OUT_RGB)} (JPEG: Pillow's default 4:2:0)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
-    train_images, test_images = [gray(n) for n in TRAIN], [gray(n) for n in HELD_OUT]
-    rows = jpeg_curve(test_images) + pca_curve(train_images, test_images)
+    train_names, test_names = (TRAIN_RGB, HELD_OUT_RGB) if args.rgb else (TRAIN, HELD_OUT)
+    load = rgb if args.rgb else gray
+    train_images, test_images = [load(n) for n in train_names], [load(n) for n in test_names]
+    rows = jpeg_curve(test_images) + ([] if args.rgb else pca_curve(train_images, test_images))
+    shape = (3, args.crop, args.crop) if args.rgb else (args.crop, args.crop)
     model, times = None, {}
     for i, lmbda in enumerate(float(v) for v in args.lmbdas.split(",")):
-        cfg = ModelConfig(family="compress", input_shape=(args.crop, args.crop), code_dim=args.latent,
+        cfg = ModelConfig(family="compress", input_shape=shape, code_dim=args.latent,
                           hidden=(args.channels,), lmbda=lmbda, init=args.init)
         fresh = build_model(cfg)
         if model is not None and args.init == "none":  # warm start from the previous lambda
@@ -216,7 +235,7 @@ def main():
         rows.append((f"compress lmbda {lmbda}", float(bpp), float(db)))
         print(f"lmbda {lmbda}: {bpp:.3f} bpp, {db:.2f} dB, trained {times[lmbda]:.0f} s", flush=True)
         torch.save(model.state_dict(), args.out / f"compress_{lmbda}.pt")
-    print(f"\nheld out: {', '.join(HELD_OUT)}; trained on crops of: {', '.join(TRAIN)}\n")
+    print(f"\nheld out: {', '.join(test_names)}; trained on crops of: {', '.join(train_names)}\n")
     print("| method | bpp | PSNR dB |\n|---|---|---|")
     for name, bpp, db in rows:
         print(f"| {name} | {bpp:.3f} | {db:.2f} |")
@@ -230,7 +249,8 @@ def main():
             ref = float(np.interp(bpp, *zip(*jpeg)))
             print(f"  {name}: {bpp:.3f} bpp, {db - ref:+.2f} dB vs JPEG ({ref:.2f} dB)")
     print(f"training seconds per lambda: {json.dumps(times)}")
-    plot(rows, None, args.out / "rate_distortion.png")
+    plot(rows, f"held-out {'colour' if args.rgb else 'grayscale'} photos: {', '.join(test_names)}",
+         args.out / "rate_distortion.png")
     (args.out / "rate_distortion.json").write_text(json.dumps({"rows": rows, "train_seconds": times,
                                                                "args": vars(args) | {"out": str(args.out)}}, indent=1))
     print(f"curves -> {args.out / 'rate_distortion.png'}")

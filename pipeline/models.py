@@ -471,6 +471,10 @@ def dct_step(lmbda: float) -> float:
     return math.sqrt(6 / (lmbda * math.log(2))) / 255
 
 
+# JPEG's RGB -> YCbCr (ITU-R BT.601, full range): luma and two colour differences, coded apart
+YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+
+
 class Compress(Autoencoder):
     """Learned image compression to real bitstreams: bits per pixel + lmbda * 255^2 * MSE.
 
@@ -483,7 +487,8 @@ class Compress(Autoencoder):
     set by --lmbda, plus gated nonlinear corrections (strided 5x5 convs with GDN, 8x smaller) that
     start at zero. Epoch 0 is a DCT codec with a learned entropy model (about JPEG's curve on the
     held-out photos of bench/rate_distortion.py); training moves both transforms from there. The
-    latent has 64 channels per image channel, one per DCT coefficient (--code-dim is not used).
+    latent has 64 channels per image channel, one per DCT coefficient (--code-dim is not used);
+    colour images go through JPEG's YCbCr first (a learned 1x1 convolution that starts there).
     --init none: CompressAI's four strided convs with GDN (16x smaller), --code-dim channels."""
 
     default_hidden = (64,)  # channels of the transforms' hidden layers (CompressAI's N)
@@ -508,6 +513,13 @@ class Compress(Autoencoder):
             return nn.ConvTranspose2d(a, b, 5, stride=2, padding=2, output_padding=1)
 
         if self.floor:
+            self.color = self.uncolor = None
+            if c == 3:
+                self.color, self.uncolor = nn.Conv2d(3, 3, 1, bias=False), nn.Conv2d(3, 3, 1, bias=False)
+                with torch.no_grad():
+                    ycc = torch.tensor(YCBCR)
+                    self.color.weight.copy_(ycc.view(3, 3, 1, 1))
+                    self.uncolor.weight.copy_(torch.linalg.inv(ycc).view(3, 3, 1, 1))
             self.dct = nn.Conv2d(c, m, 8, stride=8, bias=False, groups=c)
             self.idct = nn.ConvTranspose2d(m, c, 8, stride=8, bias=False, groups=c)
             with torch.no_grad():
@@ -540,13 +552,16 @@ class Compress(Autoencoder):
         x = self.pad(x.unsqueeze(1) if x.dim() == 3 else x)
         if not self.floor:
             return self.g_a(x)
-        return self.dct(x - 0.5) / self.log_step.exp() + self.gate_a * self.g_a(x)
+        centred = x - 0.5 if self.color is None else self.color(x - 0.5)
+        return self.dct(centred) / self.log_step.exp() + self.gate_a * self.g_a(x)
 
     def synthesis(self, y_hat, hw=None):  # latent -> images (B, C, H, W), cropped to hw
         h, w = hw or self.chw[1:]
         if not self.floor:
             return self.g_s(y_hat)[..., :h, :w]
-        x = self.idct(y_hat * self.log_step.exp()) + 0.5 + self.gate_s * self.g_s(y_hat)
+        back = self.idct(y_hat * self.log_step.exp())
+        back = back if self.uncolor is None else self.uncolor(back)
+        x = back + 0.5 + self.gate_s * self.g_s(y_hat)
         return x[..., :h, :w]
 
     def encode(self, x):  # the rounded latent, flat: the integers the bitstream carries

@@ -135,8 +135,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 def exit_now(code: int) -> None:
     """End the command without ray.shutdown(), which took ~3 s here after an embedded Ray's job
-    was done (and psutil's wait for the killed processes 1.5 s): kill its processes (this process's children) and leave. Only when nothing is left
-    to do: every output is already written and closed."""
+    was done: kill its processes (this process's children; waiting for them took 1.5 s more) and
+    leave. Called only when the command has finished: every output is written and closed."""
     import ray
 
     if ray.is_initialized() and not _JOINED["remote"]:

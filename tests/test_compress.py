@@ -28,27 +28,43 @@ def tiny(lmbda=0.01, shape=(32, 32), init="pca"):
     return build_model(ModelConfig(family="compress", input_shape=shape, code_dim=8, hidden=(8,), lmbda=lmbda, init=init))
 
 
+def block_dct(im: np.ndarray) -> np.ndarray:
+    """(H, W) -> (64, H/8, W/8): scipy's orthonormal DCT of each 8x8 block, coefficient u * 8 + v."""
+    from scipy.fft import dctn
+
+    h, w = im.shape
+    blocks = im.reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3)
+    return dctn(blocks, axes=(2, 3), norm="ortho").reshape(h // 8, w // 8, 64).transpose(2, 0, 1)
+
+
 def test_the_dct_floor_starts_as_a_block_dct_codec():
     """--init pca: before training, the latent is JPEG's 8x8 DCT of the image divided by the step
     --lmbda sets, and the synthesis is the inverse DCT of the rounded latent (gates at zero)."""
     import skimage.data as skd
-    from scipy.fft import dctn, idctn
+    from scipy.fft import idctn
 
-    from pipeline.models import dct_step
+    from pipeline.models import YCBCR, dct_step
 
     model = tiny(lmbda=0.0025).eval()
     im = skd.camera()[:64, :96] / 255.0
     step = dct_step(0.0025)
-    blocks = im.reshape(8, 8, 12, 8).transpose(0, 2, 1, 3) - 0.5  # (by, bx, 8, 8)
-    want = dctn(blocks, axes=(2, 3), norm="ortho").reshape(8, 12, 64).transpose(2, 0, 1) / step  # (64, by, bx)
     with torch.no_grad():
         y = model.analysis(torch.from_numpy(im[None]).float())[0].numpy()
         q = np.round(y)
         x_hat = model.synthesis(torch.from_numpy(q[None]).float(), im.shape)[0, 0].numpy()
-    np.testing.assert_allclose(y, want, atol=1e-3)
+    np.testing.assert_allclose(y, block_dct(im - 0.5) / step, atol=1e-3)
     back = idctn(q.transpose(1, 2, 0).reshape(8, 12, 8, 8) * step, axes=(2, 3), norm="ortho") + 0.5
     np.testing.assert_allclose(x_hat, back.transpose(0, 2, 1, 3).reshape(64, 96), atol=1e-4)
     assert step * 255 == pytest.approx(58.8, abs=0.1)  # the high-rate optimum for lmbda 0.0025, in grey levels
+    # colour: JPEG's YCbCr, then one DCT per channel; unrounded, synthesis inverts analysis exactly
+    colour = tiny(shape=(3, 32, 48)).eval()
+    rgb = skd.astronaut()[:32, :48] / 255.0
+    x = torch.from_numpy(rgb.transpose(2, 0, 1)[None]).float()
+    with torch.no_grad():
+        y = colour.analysis(x)[0].numpy()
+        np.testing.assert_allclose(colour.synthesis(torch.from_numpy(y[None]), (32, 48))[0].numpy(), x[0].numpy(), atol=1e-5)
+    luma = (rgb - 0.5) @ np.array(YCBCR[0])
+    np.testing.assert_allclose(y[:64], block_dct(luma) / dct_step(0.01), atol=1e-3)
 
 
 @pytest.mark.parametrize("init", ["pca", "none"])
