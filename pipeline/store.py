@@ -38,7 +38,7 @@ def dequantize(q: np.ndarray, dtype: str, lo: np.ndarray, hi: np.ndarray) -> np.
     return q.astype(np.float32)
 
 
-TASK_BYTES = 2 ** 27  # input per model-job task (large images: fewer rows a task)
+TASK_BYTES = 96 * 2 ** 20  # input per model-job task (large images: fewer rows a task)
 TASK_ROWS = 32768
 
 
