@@ -82,11 +82,11 @@ class Autoencoder(nn.Module):
         self.cfg = cfg
         self.n_in = math.prod(cfg.input_shape)
 
-    # families override these three
     def param_groups(self, lr: float) -> list[dict]:
         """The optimiser's parameter groups: one rate for everything, unless a family says otherwise."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
+    # families override these three
     def encode(self, x):
         raise NotImplementedError
 
