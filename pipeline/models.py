@@ -475,6 +475,20 @@ def dct_step(lmbda: float) -> float:
 YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
 
 
+def floor_basis(c: int) -> torch.Tensor:
+    """The DCT floor's filters, (M, c, 8, 8), orthonormal rows: grayscale, the 64 DCT basis images of
+    an 8x8 block; colour (Y, Cb, Cr), as JPEG's 4:2:0: 64 for luma and, for each chroma plane, the 16
+    4x4 DCT basis images of its 2x2-averaged block (each value spread over 2x2 pixels, halved). As a
+    transposed convolution the same filters invert it: exactly for luma, chroma upsampled 2x."""
+    if c == 1:
+        return dct_basis(8).unsqueeze(1)
+    w = torch.zeros(96, 3, 8, 8)
+    w[:64, 0] = dct_basis(8)
+    chroma = dct_basis(4).repeat_interleave(2, 1).repeat_interleave(2, 2) / 2  # (16, 8, 8)
+    w[64:80, 1], w[80:, 2] = chroma, chroma
+    return w
+
+
 class Compress(Autoencoder):
     """Learned image compression to real bitstreams: bits per pixel + lmbda * 255^2 * MSE.
 
@@ -487,8 +501,9 @@ class Compress(Autoencoder):
     set by --lmbda, plus gated nonlinear corrections (strided 5x5 convs with GDN, 8x smaller) that
     start at zero. Epoch 0 is a DCT codec with a learned entropy model (about JPEG's curve on the
     held-out photos of bench/rate_distortion.py); training moves both transforms from there. The
-    latent has 64 channels per image channel, one per DCT coefficient (--code-dim is not used);
-    colour images go through JPEG's YCbCr first (a learned 1x1 convolution that starts there).
+    latent has one channel per DCT coefficient (--code-dim is not used): 64 for grayscale; colour
+    images go through JPEG's YCbCr first (a learned 1x1 convolution that starts there) and JPEG's
+    4:2:0 (chroma at half resolution): 64 + 16 + 16 channels.
     --init none: CompressAI's four strided convs with GDN (16x smaller), --code-dim channels."""
 
     default_hidden = (64,)  # channels of the transforms' hidden layers (CompressAI's N)
@@ -504,7 +519,7 @@ class Compress(Autoencoder):
         n, c = cfg.widths()[0], self.chw[0]
         self.floor = cfg.init == "pca"
         self.factor = 8 if self.floor else 16  # the analysis transform's downsampling: images are padded to it
-        m = self.latent_channels = 64 * c if self.floor else cfg.code_dim
+        m = self.latent_channels = (64 if c == 1 else 96) if self.floor else cfg.code_dim
 
         def down(a, b):
             return nn.Conv2d(a, b, 5, stride=2, padding=2)
@@ -520,11 +535,12 @@ class Compress(Autoencoder):
                     ycc = torch.tensor(YCBCR)
                     self.color.weight.copy_(ycc.view(3, 3, 1, 1))
                     self.uncolor.weight.copy_(torch.linalg.inv(ycc).view(3, 3, 1, 1))
-            self.dct = nn.Conv2d(c, m, 8, stride=8, bias=False, groups=c)
-            self.idct = nn.ConvTranspose2d(m, c, 8, stride=8, bias=False, groups=c)
+            self.dct = nn.Conv2d(c, m, 8, stride=8, bias=False)
+            self.idct = nn.ConvTranspose2d(m, c, 8, stride=8, bias=False)
             with torch.no_grad():
-                self.dct.weight.copy_(dct_basis().repeat(c, 1, 1).unsqueeze(1))
-                self.idct.weight.copy_(dct_basis().repeat(c, 1, 1).unsqueeze(1))
+                w = floor_basis(c)
+                self.dct.weight.copy_(w)
+                self.idct.weight.copy_(w)
             self.log_step = nn.Parameter(torch.full((m, 1, 1), math.log(dct_step(cfg.lmbda))))
             self.gate_a, self.gate_s = nn.Parameter(torch.zeros(m, 1, 1)), nn.Parameter(torch.zeros(c, 1, 1))
             self.g_a = nn.Sequential(down(c, n), GDN(n), down(n, n), GDN(n), down(n, m))

@@ -56,15 +56,20 @@ def test_the_dct_floor_starts_as_a_block_dct_codec():
     back = idctn(q.transpose(1, 2, 0).reshape(8, 12, 8, 8) * step, axes=(2, 3), norm="ortho") + 0.5
     np.testing.assert_allclose(x_hat, back.transpose(0, 2, 1, 3).reshape(64, 96), atol=1e-4)
     assert step * 255 == pytest.approx(58.8, abs=0.1)  # the high-rate optimum for lmbda 0.0025, in grey levels
-    # colour: JPEG's YCbCr, then one DCT per channel; unrounded, synthesis inverts analysis exactly
+    # colour, as JPEG: YCbCr, luma's 8x8 DCT, chroma averaged over 2x2 pixels (4:2:0) with a 4x4 DCT;
+    # unrounded, synthesis gives back luma exactly and each chroma plane's 2x2 averages
     colour = tiny(shape=(3, 32, 48)).eval()
     rgb = skd.astronaut()[:32, :48] / 255.0
-    x = torch.from_numpy(rgb.transpose(2, 0, 1)[None]).float()
     with torch.no_grad():
-        y = colour.analysis(x)[0].numpy()
-        np.testing.assert_allclose(colour.synthesis(torch.from_numpy(y[None]), (32, 48))[0].numpy(), x[0].numpy(), atol=1e-5)
-    luma = (rgb - 0.5) @ np.array(YCBCR[0])
-    np.testing.assert_allclose(y[:64], block_dct(luma) / dct_step(0.01), atol=1e-3)
+        y = colour.analysis(torch.from_numpy(rgb.transpose(2, 0, 1)[None]).float())[0].numpy()
+        back = colour.synthesis(torch.from_numpy(y[None]), (32, 48))[0].numpy().transpose(1, 2, 0)
+    assert y.shape == (96, 4, 6)
+    ycc = (rgb - 0.5) @ np.array(YCBCR).T
+    np.testing.assert_allclose(y[:64], block_dct(ycc[..., 0]) / dct_step(0.01), atol=1e-3)
+    ycc_back = (back - 0.5) @ np.array(YCBCR).T
+    np.testing.assert_allclose(ycc_back[..., 0], ycc[..., 0], atol=1e-5)
+    half = ycc[..., 1:].reshape(16, 2, 24, 2, 2).mean((1, 3))
+    np.testing.assert_allclose(ycc_back[..., 1:], half.repeat(2, 0).repeat(2, 1), atol=1e-5)
 
 
 @pytest.mark.parametrize("init", ["pca", "none"])
