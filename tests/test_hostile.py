@@ -323,9 +323,7 @@ def test_refused_cleanly(case, world, tmp_path):
 
 def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, tmp_path):
     """A real SIGINT to a real encode, while its workers are writing."""
-    # big enough that the job is far from done when its first chunk lands: tasks hold up to 32768 rows
-    # here and write their chunks as they finish, so 400k rows (13 tasks) were sometimes all but done
-    np.save(tmp_path / "big.npy", np.random.default_rng(1).random((1_600_000, 8, 8), dtype=np.float32))
+    np.save(tmp_path / "big.npy", np.random.default_rng(1).random((400_000, 8, 8)).astype(np.float32))
     out = tmp_path / "big.zarr"
     proc = subprocess.Popen([AEPIPE, "encode", tmp_path / "big.npy", "--model", world["world"] / "run", "--out", out,
                              "--batch-size", "64", "--chunk-rows", "256", "--address", world["addr"]],
