@@ -77,11 +77,10 @@ def find_ids(src: Source, ids: list[str]) -> np.ndarray:
     store are looked up by bisection (ids written in order, as row indices are, need ~log2(N) reads
     each), Parquet row groups whose id statistics cannot hold them are skipped; else the ids alone
     are scanned."""
-    from pipeline.store import ZarrCodesSource
 
     found = {}
-    if (isinstance(src, ZarrCodesSource) or getattr(src, "kind", None) == "zarr") and len(ids) <= 64:
-        found = _bisect_ids(src, ids)  # (a bitstream store of kind zarr keeps its ids as "ids" too)
+    if _zarr_ids(src) and len(ids) <= 64:
+        found = _bisect_ids(src, ids)
     rest = [i for i in ids if i not in found]
     if rest:
         for start, values in _id_blocks(src, rest):
@@ -91,6 +90,13 @@ def find_ids(src: Source, ids: list[str]) -> np.ndarray:
     if missing:
         raise AepipeError(f'--ids: no row with id "{missing[0]}" in the store')
     return np.array([found[i] for i in ids], dtype=np.int64)
+
+
+def _zarr_ids(src: Source) -> bool:
+    """Whether src is a Zarr store with an "ids" array: a codes store, or a bitstream store of kind zarr."""
+    from pipeline.store import ZarrCodesSource
+
+    return isinstance(src, ZarrCodesSource) or getattr(src, "kind", None) == "zarr"
 
 
 def _bisect_ids(src, ids: list[str]) -> dict:
@@ -118,9 +124,8 @@ def _bisect_ids(src, ids: list[str]) -> dict:
 def _id_blocks(src: Source, wanted: list[str]):
     """(first position, ids) per block of the store, reading the id column only where possible."""
     from pipeline.sources.parquet import ParquetSource
-    from pipeline.store import ZarrCodesSource
 
-    if isinstance(src, ZarrCodesSource) or getattr(src, "kind", None) == "zarr":
+    if _zarr_ids(src):
         import zarr
 
         arr = zarr.open_group(src.path, mode="r")["ids"]

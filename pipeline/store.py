@@ -43,7 +43,7 @@ def chunk_rows_for(row_bytes: int) -> int:
     return int(max(256, min(65536, 2 ** 20 // max(row_bytes, 1))))
 
 
-def task_rows(chunk_rows: int, input_row_bytes: int, n_rows: int | None = None) -> int:
+def task_rows(chunk_rows: int, input_row_bytes: int) -> int:
     """Rows per read task: whole output chunks, and at most ~64 MiB of input (large images).
     (Tasks of up to 96 MiB ran 784-wide encodes faster here, 0.82x the bare loop against 0.64x, but
     finished two timing tests' encodes before their kill signals: back to this until those are redone.)"""
@@ -158,7 +158,7 @@ class ZarrCodesSource(Source):
         return read_rows(g, "ids", start, stop, self.spec), read_rows(g, "codes", start, stop, self.spec)
 
     def ranges(self, rows_per_task=None):
-        return super().ranges(task_rows(self.chunk_rows, 4 * self.schema.size, self.n_rows))
+        return super().ranges(task_rows(self.chunk_rows, 4 * self.schema.size))
 
 
 def _has(where: Location, name: str) -> bool:
