@@ -128,7 +128,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     row_bytes = run.schema.size // 8 if run.meta["family"] == "compress" else d * np.dtype(dtype).itemsize
     chunk_rows = chunk_rows or chunk_rows_for(row_bytes)
     ids_kind = id_dtype(src)
-    rows_per_task = task_rows(chunk_rows, 4 * src.schema.size)
+    rows_per_task = task_rows(chunk_rows, 4 * src.schema.size, src.n_rows)
     ranges = src.ranges(rows_per_task)
     settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
                                chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges))

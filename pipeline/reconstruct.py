@@ -153,7 +153,7 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
     chunk = chunk_rows_for(4 * (1 + (run.schema.size if per_feature else 0)))
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="score", per_feature=per_feature,
                                             threshold=t, num_gpus=num_gpus),
-                   batch_size, concurrency, num_gpus, engine, address, task_rows(chunk, 4 * src.schema.size))
+                   batch_size, concurrency, num_gpus, engine, address, task_rows(chunk, 4 * src.schema.size, src.n_rows))
     sink = _score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk)
     write(ds, sink)
     if sink.skipped:  # --on-bad-row skip: fewer rows scored, the others listed

@@ -74,7 +74,9 @@ def finish(proc, timeout=400):
 
 
 @pytest.mark.slow
-def test_node_killed_mid_encode_store_complete(cluster, tmp_path):
+def test_node_killed_mid_encode_store_complete(cluster, tmp_path, monkeypatch):
+    # small tasks (aepipe's own are up to 32768 rows): the encode is surely still running at the kill
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
     rows = 200_000
     x = np.random.default_rng(0).random((rows, 16), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)

@@ -321,8 +321,10 @@ def test_refused_cleanly(case, world, tmp_path):
     assert took < TIME_BOUND_S, f"took {took:.1f} s"
 
 
-def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, tmp_path):
+def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, tmp_path, monkeypatch):
     """A real SIGINT to a real encode, while its workers are writing."""
+    # small tasks (aepipe's own are up to 32768 rows): the encode is far from done at its first chunk
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
     np.save(tmp_path / "big.npy", np.random.default_rng(1).random((400_000, 8, 8)).astype(np.float32))
     out = tmp_path / "big.zarr"
     proc = subprocess.Popen([AEPIPE, "encode", tmp_path / "big.npy", "--model", world["world"] / "run", "--out", out,
