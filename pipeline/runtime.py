@@ -19,6 +19,11 @@ from pipeline import AepipeError
 # Under Ray Train v2 every ray.train.report waits for the controller's next poll (default 2 s):
 # measured here, 20 epoch reports took 54 s at the default and 15 s at 0.1 s.
 TRAIN_POLL_S = "0.1"
+# Ray Data's scheduling loop waits up to 0.1 s for any task to finish, and a finished task takes a
+# step or two to be replaced: 130-210 ms of idle CPU between tasks of ~450 ms. At 0.02 s the gaps
+# were 30-50 ms and a 1M x 784 encode took 15.9 s instead of 18.0 (0.005 s: the driver's own CPU
+# use slowed the tasks; measured 2026-11-24 with ray.timeline()).
+DATA_WAIT_S = 0.02
 CONNECT_TIMEOUT_S = 10  # a cluster that does not answer a TCP connect in this long is not there
 RESOURCE_WAIT_S = float(os.environ.get("AEPIPE_RESOURCE_WAIT_S", 300))  # autoscaling clusters: how long to wait
 _JOINED = {"remote": False}  # True once connected to a cluster by address (it may autoscale)
@@ -127,6 +132,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     # without a terminal Ray Data logs its progress at INFO, several lines a second; bars stay on a tty
     logging.getLogger("ray.data").setLevel(logging.WARNING if verbose() else logging.CRITICAL)
+    import ray.data._internal.execution.streaming_executor_state as executor_state
+
+    executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = DATA_WAIT_S  # a module constant Ray reads each step
     ctx = DataContext.get_current()
     ctx.enable_operator_progress_bars = False  # one bar per dataset is enough
     ctx.print_on_execution_start = False
