@@ -7,14 +7,17 @@ the choice between a Ray Data pass and this process.
                                   -> LocalRows              small asks: no Ray started at all
 
 Both answer `write_datasink(sink)` and `iter_batches(...)`, so a job writes its output the same way
-whichever ran it. The cut: starting Ray costs ~20 s here, while one CPU pushes a dense model through
-tens of thousands of rows a second, so jobs of up to LOCAL_ROWS rows run in this process.
+whichever ran it. The cut (engine "auto"): jobs of up to LOCAL_ROWS rows run in this process, and so
+do larger ones that this process would finish sooner than an embedded Ray could: Ray costs ~10 s to
+start here and its tasks gain little on a machine whose every CPU already serves this process's
+model (see local_is_faster).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import types
 import uuid
 
@@ -29,6 +32,9 @@ from pipeline.run import load_run
 # a large machine): memory would grow with the dataset. 16 blocks of 64 MiB keep every stage busy.
 STREAM_BYTES = 2 ** 30
 LOCAL_ROWS = 20_000  # at most this many rows run in-process (measured in README: "small asks")
+# An embedded Ray's start-up before its first task (ray.init, Ray Data's actors, workers importing
+# torch): ~10 s on this 2-CPU machine, measured 2026-11-24 (README "Encode throughput")
+RAY_START_S = 10.0
 ENGINES = ("auto", "local", "ray")
 
 
@@ -103,25 +109,43 @@ class PerProcess:
 
 
 def runs_local(n_rows: int, engine: str = "auto", address: str | None = None, concurrency: int | None = None,
-               num_gpus: float = 0) -> bool:
-    """auto: in-process when the job is small and nothing asks for Ray (no cluster address, one
-    actor, no GPU); `local` and `ray` force the choice."""
+               num_gpus: float = 0) -> bool | None:
+    """True: run in this process; False: on Ray; None (auto, nothing asks for Ray: no cluster
+    address, one model copy, no GPU, more than LOCAL_ROWS rows): let local_is_faster decide."""
     if engine not in ENGINES:
         raise AepipeError(f'--engine "{engine}": choose one of {", ".join(ENGINES)}')
     if engine != "auto":
         return engine == "local"
-    return (n_rows <= LOCAL_ROWS and not (address or os.environ.get("RAY_ADDRESS"))
-            and (concurrency or 1) == 1 and not num_gpus)
+    if address or os.environ.get("RAY_ADDRESS") or (concurrency or 1) != 1 or num_gpus:
+        return False
+    return True if n_rows <= LOCAL_ROWS else None
+
+
+def local_is_faster(src: Source, fn, batch_size: int) -> bool:
+    """Time this process on the source's first read unit (a row group, a chunk, a few images: reads
+    cost by those, not by rows) and compare the whole job's estimate with Ray's. Ray's tasks use one
+    CPU each, while this process runs the model on all of them: counted as 0.75 x CPUs times this
+    process's rate (measured at 2 CPUs: 1.13x on 784-wide Parquet rows, ~2x on JPEGs, whose decoding
+    is single-threaded here), after RAY_START_S."""
+    a, b = src.ranges(256)[0]
+    t = time.perf_counter()
+    in_batches(fn, read_block(src, a, b), batch_size)
+    here_s = (time.perf_counter() - t) * src.n_rows / (b - a)
+    speedup = 0.75 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return speedup <= 1 or here_s < RAY_START_S / (1 - 1 / speedup)
 
 
 def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurrency: int | None = None,
               num_gpus: float = 0, engine: str = "auto", address: str | None = None,
               rows_per_task: int = ROWS_PER_TASK):
-    """Rows of `src` through actor(**kwargs), as a Ray Dataset or, for small jobs, LocalRows.
+    """Rows of `src` through actor(**kwargs), as a Ray Dataset or, in this process, LocalRows.
     concurrency: model copies at work at once (None: a task per CPU, or one GPU actor). Options
     are checked by the caller (encode.check_job_options), before anything starts."""
-    if runs_local(src.n_rows, engine, address, concurrency, num_gpus):
-        return LocalRows(src, actor(**kwargs), batch_size, rows_per_task)
+    local = runs_local(src.n_rows, engine, address, concurrency, num_gpus)
+    if local is not False:
+        fn = actor(**kwargs)
+        if local or local_is_faster(src, fn, batch_size):
+            return LocalRows(src, fn, batch_size, rows_per_task)
     from pipeline.sources import to_dataset
     from pipeline.runtime import init_ray
 
@@ -149,8 +173,19 @@ class LocalRows:
         self.src, self.fn, self.batch_size, self.rows_per_task = src, fn, batch_size, rows_per_task
 
     def _blocks(self):
-        for a, b in self.src.ranges(self.rows_per_task):
+        ranges = self.src.ranges(self.rows_per_task)
+        # a bar for a long job on a terminal, as Ray Data draws one for its own
+        bar = None
+        if len(ranges) > 1 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(b - a for a, b in ranges), unit=" rows", unit_scale=True, leave=False)
+        for a, b in ranges:
             yield in_batches(self.fn, read_block(self.src, a, b), self.batch_size)
+            if bar is not None:
+                bar.update(b - a)
+        if bar is not None:
+            bar.close()
 
     def iter_batches(self, batch_format="numpy", batch_size=None):
         yield from self._blocks()

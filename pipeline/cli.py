@@ -68,8 +68,10 @@ def _read_options(columns=None, mode=None, image_size=None, on_bad_row=None, fil
     return dict(columns=columns, mode=mode, image_size=image_size, on_bad_row=on_bad_row, fill_missing=fill_missing)
 
 
-ENGINE = typer.Option("auto", help="auto: up to 20,000 rows in this process without starting Ray, more on Ray; "
-                                    "or force local / ray.")
+ENGINE = typer.Option("auto", help="auto: in this process without starting Ray when the job is small (up to "
+                                    "20,000 rows) or this process would finish it sooner than Ray (timed on the "
+                                    "first rows; Ray costs ~10 s to start), else on Ray; or force local / ray. "
+                                    "--address, --concurrency above 1 or --gpus always use Ray.")
 
 
 def _run(fn, *args, **kwargs):
@@ -326,6 +328,7 @@ def encode(
     fill_missing: Optional[str] = FILL_MISSING,
     resume: bool = typer.Option(False, "--resume", help="Finish OUT.partial left by a killed run with the "
                                 "same model, data and options: only its missing chunks or parts are written."),
+    engine: str = ENGINE,
     address: Optional[str] = ADDRESS,
 ):
     """Stream DATA through the encoder; one code per row, keyed by its id."""
@@ -339,7 +342,7 @@ def encode(
                               address, _run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     attrs = _run(encode_fn, data, str(model), out, dtype=dtype, scores=scores, batch_size=batch_size,
                  concurrency=concurrency, num_gpus=gpus, id_column=id_column, chunk_rows=chunk_rows,
-                 overwrite=overwrite, address=address, resume=resume,
+                 overwrite=overwrite, address=address, resume=resume, engine=engine,
                  read=_run(_read_options, columns, mode, image_size, on_bad_row, fill_missing))
     what = (f"bitstreams, {attrs['bits_per_pixel']:.4f} bits per pixel" if attrs.get("code_kind") == "bitstream"
             else f"{attrs['code_dim']}-d {dtype} codes")

@@ -165,7 +165,7 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
            engine: str = "auto", address: str | None = None) -> int:
     """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written.
     Small selections run in this process (pipeline.actors.model_job), large ones on Ray."""
-    check_job_options(batch_size, concurrency, num_gpus)
+    check_job_options(batch_size, concurrency, num_gpus, engine)
     run = load_run(model)
     kind, attrs = read_metadata(codes)
     out = output_path(out, overwrite, (".zarr", ".parquet", ".npy", ""), inputs=(codes, model))

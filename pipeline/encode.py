@@ -49,8 +49,11 @@ def provenance(run, data: str, **extra) -> dict:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
-def check_job_options(batch_size: int, concurrency: int, num_gpus: float) -> None:
+def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine: str = "auto") -> None:
     """What every model job (encode, decode, ...) takes, checked before Ray starts."""
+    from pipeline.actors import runs_local
+
+    runs_local(0, engine)  # an unknown --engine is refused here, before any output exists
     positive("batch_size", batch_size)
     positive("concurrency", concurrency)
     at_least("gpus", num_gpus, 0)
@@ -101,13 +104,14 @@ def resume_settings(run, src: Source, out: Path, **options) -> dict:
 def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
            batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, id_column: str | None = None,
            chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
-           read: dict | None = None, resume: bool = False, select=None) -> dict:
+           read: dict | None = None, resume: bool = False, select=None, engine: str = "auto") -> dict:
     """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance.
     resume: finish OUT.partial, left by a run that was killed, instead of starting again.
-    select: a function of the opened source that returns the rows to encode (encode --append)."""
+    select: a function of the opened source that returns the rows to encode (encode --append).
+    engine: auto (in this process when that is faster, else Ray), local or ray (pipeline.actors)."""
     if dtype not in DTYPES:
         raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
-    check_job_options(batch_size, concurrency, num_gpus)
+    check_job_options(batch_size, concurrency, num_gpus, engine)
     positive("chunk_rows", chunk_rows)
     run = load_run(model)
     src = open_for_run(data, run.meta, id_column, **(read or {}))
@@ -156,7 +160,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     todo = sink.prepare(resume=True) if resume else ranges
     # everything above is checked without Ray: a mistake costs a second, not a start-up
     if todo:  # (none: killed after its last range, before the commit)
-        ds = model_job(Remaining(src, todo), actor, kwargs, batch_size, concurrency, num_gpus, engine="ray",
+        ds = model_job(Remaining(src, todo), actor, kwargs, batch_size, concurrency, num_gpus, engine=engine,
                        address=address, rows_per_task=rows_per_task)
         write(ds, sink)
     else:

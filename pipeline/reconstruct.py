@@ -118,7 +118,7 @@ def denoise(data: str, model: str, out: str | Path, id_column: str | None = None
             address: str | None = None, read: dict | None = None) -> dict:
     """Encode and decode every row of DATA into OUT (.zarr, .parquet or .npy). Returns what it did;
     `note` says when the model was not trained to remove noise (it then only reconstructs)."""
-    check_job_options(batch_size, concurrency, num_gpus)
+    check_job_options(batch_size, concurrency, num_gpus, engine)
     run = load_run(model)
     src = open_matching(data, run, id_column, read)
     out = output_path(out, overwrite, (".zarr", ".parquet", ".npy", ""), inputs=(data, model))
@@ -140,7 +140,7 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
           concurrency: int | None = None, num_gpus: float = 0, overwrite: bool = False, engine: str = "auto",
           address: str | None = None, read: dict | None = None) -> dict:
     """Per-row reconstruction error of DATA into OUT (.parquet or .zarr), keyed by the input's id column."""
-    check_job_options(batch_size, concurrency, num_gpus)
+    check_job_options(batch_size, concurrency, num_gpus, engine)
     run = load_run(model)
     t = parse_threshold(threshold, run, contamination)
     if per_feature and not run.schema.tabular:
