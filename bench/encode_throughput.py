@@ -9,8 +9,10 @@ epoch on a small set of the same kind (the weights do not change the cost of enc
 
 and runs, as separate processes timed from outside:
 
-  aepipe zarr     `aepipe encode DATA --out codes.zarr`     (embedded local Ray, default options)
+  aepipe zarr     `aepipe encode DATA --out codes.zarr`     (default options: --engine auto runs
+                  in this process or on an embedded local Ray, whichever it estimates is faster)
   aepipe parquet  `aepipe encode DATA --out codes.parquet`
+  ..., on Ray / in-process: the Zarr run with --engine ray / --engine local (the choice forced)
   bare loop       this file with --bare: one process reads chunk by chunk (pyarrow row groups, or
                   PIL for the JPEGs) -> numpy -> the same normaliser and model in torch (default
                   threads: every core) -> zarr, same chunks and codecs
@@ -215,8 +217,12 @@ def main() -> None:
             for scale, rows in (("1x", top // 10), ("10x", top)):
                 print(f"{name}: writing {rows} rows ...", file=sys.stderr, flush=True)
                 data = make(tmp / file_name.format(rows), rows)
-                runs = {"aepipe zarr": [AEPIPE, "encode", str(data), "--model", str(model), "--out", str(tmp / "c.zarr")],
-                        "aepipe parquet": [AEPIPE, "encode", str(data), "--model", str(model), "--out", str(tmp / "c.parquet")],
+                enc = [AEPIPE, "encode", str(data), "--model", str(model), "--out"]
+                runs = {"aepipe zarr": enc + [str(tmp / "c.zarr")],
+                        "aepipe parquet": enc + [str(tmp / "c.parquet")],
+                        # auto picks this process or Ray (pipeline.actors.local_is_faster): both, forced
+                        "aepipe zarr, on Ray": enc + [str(tmp / "c.zarr"), "--engine", "ray"],
+                        "aepipe zarr, in-process": enc + [str(tmp / "c.zarr"), "--engine", "local"],
                         "bare loop": [sys.executable, __file__, "--bare", str(data), str(model), str(tmp / "bare.zarr")]}
                 for label, cmd in runs.items():
                     print(f"{name} {scale}: {label} ...", file=sys.stderr, flush=True)
@@ -224,7 +230,7 @@ def main() -> None:
                     results[label, scale] = (rows / wall, peak)
                 shutil.rmtree(data) if data.is_dir() else data.unlink()
             base = results["bare loop", "10x"][0]
-            for label in ("aepipe zarr", "aepipe parquet", "bare loop"):
+            for label in runs:
                 (r1, m1), (r10, m10) = results[label, "1x"], results[label, "10x"]
                 table.append([name, f"{top:,}", label, f"{r10:,.0f}", f"{r10 / base:.2f}x", f"{r1:,.0f}",
                               f"{m1 / 2 ** 30:.2f}", f"{m10 / 2 ** 30:.2f}", f"{m10 / m1:.2f}x"])

@@ -111,14 +111,18 @@ class PerProcess:
 def runs_local(n_rows: int, engine: str = "auto", address: str | None = None, concurrency: int | None = None,
                num_gpus: float = 0) -> bool | None:
     """True: run in this process; False: on Ray; None (auto, nothing asks for Ray: no cluster
-    address, one model copy, no GPU, more than LOCAL_ROWS rows): let local_is_faster decide."""
+    address, one model copy, no GPU, more than LOCAL_ROWS rows, Ray not started in this process):
+    let local_is_faster decide."""
     if engine not in ENGINES:
         raise AepipeError(f'--engine "{engine}": choose one of {", ".join(ENGINES)}')
     if engine != "auto":
         return engine == "local"
     if address or os.environ.get("RAY_ADDRESS") or (concurrency or 1) != 1 or num_gpus:
         return False
-    return True if n_rows <= LOCAL_ROWS else None
+    if n_rows <= LOCAL_ROWS:
+        return True
+    # a Python caller that already started Ray has paid its start-up: use it
+    return False if "ray" in sys.modules and sys.modules["ray"].is_initialized() else None
 
 
 def local_is_faster(src: Source, fn, batch_size: int) -> bool:

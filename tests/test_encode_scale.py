@@ -1,4 +1,5 @@
-"""encode at scale: --resume after a real SIGKILL, refusals, torch threads per actor, info's bytes per row."""
+"""encode at scale: --resume after a real SIGKILL, refusals, torch threads per actor, info's bytes per row,
+the auto engine's choice between this process and Ray."""
 
 import os
 import signal
@@ -141,3 +142,38 @@ def test_info_shows_bytes_per_row_and_ratio(ray_local, digits_run, digits_npy, t
     assert rows["bytes per row"].startswith(f"{size / 3000:.1f} on disk")
     assert "raw input: 256 B/row (3000 rows x 64 float32)" in rows["vs input"]
     assert f"input files: {data.stat().st_size / 3000:.1f} B/row" in rows["vs input"]
+
+
+def test_auto_engine_runs_in_process_when_that_beats_ray(ray_local, digits_run, digits_npy, monkeypatch):
+    """engine auto: forced choices and Ray asked for are obeyed; otherwise the first read unit is timed
+    here and the job's estimate compared with Ray's start-up (RAY_START_S) and its gain per CPU."""
+    from pipeline import actors
+    from pipeline.run import load_run
+    from pipeline.sources import open_for_run
+
+    assert actors.runs_local(10, "auto") is True  # a small ask
+    assert actors.runs_local(10 ** 6, "local") is True and actors.runs_local(10, "ray") is False
+    assert actors.runs_local(10 ** 6, address="127.0.0.1:6379") is False
+    assert actors.runs_local(10 ** 6, num_gpus=1) is False and actors.runs_local(10 ** 6, concurrency=2) is False
+    assert actors.runs_local(10 ** 6) is False  # Ray already runs in this process (the session's)
+    src = open_for_run(str(digits_npy), load_run(digits_run).meta)
+    from pipeline.encode import Encoder
+
+    fn = Encoder(str(digits_run), "float32", False)
+    monkeypatch.setattr(actors, "RAY_START_S", 1e6)
+    assert actors.local_is_faster(src, fn, 1024)
+    if len(os.sched_getaffinity(0)) >= 2:  # Ray can gain something only with 2 CPUs or more
+        monkeypatch.setattr(actors, "RAY_START_S", 0.0)
+        assert not actors.local_is_faster(src, fn, 1024)
+
+
+def test_encode_in_process_writes_what_ray_writes(ray_local, digits_run, digits_npy, tmp_path):
+    """`--engine local` (what auto picks on a small machine) and a Ray encode give the same store."""
+    for suffix in (".zarr", ".parquet"):
+        run_aepipe("encode", digits_npy, "--model", digits_run, "--out", tmp_path / f"here{suffix}", "--engine", "local")
+        run_aepipe("encode", digits_npy, "--model", digits_run, "--out", tmp_path / f"ray{suffix}", address=ray_local)
+    here, ray_ = (zarr.open_group(str(tmp_path / f"{k}.zarr"), mode="r") for k in ("here", "ray"))
+    np.testing.assert_array_equal(here["ids"][:], np.arange(N))
+    np.testing.assert_array_equal(here["codes"][:], ray_["codes"][:])
+    a, b = (pads.dataset(str(tmp_path / f"{k}.parquet")).to_table().sort_by("id") for k in ("here", "ray"))
+    assert a.column("id").to_pylist() == list(range(N)) and a.column("code").equals(b.column("code"))
