@@ -108,13 +108,17 @@ class PerProcess:
         return in_batches(fn, block, self.batch_size)
 
 
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise AepipeError(f'--engine "{engine}": choose one of {", ".join(ENGINES)}')
+
+
 def runs_local(n_rows: int, engine: str = "auto", address: str | None = None, concurrency: int | None = None,
                num_gpus: float = 0) -> bool | None:
     """True: run in this process; False: on Ray; None (auto, nothing asks for Ray: no cluster
     address, one model copy, no GPU, more than LOCAL_ROWS rows, Ray not started in this process):
     let local_is_faster decide."""
-    if engine not in ENGINES:
-        raise AepipeError(f'--engine "{engine}": choose one of {", ".join(ENGINES)}')
+    check_engine(engine)
     if engine != "auto":
         return engine == "local"
     if address or os.environ.get("RAY_ADDRESS") or (concurrency or 1) != 1 or num_gpus:

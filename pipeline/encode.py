@@ -51,9 +51,9 @@ def provenance(run, data: str, **extra) -> dict:
 
 def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine: str = "auto") -> None:
     """What every model job (encode, decode, ...) takes, checked before Ray starts."""
-    from pipeline.actors import runs_local
+    from pipeline.actors import check_engine
 
-    runs_local(0, engine)  # an unknown --engine is refused here, before any output exists
+    check_engine(engine)
     positive("batch_size", batch_size)
     positive("concurrency", concurrency)
     at_least("gpus", num_gpus, 0)

@@ -148,6 +148,7 @@ def test_auto_engine_runs_in_process_when_that_beats_ray(ray_local, digits_run, 
     """engine auto: forced choices and Ray asked for are obeyed; otherwise the first read unit is timed
     here and the job's estimate compared with Ray's start-up (RAY_START_S) and its gain per CPU."""
     from pipeline import actors
+    from pipeline.encode import Encoder
     from pipeline.run import load_run
     from pipeline.sources import open_for_run
 
@@ -157,8 +158,6 @@ def test_auto_engine_runs_in_process_when_that_beats_ray(ray_local, digits_run, 
     assert actors.runs_local(10 ** 6, num_gpus=1) is False and actors.runs_local(10 ** 6, concurrency=2) is False
     assert actors.runs_local(10 ** 6) is False  # Ray already runs in this process (the session's)
     src = open_for_run(str(digits_npy), load_run(digits_run).meta)
-    from pipeline.encode import Encoder
-
     fn = Encoder(str(digits_run), "float32", False)
     monkeypatch.setattr(actors, "RAY_START_S", 1e6)
     assert actors.local_is_faster(src, fn, 1024)
