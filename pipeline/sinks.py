@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zarr
 from pipeline import AepipeError, remote
 from pipeline.sources import bad_rows, skipped_rows
-from pipeline.store import MANIFEST
+from pipeline.store import MANIFEST, open_zarr
 
 
 def _to_numpy(blocks) -> dict:
@@ -58,8 +57,12 @@ def _runs(rows: np.ndarray):
     return zip(starts, ends)
 
 
-# names for zarr dtypes numpy has no fixed-width form of: "bytes" holds bitstreams (pipeline.bitstore)
-ZARR_DTYPES = {"str": str, "bytes": zarr.core.dtype.VariableLengthBytes()}
+
+def zarr_dtype(name: str):
+    """zarr dtypes numpy has no fixed-width form of: "bytes" holds bitstreams (pipeline.bitstore)."""
+    import zarr
+
+    return {"str": str, "bytes": zarr.core.dtype.VariableLengthBytes()}.get(name, name)
 RESUME = "_aepipe_resume.json"  # in OUT.partial: the settings it was started with
 DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
 
@@ -202,12 +205,14 @@ class ZarrSink(_Staged):
         self.arrays, self.attrs, self.chunk_rows = arrays, attrs, chunk_rows
 
     def _create(self) -> None:
+        import zarr
+
         g = zarr.open_group(str(self.tmp), mode="w")
         for name, (_, shape, dtype) in self.arrays.items():
             # every chunk is written, even one equal to the fill value, so a missing chunk file always
             # means damage; crc32c makes a damaged chunk fail its read instead of decoding as garbage
             g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape),
-                           dtype=ZARR_DTYPES.get(dtype, dtype), config={"write_empty_chunks": True},
+                           dtype=zarr_dtype(dtype), config={"write_empty_chunks": True},
                            compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()])
         g.attrs.update({**self.attrs, "complete": False})
         if not self.remote:
@@ -226,7 +231,7 @@ class ZarrSink(_Staged):
         rows = batch["row"][select]
         if not len(rows):
             return
-        g = zarr.open_group(str(self.tmp), mode="r+")
+        g = open_zarr(self.tmp, mode="r+")
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
         for name, (col, _, dtype) in self.arrays.items():
@@ -263,7 +268,7 @@ class ZarrSink(_Staged):
         self._check_count(before + sum(r["n"] for r in results))  # marked rows included: each row once
         if not self.remote:
             shutil.rmtree(self.tmp / DONE)
-        g = zarr.open_group(str(self.tmp), mode="r+")
+        g = open_zarr(self.tmp, mode="r+")
         # (a resumed run lists, and drops, the skipped rows of the chunks it wrote itself)
         self._note_skipped([s for r in results for s in r.get("skipped", [])])
         if self.skipped:
@@ -286,6 +291,17 @@ class ZarrSink(_Staged):
         for name in self.arrays:
             g[name].resize((kept, *g[name].shape[1:]))
         return kept
+
+
+def arrow_array(v: np.ndarray) -> pa.Array:
+    """A numpy column as Arrow, numbers and booleans by their buffers: pa.array() imports pandas
+    to ask whether v is a pandas object, 0.3 s of a small ask here. Text goes through pa.array()."""
+    if v.ndim != 1 or v.dtype.kind not in "iufb":
+        return pa.array(v)
+    if v.dtype.kind == "b":  # Arrow packs booleans 8 to a byte, first row in the lowest bit
+        return pa.Array.from_buffers(pa.bool_(), len(v), [None, pa.py_buffer(np.packbits(v, bitorder="little"))])
+    v = np.ascontiguousarray(v)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(v.dtype), len(v), [None, pa.py_buffer(v)])
 
 
 class ParquetSink(_Staged):
@@ -317,13 +333,13 @@ class ParquetSink(_Staged):
         for name, (col, kind) in self.columns.items():
             v = batch[col][order]
             if kind == "scalar":
-                cols[name] = pa.array(v)
+                cols[name] = arrow_array(v)
             elif kind == "list":
                 flat = v.reshape(len(v), -1)
-                cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+                cols[name] = pa.FixedSizeListArray.from_arrays(arrow_array(flat.ravel()), flat.shape[1])
             else:
                 flat = v.reshape(len(v), -1)
-                cols.update({c: pa.array(flat[:, i]) for i, c in enumerate(kind)})
+                cols.update({c: arrow_array(flat[:, i]) for i, c in enumerate(kind)})
         table = pa.table(cols)
         return table.replace_schema_metadata({"aepipe": json.dumps(self.metadata)})
 

@@ -11,15 +11,20 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-import zarr
 
 from pipeline import AepipeError, remote
 from pipeline.sources import Location, Schema, Source, locate
-from pipeline.sources.parquet import ParquetSource, parquet_files
 
 DTYPES = ("float32", "float16", "int8")
 MANIFEST = "_aepipe_manifest.json"  # "_" keeps it out of pyarrow's and Ray's dataset readers
+
+
+def open_zarr(path, mode: str = "r"):
+    """A Zarr group. zarr is imported here, not at the top: its import is 0.15-0.2 s, and asks that
+    touch no Zarr store should not pay it."""
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode)
 
 
 # ---------------------------------------------------------------- quantisation
@@ -113,6 +118,9 @@ def missing_chunks(g, where: str) -> None:
 def check_manifest(where: Location) -> None:
     """A Parquet store's parts against its manifest (read_metadata calls it where one exists):
     every file there, with its row count."""
+    import pyarrow.parquet as pq
+    from pipeline.sources.parquet import parquet_files
+
     m = where.show(f"{where.path}/{MANIFEST}")
     try:
         with where.open(f"{where.path}/{MANIFEST}") as f:
@@ -138,12 +146,15 @@ def verify_store(path: str | Path) -> None:
     """`aepipe info --verify`: read every chunk (Zarr) or every page (Parquet) and check it."""
     kind, attrs = read_metadata(path)
     if kind == "zarr":
-        g = zarr.open_group(str(path), mode="r")
+        g = open_zarr(path)
         for name in sorted(g.array_keys()):
             a = g[name]
             for i in range(a.nchunks):
                 read_rows(g, name, i * a.chunks[0], min((i + 1) * a.chunks[0], a.shape[0]), str(path))
         return
+    import pyarrow.parquet as pq
+    from pipeline.sources.parquet import parquet_files
+
     where = locate(str(path))
     for f in parquet_files(where):
         try:
@@ -156,13 +167,13 @@ class ZarrCodesSource(Source):
 
     def __init__(self, path: str, attrs: dict):  # a local path or a URI: zarr opens both
         self.spec, self.path, self.attrs = str(path), str(path), attrs
-        g = zarr.open_group(self.path, mode="r")
+        g = open_zarr(self.path)
         self.n_rows, d = g["codes"].shape
         self.schema = Schema(("codes",), (d,), tabular=False)
         self.chunk_rows = g["codes"].chunks[0]
 
     def _read(self, start, stop):
-        g = zarr.open_group(self.path, mode="r")
+        g = open_zarr(self.path)
         return read_rows(g, "ids", start, stop, self.spec), read_rows(g, "codes", start, stop, self.spec)
 
     def ranges(self, rows_per_task=None):
@@ -182,7 +193,7 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
     path = str(path)
     if where.suffix == ".zarr":
         try:
-            g = zarr.open_group(path, mode="r")
+            g = open_zarr(path)
             attrs = dict(g.attrs)
             arrays = {name: g[name] for name in g.array_keys()}  # array metadata read and parsed here
             wanted = ["ids", "codes" if "code_dim" in attrs else "data"] if "model_fingerprint" in attrs else []
@@ -195,6 +206,9 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
             raise AepipeError(f"{path}: not a readable Zarr group ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         kind = "zarr"
     elif where.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        from pipeline.sources.parquet import parquet_files
+
         if _has(where, MANIFEST):
             check_manifest(where)  # first: a lost part must be named, whatever else is left
         files = parquet_files(where)
@@ -236,6 +250,8 @@ def open_codes(path: str | Path, known: tuple[str, dict] | None = None) -> tuple
         raise AepipeError(f"{path}: holds decoded data, not codes")
     if kind == "zarr":
         return ZarrCodesSource(str(path), attrs), attrs
+    from pipeline.sources.parquet import ParquetSource
+
     return ParquetSource(locate(str(path)), id_column="id", columns=("code",)), attrs
 
 
@@ -263,11 +279,14 @@ def describe_store(path: str | Path) -> list[tuple[str, str]]:
     where = locate(str(path))
     rows = [("store", f"{path} ({kind})")]
     if kind == "zarr":
-        g = zarr.open_group(str(path), mode="r")
+        g = open_zarr(path)
         for name in sorted(g.array_keys()):
             a = g[name]
             rows.append((f"array {name}", f"{a.shape} {a.dtype}, chunks {a.chunks}"))
     else:
+        import pyarrow.parquet as pq
+        from pipeline.sources.parquet import parquet_files
+
         files = parquet_files(where)
         n = sum(pq.ParquetFile(where.open(f)).metadata.num_rows for f in files)
         rows.append(("rows", f"{n} in {len(files)} files, columns {pq.read_schema(where.open(files[0])).names[:6]}"))
