@@ -4,7 +4,8 @@
 
 RUN_DIR: a run dir trained on digits (e.g. runs/demo/model). Builds a 100,000-row digits-shaped .npy
 and its codes store in WORK_DIR, then times decode (--rows, --ids) and score at several sizes with
---engine local and --engine ray; every command is a new process, as a user would run it.
+--engine local (fastest of 3) and --engine ray; every command is a new process, as a user would
+run it.
 """
 
 import subprocess
@@ -43,12 +44,15 @@ def main(run: str, work: str = "/tmp/aepipe-small-asks") -> None:
             ("decode --rows 0:100000", ["decode", work / "codes.zarr", "--model", run, "--out", out, "--rows", "0:100000"])]
     print("| ask | local s | ray s |\n|---|---|---|")
     for name, args in asks:
-        local = min(timed(*args, "--engine", "local") for _ in range(2))
+        local = min(timed(*args, "--engine", "local") for _ in range(3))
         ray = timed(*args, "--engine", "ray")
         print(f"| {name} | {local:.1f} | {ray:.1f} |", flush=True)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import pipeline.reconstruct"], check=True)
-    print(f"\nimporting the model-job modules (torch, Ray Data, pyarrow, zarr): {time.perf_counter() - t:.1f} s")
+    torch_alone = []
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        torch_alone.append(time.perf_counter() - t)
+    print(f"\nfor scale, `python -c 'import torch'` alone: {min(torch_alone):.2f} s")
 
 
 if __name__ == "__main__":

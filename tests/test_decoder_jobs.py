@@ -287,3 +287,48 @@ def test_readme_python_example_runs(digits_run, digits_codes, tmp_path, monkeypa
     printed = []
     exec(compile(block, "README.md", "exec"), {"print": printed.append})
     assert 0.3 < printed[0] <= 1.0  # a probe on an 8-d code of a 4-epoch model: far above chance (0.1)
+
+
+def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path):
+    """--ids in a Zarr store: sorted ids are found by bisection over chunks (each read once), an
+    unsorted ids array falls back to scanning it, and both give store positions in the asked order."""
+    from pipeline.decode import _bisect_ids, find_ids
+    from pipeline.store import ZarrCodesSource
+
+    rng = np.random.default_rng(0)
+    for name, ids in (("sorted", np.arange(0, 30_000, 3)), ("shuffled", rng.permutation(10_000) * 3)):
+        g = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
+        g.create_array("ids", data=ids, chunks=(256,))
+        g.create_array("codes", data=np.zeros((len(ids), 2), np.float32), chunks=(256, 2))
+        src = ZarrCodesSource(str(tmp_path / f"{name}.zarr"), {})
+        want = [int(ids[p]) for p in (9_999, 0, 5_000, 255, 256, 4_321)]
+        assert list(find_ids(src, [str(i) for i in want])) == [int(np.flatnonzero(ids == i)[0]) for i in want]
+        if name == "sorted":  # found by bisection alone, not by the scan behind it
+            assert _bisect_ids(src, [str(i) for i in want]) == {str(i): i // 3 for i in want}
+        with pytest.raises(pipeline.AepipeError, match='no row with id "1"'):
+            find_ids(src, ["3", "1"])
+
+
+def test_small_asks_import_no_ray_zarr_or_pandas():
+    """What keeps a small ask under 2 s (README "Small asks run without Ray"): the command's modules
+    import neither Ray nor pandas, and zarr only when a Zarr store is touched; a Parquet ask's table
+    is built without pa.array(), which imports pandas."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, pipeline.cli, pipeline.decode, pipeline.reconstruct, pipeline.encode\n"
+            "from pipeline.sinks import arrow_array\n"
+            "arrow_array(np.arange(3)); arrow_array(np.ones(3, bool))\n"
+            "print(sorted(m for m in ('ray', 'ray.data', 'zarr', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("v", [np.arange(11, dtype=np.int64), np.linspace(0, 1, 9, dtype=np.float32),
+                               np.ones(5, np.float16), np.array([1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1], bool),
+                               np.arange(20, dtype=np.float32).reshape(4, 5)[:, 2], np.array(["a", "bc"])])
+def test_arrow_array_equals_pa_array(v):
+    from pipeline.sinks import arrow_array
+
+    got = arrow_array(v)
+    assert got.equals(pa.array(v)) and got.type == pa.array(v).type
