@@ -37,6 +37,10 @@ photographs), by local path or URI (s3://, gs://, file://). Every command runs o
 local Ray unless --address or RAY_ADDRESS names a cluster.
 """)
 
+BATCH_SIZE = typer.Option(1024, help="Rows per model call.")
+GPUS = typer.Option(0, help="GPUs per model actor (0: run on CPUs).")
+OVERWRITE = typer.Option(False, help="Replace OUT if it exists.")
+MODEL_ID_COLUMN = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's).")
 ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray).")
 # How DATA is read, for every command that reads it (train, encode, score, denoise). Training
 # keeps what it learned (categories, means, image size) in the run dir; the others reuse it.
@@ -329,12 +333,12 @@ def encode(
                                          "or images); the store's --dtype and --scores apply."),
     dtype: str = typer.Option("float32", help="float32, float16, or int8 (per-dimension scale from training)."),
     scores: bool = typer.Option(False, "--scores", help="Also store each row's reconstruction error."),
-    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    batch_size: int = BATCH_SIZE,
     concurrency: Optional[int] = CONCURRENCY,
-    gpus: float = typer.Option(0, help="GPUs per model actor (0: run on CPUs)."),
+    gpus: float = GPUS,
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),
     chunk_rows: Optional[int] = typer.Option(None, help="Zarr rows per chunk (default: about 1 MiB)."),
-    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    overwrite: bool = OVERWRITE,
     columns: Optional[str] = COLUMNS,
     mode: Optional[str] = MODE,
     image_size: Optional[str] = IMAGE_SIZE,
@@ -385,10 +389,10 @@ def decode(
     rows: Optional[str] = typer.Option(None, help="Only store rows A:B (positions in the store)."),
     ids: Optional[str] = typer.Option(None, help="Only these ids, comma-separated, in this order."),
     ids_file: Optional[Path] = typer.Option(None, help="Only the ids in this text file, one a line, in its order."),
-    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    batch_size: int = BATCH_SIZE,
     concurrency: Optional[int] = CONCURRENCY,
-    gpus: float = typer.Option(0, help="GPUs per decoder actor."),
-    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    gpus: float = GPUS,
+    overwrite: bool = OVERWRITE,
     engine: str = ENGINE,
     address: Optional[str] = ADDRESS,
 ):
@@ -407,7 +411,7 @@ def sample(
     n: int = typer.Option(16, "--n", help="Rows to draw."),
     out: Path = typer.Option(..., "--out", help="OUT.npy"),
     seed: int = typer.Option(0, help="Seed of the prior draws."),
-    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    overwrite: bool = OVERWRITE,
 ):
     """VAE only: draw new rows from the prior through the decoder."""
     from pipeline.decode import sample as sample_fn
@@ -498,11 +502,11 @@ def score(
     threshold: Optional[str] = typer.Option(None, help="auto (training scores' 1 - contamination quantile) or a "
                                                         "number: adds a boolean anomaly column."),
     contamination: float = typer.Option(0.01, help="With --threshold auto: share of training rows above it."),
-    id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's)."),
-    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    id_column: Optional[str] = MODEL_ID_COLUMN,
+    batch_size: int = BATCH_SIZE,
     concurrency: Optional[int] = CONCURRENCY,
-    gpus: float = typer.Option(0, help="GPUs per actor."),
-    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    gpus: float = GPUS,
+    overwrite: bool = OVERWRITE,
     columns: Optional[str] = COLUMNS,
     mode: Optional[str] = MODE,
     image_size: Optional[str] = IMAGE_SIZE,
@@ -530,11 +534,11 @@ def denoise(
     model: str = typer.Option(..., "--model", help="Run dir, ideally of the denoising family."),
     out: str = typer.Option(..., "--out", help="OUT.zarr, OUT.parquet, OUT.npy, or a folder of PNG images (as "
                             "decode writes them; an image folder's files keep their relative paths)."),
-    id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: the model's)."),
-    batch_size: int = typer.Option(1024, help="Rows per model call."),
+    id_column: Optional[str] = MODEL_ID_COLUMN,
+    batch_size: int = BATCH_SIZE,
     concurrency: Optional[int] = CONCURRENCY,
-    gpus: float = typer.Option(0, help="GPUs per actor."),
-    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    gpus: float = GPUS,
+    overwrite: bool = OVERWRITE,
     columns: Optional[str] = COLUMNS,
     mode: Optional[str] = MODE,
     image_size: Optional[str] = IMAGE_SIZE,
