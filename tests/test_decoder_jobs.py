@@ -309,19 +309,41 @@ def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path)
             find_ids(src, ["3", "1"])
 
 
-def test_small_asks_import_no_ray_zarr_or_pandas():
+def test_small_asks_import_no_ray_zarr_or_pandas(tmp_path):
     """What keeps a small ask under 2 s (README "Small asks run without Ray"): the command's modules
-    import neither Ray nor pandas, and zarr only when a Zarr store is touched; a Parquet ask's table
-    is built without pa.array(), which imports pandas."""
+    import neither Ray nor pandas, and zarr only when a Zarr store is touched; Parquet and CSV rows
+    are read, and a Parquet table written, without pyarrow's to_numpy() and pa.array(), which
+    import pandas."""
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np, pipeline.cli, pipeline.decode, pipeline.reconstruct, pipeline.encode\n"
+    (tmp_path / "t.csv").write_text("id,a,b\n1,0.5,2\n2,1.5,3\n")
+    code = ("import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
+            "import pipeline.cli, pipeline.decode, pipeline.reconstruct, pipeline.encode\n"
             "from pipeline.sinks import arrow_array\n"
-            "arrow_array(np.arange(3)); arrow_array(np.ones(3, bool))\n"
+            "from pipeline.sources import open_source\n"
+            f"d = {str(tmp_path)!r}\n"
+            "pq.write_table(pa.table({'id': arrow_array(np.arange(2)), 'a': arrow_array(np.ones(2)),"
+            " 'ok': arrow_array(np.ones(2, bool))}), d + '/t.parquet')\n"
+            "for f in ('t.parquet', 't.csv'):\n"
+            "    ids, x = open_source(f'{d}/{f}', id_column='id', columns=('a',)).read(0, 2)\n"
+            "    assert list(ids) == ([0, 1] if f == 't.parquet' else [1, 2]), ids\n"
             "print(sorted(m for m in ('ray', 'ray.data', 'zarr', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("col", [pa.array([3, 1, 2], pa.int64()), pa.array([0.5, 1.5], pa.float32()),
+                                 pa.chunked_array([pa.array([1.0, 2.0]), pa.array([3.0])]),
+                                 pa.array(np.arange(10.0)).slice(3, 4), pa.array([1.0, None, 3.0]),
+                                 pa.array([True, False]), pa.array(["a", "b"])])
+def test_numpy_of_equals_to_numpy(col):
+    from pipeline.sources import numpy_of
+
+    want = col.to_numpy(zero_copy_only=False)
+    got = numpy_of(col)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("v", [np.arange(11, dtype=np.int64), np.linspace(0, 1, 9, dtype=np.float32),

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline import AepipeError
-from pipeline.sources import Location, Schema, Source, _short
+from pipeline.sources import Location, Schema, Source, _short, numpy_of
 
 WHAT = "CSV"
 OPTIONS = ("columns", "fill_missing")
@@ -174,7 +174,7 @@ class CsvSource(Source):
         ids = np.arange(start, stop)
         if self.id_column:
             ids = table.column(self.id_column)
-            ids = pc.cast(ids, pa.int64()).to_numpy() if self.id_int else ids.to_numpy(zero_copy_only=False)
+            ids = numpy_of(pc.cast(ids, pa.int64())) if self.id_int else ids.to_numpy(zero_copy_only=False)
         got = {}
         for c, cats in self.features:
             got.update(self._numbers(table.column(c), c, start) if cats is None else _one_hot(table.column(c), c, cats))
@@ -212,7 +212,7 @@ def _one_hot(col, c: str, cats: list[str]) -> dict:
 def _floats(col) -> np.ndarray | None:
     """Strings as float64 (NaN where empty), or None if some value is not a number."""
     try:
-        return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        return numpy_of(pc.cast(col, pa.float64())).astype(np.float64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
 

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import AepipeError
-from pipeline.sources import ROWS_PER_TASK, Location, Schema, Source, _short
+from pipeline.sources import ROWS_PER_TASK, Location, Schema, Source, _short, numpy_of
 
 WHAT = "Parquet"
 OPTIONS = ("columns",)
@@ -97,7 +97,7 @@ class ParquetSource(Source):
                 first = g0 if first is None else first
                 parts.append(_read_group(self.where, self.files[fi], g))
         table = pa.concat_tables(parts, promote_options="permissive").slice(start - first, stop - start)
-        ids = table.column(self.id_column).to_numpy() if self.id_column else np.arange(start, stop)
+        ids = numpy_of(table.column(self.id_column)) if self.id_column else np.arange(start, stop)
         return ids, self._features(table, start)
 
     def _features(self, table: pa.Table, start: int) -> np.ndarray:
@@ -106,15 +106,15 @@ class ParquetSource(Source):
         if missing:
             raise AepipeError(f'{self.spec}: a file lacks column "{missing[0]}" that the first file has')
         if s.tabular:  # nulls become NaN, which the finite check then names
-            return np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32)
+            return np.column_stack([numpy_of(table.column(c)).astype(np.float32)
                                     for c in s.columns])
         col = table.column(s.columns[0]).combine_chunks()
-        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        lengths = numpy_of(pc.list_value_length(col))
         if (lengths != s.size).any():
             r = int(np.flatnonzero(lengths != s.size)[0])
             raise AepipeError(f'{self.spec}: row {start + r} of column "{s.columns[0]}" has '
                               f"{lengths[r]} values, the others {s.size}")
-        return pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        return numpy_of(pc.list_flatten(col)).astype(np.float32, copy=False)
 
 
 def _same_columns(first: pa.Schema, other: pa.Schema, first_file, other_file) -> None:
