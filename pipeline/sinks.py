@@ -57,12 +57,13 @@ def _runs(rows: np.ndarray):
     return zip(starts, ends)
 
 
-
 def zarr_dtype(name: str):
     """zarr dtypes numpy has no fixed-width form of: "bytes" holds bitstreams (pipeline.bitstore)."""
     import zarr
 
     return {"str": str, "bytes": zarr.core.dtype.VariableLengthBytes()}.get(name, name)
+
+
 RESUME = "_aepipe_resume.json"  # in OUT.partial: the settings it was started with
 DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
 
