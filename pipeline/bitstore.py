@@ -23,6 +23,7 @@ from pipeline import AepipeError
 from pipeline.actors import ModelActor, model_job
 from pipeline.bitstream import BitstreamError, LatentCoder, crc32
 from pipeline.sources import Source
+from pipeline.store import open_zarr, read_metadata, read_rows
 
 KIND = "bitstream"
 
@@ -87,19 +88,13 @@ def stored_bits(out) -> int:
 
 
 def read_metadata_kind(path: str) -> str:
-    from pipeline.store import read_metadata
-
     return read_metadata(path)[0]
 
 
 def _columns(path: str, kind: str, names) -> dict:
     """Whole columns of a bitstream store by name (Parquet parts in row order: named by first row)."""
     if kind == "zarr":
-        import zarr
-
-        from pipeline.store import read_rows
-
-        g = zarr.open_group(path, mode="r")
+        g = open_zarr(path)
         n = g["ids"].shape[0]
         return {k: read_rows(g, "codes" if k == "bitstream" else k, 0, n, path) for k in names}
     import pyarrow.parquet as pq
@@ -131,11 +126,7 @@ class BitstreamSource(Source):
     def _raw(self, a: int, b: int) -> dict:
         if self.cols is not None:
             return {k: v[a:b] for k, v in self.cols.items()}
-        import zarr
-
-        from pipeline.store import read_rows
-
-        g = zarr.open_group(self.path, mode="r")
+        g = open_zarr(self.path)
         return {"id": read_rows(g, "ids", a, b, self.path), "bitstream": read_rows(g, "codes", a, b, self.path),
                 **{k: read_rows(g, k, a, b, self.path) for k in ("latent_shape", "nbytes", "crc32")}}
 
@@ -156,9 +147,7 @@ class BitstreamSource(Source):
 
 
 def _zarr_rows(path: str) -> int:
-    import zarr
-
-    return zarr.open_group(path, mode="r")["ids"].shape[0]
+    return open_zarr(path)["ids"].shape[0]
 
 
 def decode(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, batch_size: int,

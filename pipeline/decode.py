@@ -10,11 +10,11 @@ import torch
 from pipeline import AepipeError
 from pipeline.checks import output_path, positive
 from pipeline.actors import ModelActor, model_job
-from pipeline.sources import Source
+from pipeline.sources import Source, numpy_of
 from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
 from pipeline.runtime import run_interruptibly, user_errors
-from pipeline.store import chunk_rows_for, dequantize, id_dtype, open_codes, quant_range, read_metadata
+from pipeline.store import chunk_rows_for, dequantize, id_dtype, open_codes, open_zarr, quant_range, read_metadata
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
@@ -101,9 +101,7 @@ def _zarr_ids(src: Source) -> bool:
 
 def _bisect_ids(src, ids: list[str]) -> dict:
     """Bisection over the ids array, trusting only exact hits: an unsorted store just finds fewer."""
-    import zarr
-
-    arr = zarr.open_group(src.path, mode="r")["ids"]
+    arr = open_zarr(src.path)["ids"]
     step, chunks = arr.chunks[0], {}
 
     def at(i: int):  # a read costs a whole chunk (~1.4 ms here), so each chunk is read once
@@ -135,9 +133,7 @@ def _id_blocks(src: Source, wanted: list[str]):
     from pipeline.sources.parquet import ParquetSource
 
     if _zarr_ids(src):
-        import zarr
-
-        arr = zarr.open_group(src.path, mode="r")["ids"]
+        arr = open_zarr(src.path)["ids"]
         step = arr.chunks[0] * max(1, 2 ** 20 // arr.chunks[0])
         for a in range(0, arr.shape[0], step):
             yield a, arr[a:a + step]
@@ -145,9 +141,9 @@ def _id_blocks(src: Source, wanted: list[str]):
         import pyarrow.parquet as pq
 
         for start, n, fi, g in src.groups:
-            if _group_may_hold(pq.ParquetFile(src.where.open(src.files[fi])).metadata.row_group(g), src.id_column, wanted):
-                col = pq.ParquetFile(src.where.open(src.files[fi])).read_row_group(g, columns=[src.id_column]).column(0)
-                yield start, col.to_numpy(zero_copy_only=False)
+            f = pq.ParquetFile(src.where.open(src.files[fi]))
+            if _group_may_hold(f.metadata.row_group(g), src.id_column, wanted):
+                yield start, numpy_of(f.read_row_group(g, columns=[src.id_column]).column(0))
     elif getattr(src, "cols", None) is not None:  # a Parquet bitstream store, read whole on open
         yield 0, src.cols["id"]
     else:
