@@ -111,16 +111,6 @@ def _die(line: str, code: int):
 _AS_COMMAND = False  # set by main(): this process is the `aepipe` command itself
 
 
-def leave(code: int):
-    """End a finished command without Python's teardown: clearing torch's modules at exit took
-    0.5 s here (2.0 s against 1.5 s for `import torch` alone), a quarter of a small ask. Only for
-    commands that never loaded Ray; every output is written and closed by now, so only the
-    standard streams need flushing."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def _notes(done: dict) -> str:
     """What the source said about reading the rows (unseen categories), for a summary line."""
     return "".join(f" ({n})" for n in done.get("notes") or [])
@@ -646,9 +636,9 @@ def main():
     try:
         code = app(prog_name="aepipe", standalone_mode=False)  # without standalone mode, Exit(n) returns n
         code = code if isinstance(code, int) else 0
-        if "ray" in sys.modules:
-            from pipeline.runtime import exit_now
+        from pipeline.runtime import exit_now, leave
 
+        if "ray" in sys.modules:
             exit_now(code)  # an embedded Ray's shutdown would take seconds more
             sys.exit(code)  # connected to a cluster: let Ray's exit hooks disconnect it cleanly
         leave(code)

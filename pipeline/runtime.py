@@ -148,10 +148,17 @@ def exit_now(code: int) -> None:
     import ray
 
     if ray.is_initialized() and not _JOINED["remote"]:
-        sys.stdout.flush()
-        sys.stderr.flush()
         _stop_ray(wait=False)  # SIGKILL is final: nothing to wait for when this process ends next
-        os._exit(code)
+        leave(code)
+
+
+def leave(code: int) -> None:
+    """End a finished command without Python's teardown: clearing torch's modules at exit took
+    0.5 s here (2.0 s against 1.5 s for `import torch` alone), a quarter of a small ask. Every
+    output is written and closed by now, so only the standard streams need flushing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def require(cpus: float = 0, gpus: float = 0, what: str = "this job") -> None:
