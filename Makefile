@@ -1,11 +1,13 @@
-# Two commands do everything: `make demo` and `make test`. Both create .venv on first use.
+# `make demo` shows the flow, `make test` runs the whole suite (what CI runs), `make check` is the
+# edit loop's two minutes: lint, every module imported, the tests that start no Ray and no server.
+# All create .venv on first use.
 PYTHON ?= python3
 VENV   ?= .venv
 # CPU build from this machine's disk. GPU users: make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test check bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -21,6 +23,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+check: setup
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/python -m pytest -q -m "not e2e and not slow and not gpu"
 
 bench: setup
 	$(BIN)/python bench/quality.py

@@ -130,18 +130,32 @@ def runs_local(n_rows: int, engine: str = "auto", address: str | None = None, co
 
 
 def local_is_faster(src: Source, fn, batch_size: int) -> bool:
-    """Time this process on the source's first read unit (a row group, a chunk, a few images: reads
-    cost by those, not by rows) and compare the whole job's estimate with Ray's. Ray's tasks use one
-    CPU each, while this process runs the model on all of them: counted as 0.75 x CPUs times this
-    process's rate (measured at 2 CPUs: 1.13x on 784-wide Parquet rows, ~2x on JPEGs, whose decoding
-    is single-threaded here), after RAY_START_S."""
+    """Time this process on the source's first read unit and compare the whole job's estimate
+    with Ray's (local_beats_ray)."""
+    return local_beats_ray(time_here(src, fn, batch_size), _cpus())
+
+
+def time_here(src: Source, fn, batch_size: int) -> float:
+    """Seconds this process would take for the whole job, timed on the source's first read unit (a
+    row group, a chunk, a few images: reads cost by those, not by rows)."""
     a, b = src.ranges(256)[0]
     in_batches(fn, read_block(src, a, min(b, a + 64)), batch_size)  # torch's and the reader's first call
     t = time.perf_counter()  # cost 4x the next ones here (53 against 12 us a row)
     in_batches(fn, read_block(src, a, b), batch_size)
-    here_s = (time.perf_counter() - t) * src.n_rows / (b - a)
-    speedup = 0.75 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    return speedup <= 1 or here_s < RAY_START_S / (1 - 1 / speedup)
+    return (time.perf_counter() - t) * src.n_rows / (b - a)
+
+
+def local_beats_ray(here_s: float, cpus: int, ray_start_s: float | None = None) -> bool:
+    """Ray's tasks use one CPU each, while this process runs the model on all of them: Ray counts
+    as 0.75 x CPUs times this process's rate (measured at 2 CPUs: 1.13x on 784-wide Parquet rows,
+    ~2x on JPEGs, whose decoding is single-threaded here), after its start-up of ray_start_s."""
+    ray_start_s = RAY_START_S if ray_start_s is None else ray_start_s
+    speedup = 0.75 * cpus
+    return speedup <= 1 or here_s < ray_start_s / (1 - 1 / speedup)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurrency: int | None = None,

@@ -615,15 +615,39 @@ def submit(
     _run(submit_fn, jobspec, address, sets=set_ or (), follow=wait)
 
 
-def main():
-    """Usage mistakes (a missing option, a value that is not a number) end like any other bad
-    input: one `aepipe: error:` line and exit 2."""
+def main(argv: list[str] | None = None) -> int:
+    """Run one aepipe command in this process and return its exit code: 0 done, 2 bad input,
+    1 failed at run time, 130 interrupted. Usage mistakes (a missing option, a value that is not
+    a number) end like any other bad input: one `aepipe: error:` line and exit 2. Tests and
+    notebooks call this; the installed command is `console()`, which also leaves fast."""
     try:  # typer 0.2x carries its own click; older ones use click itself
         from typer._click.exceptions import NoArgsIsHelpError, UsageError
     except ImportError:  # pragma: no cover
         from click.exceptions import NoArgsIsHelp as NoArgsIsHelpError, UsageError
 
-    from pipeline.runtime import quiet_native_logs
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    try:
+        code = app(args=argv, prog_name="aepipe", standalone_mode=False)  # Exit(n) returns n here
+        return code if isinstance(code, int) else 0
+    except NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else "")
+        return 0
+    except UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        typer.echo(f"aepipe: error: {e.format_message()}{hint}", err=True)
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aepipe: error: interrupted", err=True)
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+
+
+def console() -> None:
+    """The installed `aepipe` command: main() with the console kept for aepipe's own lines, and
+    an exit that skips what a finished command need not wait for (Ray's shutdown, Python's
+    teardown of torch)."""
+    from pipeline.runtime import exit_now, leave, quiet_native_logs
 
     global _AS_COMMAND
     _AS_COMMAND = True
@@ -633,28 +657,12 @@ def main():
     # importing torch and the rest makes over a million objects, and the collector's passes over
     # them took 0.25 s of a 2 s ask here; none of them are garbage. _run turns it back on.
     gc.disable()
-    try:
-        code = app(prog_name="aepipe", standalone_mode=False)  # without standalone mode, Exit(n) returns n
-        code = code if isinstance(code, int) else 0
-        from pipeline.runtime import exit_now, leave
-
-        if "ray" in sys.modules:
-            exit_now(code)  # an embedded Ray's shutdown would take seconds more
-            sys.exit(code)  # connected to a cluster: let Ray's exit hooks disconnect it cleanly
-        leave(code)
-    except NoArgsIsHelpError as e:
-        typer.echo(e.ctx.get_help() if e.ctx else "")
-        sys.exit(0)
-    except UsageError as e:
-        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
-        typer.echo(f"aepipe: error: {e.format_message()}{hint}", err=True)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aepipe: error: interrupted", err=True)
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
+    code = main()
+    if "ray" in sys.modules:
+        exit_now(code)  # an embedded Ray's shutdown would take seconds more
+        sys.exit(code)  # connected to a cluster: let Ray's exit hooks disconnect it cleanly
+    leave(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -14,12 +14,18 @@ import hashlib
 import json
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import AepipeError
 from pipeline.normalize import Normalizer
 from pipeline.sources import Schema
+
+if TYPE_CHECKING:  # annotations only
+    import torch
+
+    from pipeline.models import ModelConfig
 
 # torch and pipeline.models are imported where used: `aepipe info RUN_DIR` reads JSON only, in well under 1 s
 

@@ -1,8 +1,12 @@
 """Fixtures named after what they start: a real local Ray, real run dirs, real files."""
 
+import contextlib
+import io
 import os
+import resource
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +14,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import main
 from pipeline.models import ModelConfig
 from pipeline.train import TrainConfig, train
 
 AEPIPE = str(Path(sys.executable).with_name("aepipe"))
+# Fixtures that start a Ray (or a server): a test that uses one is end-to-end, and `make check`
+# (pytest -m "not e2e") leaves it to `make test`.
+STARTS_A_SERVICE = {"ray_local", "cluster", "small_store_cluster", "job_server", "s3"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if STARTS_A_SERVICE & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -28,18 +42,67 @@ def ray_local():
     ray.shutdown()
 
 
-def run_aepipe(*args, address=None, check=True):
-    """The installed `aepipe` command, joined to the test session's Ray when given its address."""
+def run_installed(*args, address=None, check=True):
+    """The installed `aepipe` command in its own process, joined to the test session's Ray when
+    given its address: for the tests that check the command end to end (start-up, exit, console)."""
     cmd = [AEPIPE, *map(str, args)] + (["--address", address] if address else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "AEPIPE_DEBUG": ""})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "AEPIPE_DEBUG": ""}, timeout=280)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
 
 
+def run_aepipe(*args, address=None, check=True):
+    """An aepipe command in this process (cli.main, see aepipe_here), with --address when given:
+    the command itself, without the 2-3 s of a new interpreter importing torch."""
+    ran = aepipe_here(*args, *(["--address", address] if address else []))
+    if check and ran.returncode != 0:
+        raise AssertionError(f"aepipe {' '.join(map(str, args))} exited {ran.returncode}\n"
+                             f"stdout:\n{ran.stdout}\nstderr:\n{ran.stderr}")
+    return ran
+
+
+@dataclass
+class Ran:
+    """What a command returned and printed, as subprocess.run reports it."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def aepipe_here(*args) -> Ran:
+    """One aepipe command in this process (cli.main), its output captured: what the installed
+    command prints, in milliseconds instead of an interpreter's start-up. With no RAY_ADDRESS and
+    no AEPIPE_DEBUG, as a user's shell would have it."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "AEPIPE_DEBUG") if k in os.environ}
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.environ.update(saved)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+MEMORY_CAP = 4 * 2 ** 30  # torch, zarr and pyarrow imported: ~1 GiB of address space
+
+
+def run_capped(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    """The installed command in a child whose address space is capped (RLIMIT_AS): an input that
+    makes it allocate without bound fails that test with a MemoryError, and the machine stands.
+    Only for commands that start no Ray (Ray maps its object store, GiBs, into every process)."""
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+    env = {**(env or os.environ), "AEPIPE_DEBUG": ""}
+    return subprocess.run([AEPIPE, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout,
+                          preexec_fn=cap)
+
+
 @pytest.fixture(scope="session")
-def digits_run(ray_local, tmp_path_factory):
-    """A small dense model on the digits train split, shared by encode/decode tests."""
+def digits_run(tmp_path_factory):
+    """A small dense model on the digits train split, shared by encode/decode tests (fitted in this
+    process: it needs no Ray)."""
     out = tmp_path_factory.mktemp("runs") / "digits"
     train("builtin:digits-train", out, ModelConfig(family="dense", code_dim=8, hidden=(32,)),
           TrainConfig(epochs=4, batch_size=128))

@@ -2,11 +2,13 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from tests.conftest import run_aepipe, write_table
+from pipeline.run import load_run
+from tests.conftest import run_installed, write_table
 
 runner = CliRunner()
 
@@ -80,17 +82,21 @@ def test_decode_refuses_codes_from_another_model(digits_run, ray_local, tmp_path
     fails_cleanly(["decode", tmp_path / "t.parquet", "--model", other, "--out", out], "not written by aepipe", out)
     result = runner.invoke(app, ["info", str(codes)])
     assert result.exit_code == 0 and "model_fingerprint" in result.output and "200" in result.output
-    assert len(x) == 200
+    # what encode wrote: every input row once, under its own id, with a code per row
+    written = pads.dataset(str(codes)).to_table().sort_by("id")
+    assert written.column("id").to_pylist() == [f"r{i:05d}" for i in range(len(x))]
+    codes_read = np.stack(written.column("code").to_numpy(zero_copy_only=False))
+    assert codes_read.shape == (len(x), load_run(other).meta["model"]["code_dim"]) and np.isfinite(codes_read).all()
 
 
 def test_help_info_and_models_through_the_installed_command(digits_run):
-    assert "aepipe train builtin:digits" in run_aepipe("--help").stdout
-    train_help = run_aepipe("train", "--help").stdout
+    assert "aepipe train builtin:digits" in run_installed("--help").stdout
+    train_help = run_installed("train", "--help").stdout
     assert "--code-dim" in train_help and "--gpus-per-worker" in train_help
-    info = run_aepipe("info", digits_run).stdout
+    info = run_installed("info", digits_run).stdout
     assert "dense" in info and "model fingerprint" in info
-    listed = run_aepipe("models").stdout
+    listed = run_installed("models").stdout
     for family in ("dense", "stacked", "sparse", "contractive", "denoising", "vae", "conv", "recurrent"):
         assert family in listed
-    bad = run_aepipe("info", digits_run / "nothing", check=False)
+    bad = run_installed("info", digits_run / "nothing", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("aepipe: error:") and "Traceback" not in bad.stderr

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # the installed command, an embedded Ray started by one of them
+
 AEPIPE = str(Path(sys.executable).with_name("aepipe"))
 
 
@@ -31,8 +33,8 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("cmd, summary", [
-    # encode always runs on Ray (an embedded one here): its lines must not follow ours
-    ("encode builtin:digits --model {w}/run --out {w}/c.zarr", "encoded 1797 rows"),
+    # on an embedded Ray, forced (auto would keep these rows in this process): its lines must not follow ours
+    ("encode builtin:digits --model {w}/run --out {w}/c.zarr --engine ray", "encoded 1797 rows"),
     ("decode {w}/c.zarr --model {w}/run --out {w}/x.npy", "decoded 1797 rows"),
     ("score builtin:digits --model {w}/run --out {w}/s.parquet --engine local", "scored 1797 rows"),
     ("denoise builtin:digits --model {w}/run --out {w}/d.npy --engine local", "denoised 1797 rows"),

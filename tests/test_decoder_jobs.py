@@ -45,7 +45,7 @@ def direct_scores(run_dir, x):
         return row_errors(run.model, torch.from_numpy(run.normalizer.apply(x))).numpy()
 
 
-def test_subset_decode_equals_the_same_rows_of_a_full_decode(digits_run, digits_codes, tmp_path):
+def test_subset_decode_equals_the_same_rows_of_a_full_decode(ray_local, digits_run, digits_codes, tmp_path):
     full = tmp_path / "full.npy"
     assert decode(digits_codes / "c.zarr", digits_run, full, engine="ray") == 1797  # the Ray Data path
     x = np.load(full)
@@ -117,14 +117,14 @@ def test_score_auto_threshold_and_stores(digits_run, ray_local, tmp_path):
                    "--threshold", "auto", "--contamination", "0.9"], "--contamination 0.9")
 
 
-def test_score_per_feature_keeps_the_tables_id_column(ray_local, tmp_path):
+def test_score_per_feature_keeps_the_tables_id_column(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 2)) @ rng.normal(size=(2, 4)) * [1, 10, 100, 1000]
     cols = {f"c{j}": x[:, j] for j in range(4)}
     pq.write_table(pa.table({"key": [f"k{i}" for i in range(300)], **cols}), tmp_path / "t.parquet")
     run_dir = tmp_path / "run"
     run_aepipe("train", tmp_path / "t.parquet", "--id-column", "key", "--out", run_dir, "--code-dim", 2,
-               "--hidden", "8", "--epochs", 2, address=ray_local)
+               "--hidden", "8", "--epochs", 2)
     run_aepipe("score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "s.parquet", "--per-feature")
     t = pq.read_table(tmp_path / "s.parquet")
     assert t.column_names == ["key", "score", "c0_error", "c1_error", "c2_error", "c3_error"]

@@ -12,7 +12,7 @@ from pipeline.encode import encode
 from pipeline.evaluate import read_codes
 from pipeline.run import load_run
 from pipeline.store import dequantize
-from tests.conftest import run_aepipe
+from tests.conftest import run_aepipe, run_installed
 
 
 def direct_codes(run_dir, x):
@@ -25,13 +25,13 @@ def direct_codes(run_dir, x):
 def test_round_trip_through_the_installed_command(ray_local, table_dir, tmp_path):
     """Every id exactly once in Zarr and Parquet; decoded rows equal an in-process decode."""
     run = tmp_path / "run"
-    run_aepipe("train", table_dir, "--out", run, "--code-dim", 3, "--hidden", "16", "--epochs", 3, address=ray_local)
+    run_installed("train", table_dir, "--out", run, "--code-dim", 3, "--hidden", "16", "--epochs", 3, address=ray_local)
     src = open_source(str(table_dir))
     ids, x = src.read(0, src.n_rows)
     z_ref, x_ref = direct_codes(run, x)
 
     # small chunks and two encoder actors: many write tasks, chunks split between tasks
-    run_aepipe("encode", table_dir, "--model", run, "--out", tmp_path / "c.zarr", "--chunk-rows", 64,
+    run_installed("encode", table_dir, "--model", run, "--out", tmp_path / "c.zarr", "--chunk-rows", 64,
                "--batch-size", 100, "--concurrency", 2, "--scores", address=ray_local)
     g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
     assert g.attrs["complete"] and g["codes"].shape == (600, 3) and g["codes"].chunks == (64, 3)
@@ -39,6 +39,7 @@ def test_round_trip_through_the_installed_command(ray_local, table_dir, tmp_path
     np.testing.assert_allclose(g["codes"][:], z_ref, rtol=1e-4, atol=1e-5)  # positions follow input rows
     assert (g["scores"][:] > 0).all()
 
+    # the rest in this process (the command's own code, on the same Ray): an interpreter's start-up saved each
     run_aepipe("encode", table_dir, "--model", run, "--out", tmp_path / "c.parquet", "--concurrency", 2,
                address=ray_local)
     t = pads.dataset(str(tmp_path / "c.parquet")).to_table()

@@ -166,6 +166,26 @@ def test_auto_engine_runs_in_process_when_that_beats_ray(ray_local, digits_run, 
         assert not actors.local_is_faster(src, fn, 1024)
 
 
+@pytest.mark.parametrize("cpus, cut", [(2, 30.0), (4, 15.0), (8, 12.0)])  # 10 s / (1 - 1 / (0.75 x CPUs))
+def test_engine_choice_at_its_cut_on_a_measured_job(digits_run, digits_npy, cpus, cut):
+    """Between the extremes: this process wins while its estimate is under Ray's start-up over
+    Ray's gain, and loses just past it; on the time measured for a real job, too."""
+    from pipeline import actors
+    from pipeline.encode import Encoder
+    from pipeline.run import load_run
+    from pipeline.sources import open_for_run
+
+    assert actors.local_beats_ray(0.95 * cut, cpus, ray_start_s=10.0)
+    assert not actors.local_beats_ray(1.05 * cut, cpus, ray_start_s=10.0)
+    assert actors.local_beats_ray(1e9, 1)  # one CPU: Ray's tasks gain nothing over this process
+    src = open_for_run(str(digits_npy), load_run(digits_run).meta)
+    here = actors.time_here(src, Encoder(str(digits_run), "float32", False), 1024)
+    assert 0 < here < 60  # 30,000 digits-shaped rows: about a second here
+    start_at_cut = here * (1 - 1 / (0.75 * cpus))  # the Ray start-up at which the two tie
+    assert actors.local_beats_ray(here, cpus, ray_start_s=1.05 * start_at_cut)
+    assert not actors.local_beats_ray(here, cpus, ray_start_s=0.95 * start_at_cut)
+
+
 def test_encode_in_process_writes_what_ray_writes(ray_local, digits_run, digits_npy, tmp_path):
     """`--engine local` (what auto picks on a small machine) and a Ray encode give the same store."""
     for suffix in (".zarr", ".parquet"):

@@ -1,10 +1,15 @@
-"""Bad, damaged and hostile input through the installed `aepipe`, one case each.
+"""Bad, damaged and hostile input to `aepipe`, one case each.
 
 Every case checks what a user relies on: the exit code (2 bad input, 1 a failure at run time),
 exactly one `aepipe: error:` line naming the culprit, no traceback, nothing written or left behind
 (every file under the case's folders is byte-identical afterwards, and no new file appeared:
 no output, no `.partial`, no file a planted payload would have made), and an answer in seconds.
 Cases that need a cluster join the test session's Ray with --address; the rest start no Ray.
+
+Most cases run the command in this process (cli.main). Through the installed command, on purpose:
+the cases that join a cluster by --address (a second connection from this process would be the
+session's own), and those whose input claims sizes a regression would try to allocate, which run
+in a child with capped memory (conftest.run_capped).
 """
 
 import hashlib
@@ -27,7 +32,7 @@ from pipeline.sources import Schema
 from pipeline.encode import encode
 from pipeline.models import ModelConfig, build_model
 from pipeline.run import save_run
-from tests.conftest import AEPIPE, write_table
+from tests.conftest import AEPIPE, aepipe_here, run_capped, write_table
 
 TIME_BOUND_S = 20  # measured here on a quiet machine: at most 8.2 s (a NaN found inside a running Ray job)
 
@@ -43,7 +48,7 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def world(digits_run, ray_local, tmp_path_factory):
+def world(digits_run, tmp_path_factory):
     """Good inputs every case starts from: a run dir, codes stores, a table, arrays."""
     w = tmp_path_factory.mktemp("world")
     shutil.copytree(digits_run, w / "run", ignore=shutil.ignore_patterns("checkpoints"))
@@ -59,7 +64,7 @@ def world(digits_run, ray_local, tmp_path_factory):
                                                                   hidden=(16,)).__dict__},
                          "schema": Schema(("x",), (8, 8), False).to_json(),
                          "normalizer": Normalizer("none", (0.0,), (1.0,)).to_json()}, vae.state_dict())
-    return {"world": w, "addr": ray_local}
+    return {"world": w}
 
 
 # ---------------------------------------------------------------- damaged and hostile copies
@@ -295,23 +300,37 @@ CASES = [
 ]
 
 
+# inputs that claim sizes a broken check would allocate (10^12 samples is terabytes)
+CAPPED = {"sample-n-huge", "sample-n-float", "no-such-command"}
+
+
 def snapshot(*roots) -> dict:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for root in roots for p in sorted(Path(root).rglob("*"))}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_refused_cleanly(case, world, tmp_path):
+def through_the_command(case) -> bool:
+    return case[0] in CAPPED or "--address" in case[2]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.e2e] if through_the_command(c) else [])
+                                  for c in CASES], ids=[c[0] for c in CASES])
+def test_refused_cleanly(case, world, tmp_path, request):
     name, setup, args, code, message = case
     w = world["world"]
     if setup:
         setup(w, tmp_path)
-    argv = args.format(w=w, t=tmp_path, addr=world["addr"]).split()
+    addr = request.getfixturevalue("ray_local") if "{addr}" in args else None
+    argv = args.format(w=w, t=tmp_path, addr=addr).split()
     before = snapshot(w, tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AEPIPE_DEBUG")}
-    env["AEPIPE_RESOURCE_WAIT_S"] = "2"  # joined by address, aepipe waits for an autoscaler: not here
     t0 = time.time()
-    proc = subprocess.run([AEPIPE, *argv], capture_output=True, text=True, env=env, timeout=120)
+    if through_the_command(case):
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AEPIPE_DEBUG")}
+        env["AEPIPE_RESOURCE_WAIT_S"] = "2"  # joined by address, aepipe waits for an autoscaler: not here
+        proc = (run_capped(*argv, env=env) if name in CAPPED else
+                subprocess.run([AEPIPE, *argv], capture_output=True, text=True, env=env, timeout=120))
+    else:
+        proc = aepipe_here(*argv)
     took = time.time() - t0
     ours = [line for line in proc.stderr.splitlines() if line.startswith("aepipe: error:")]
     assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -321,14 +340,14 @@ def test_refused_cleanly(case, world, tmp_path):
     assert took < TIME_BOUND_S, f"took {took:.1f} s"
 
 
-def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, tmp_path, monkeypatch):
+def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, ray_local, tmp_path, monkeypatch):
     """A real SIGINT to a real encode, while its workers are writing."""
     # small tasks (aepipe's own are up to 32768 rows): the encode is far from done at its first chunk
     monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
     np.save(tmp_path / "big.npy", np.random.default_rng(1).random((400_000, 8, 8)).astype(np.float32))
     out = tmp_path / "big.zarr"
     proc = subprocess.Popen([AEPIPE, "encode", tmp_path / "big.npy", "--model", world["world"] / "run", "--out", out,
-                             "--batch-size", "64", "--chunk-rows", "256", "--address", world["addr"]],
+                             "--batch-size", "64", "--chunk-rows", "256", "--address", ray_local],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = out.with_name(out.name + ".partial")
     deadline = time.time() + 90
@@ -349,5 +368,5 @@ def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, tmp_pat
 def test_verify_passes_on_good_stores_and_swapped_weights_are_caught_on_load(world):
     w = world["world"]
     for store in ("codes.zarr", "codes.parquet"):
-        proc = subprocess.run([AEPIPE, "info", w / store, "--verify"], capture_output=True, text=True)
-        assert proc.returncode == 0 and "verified" in proc.stdout, proc.stderr
+        ran = aepipe_here("info", w / store, "--verify")
+        assert ran.returncode == 0 and "verified" in ran.stdout, ran.stderr

@@ -39,18 +39,21 @@ def test_builds_from_its_name_and_reloads_to_the_same_outputs(family, tmp_path):
     torch.testing.assert_close(again.decode(again.encode(x)), model.decode(model.encode(x)))
 
 
-@pytest.mark.parametrize("family", VECTOR_CODES)
-def test_every_family_trains_on_ray_and_encodes_through_the_cli(family, ray_local, tmp_path):
-    runner = CliRunner()
-    run = tmp_path / "run"
+def train_args(family, run):
     hidden = {"conv": "4,8", "recurrent": "16"}.get(family, "32")
     args = ["train", "builtin:digits-train", "--out", str(run), "--family", family, "--code-dim", "4",
             "--hidden", hidden, "--epochs", "3", "--batch-size", "32", "--lr", "0.003"]
-    if family == "stacked":
-        args += ["--tied", "--layerwise", "--pretrain-epochs", "1"]
-    result = runner.invoke(app, args)
+    return args + (["--tied", "--layerwise", "--pretrain-epochs", "1"] if family == "stacked" else [])
+
+
+@pytest.mark.parametrize("family", VECTOR_CODES)
+def test_every_family_trains_in_process_and_encodes_through_the_cli(family, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(app, train_args(family, run))
     assert result.exit_code == 0, result.output
     meta = load_run(run).meta
+    assert meta["metrics"]["path"] == "process"
     assert meta["family"] == family and isinstance(load_run(run).model, REGISTRY[family])
     hist = [h for h in meta["metrics"]["history"] if h["stage"] is None]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
@@ -64,6 +67,19 @@ def test_every_family_trains_on_ray_and_encodes_through_the_cli(family, ray_loca
         assert drawn.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (5, 8, 8)
     else:
         assert drawn.exit_code == 2 and "only vae can" in drawn.stderr
+
+
+@pytest.mark.parametrize("family", ["stacked"])  # layer-wise stages, tied weights: the most state to carry
+def test_a_family_trains_on_ray_train(family, ray_local, tmp_path):
+    """The same fit on Ray Train's workers (--ray-train): the fit path a cluster takes."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, train_args(family, run) + ["--ray-train"])
+    assert result.exit_code == 0, result.output
+    meta = load_run(run).meta
+    assert meta["metrics"]["path"] == "ray train" and isinstance(load_run(run).model, REGISTRY[family])
+    assert any((run / "checkpoints").rglob("state.pt"))  # Ray Train's own checkpoints
+    hist = [h for h in meta["metrics"]["history"] if h["stage"] is None]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
 
 
 # the families' own mechanics, without the PCA floor (tests/test_floor.py covers it)

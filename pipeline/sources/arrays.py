@@ -26,7 +26,7 @@ def open(where, id_column=None, fitted=None) -> Source:
 
 def _check_array(spec: str, dtype, shape) -> None:
     real = np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
-    if len(shape) < 2 or not (real or dtype == bool):  # bool as 0/1, as in Parquet
+    if len(shape) < 2 or not (real or dtype == bool):  # noqa: E721 - a numpy dtype equals bool; bool as 0/1, as in Parquet
         raise AepipeError(f"{spec}: expected a real-valued array shaped (rows, features...), got {dtype} {shape}")
 
 
