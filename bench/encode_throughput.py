@@ -220,7 +220,7 @@ def main() -> None:
                 enc = [AEPIPE, "encode", str(data), "--model", str(model), "--out"]
                 runs = {"aepipe zarr": enc + [str(tmp / "c.zarr")],
                         "aepipe parquet": enc + [str(tmp / "c.parquet")],
-                        # auto picks this process or Ray (pipeline.actors.local_is_faster): both, forced
+                        # auto picks this process or Ray (pipeline.batch.engine.local_is_faster): both, forced
                         "aepipe zarr, on Ray": enc + [str(tmp / "c.zarr"), "--engine", "ray"],
                         "aepipe zarr, in-process": enc + [str(tmp / "c.zarr"), "--engine", "local"],
                         "bare loop": [sys.executable, __file__, "--bare", str(data), str(model), str(tmp / "bare.zarr")]}

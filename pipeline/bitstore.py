@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from pipeline import AepipeError
-from pipeline.actors import ModelActor, model_job
+from pipeline.batch.engine import ModelActor, model_job, provenance
+from pipeline.batch.rows import select, write_rows
 from pipeline.bitstream import BitstreamError, LatentCoder, crc32
 from pipeline.sources import Source
 from pipeline.store import open_zarr, read_metadata, read_rows
@@ -153,8 +154,6 @@ def _zarr_rows(path: str) -> int:
 def decode(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, batch_size: int,
            concurrency: int, num_gpus: float, engine: str, address: str | None) -> int:
     """decode.decode for a bitstream store: same output paths (write_rows), bitstreams checked first."""
-    from pipeline.decode import select, write_rows
-    from pipeline.encode import provenance
 
     model = run.model
     src = BitstreamSource(codes, kind, attrs, (model.latent_channels, *model.latent_hw))

@@ -1,25 +1,22 @@
 """aepipe encode: stream DATA through the encoder in parallel, write one code per row.
 
     read a row range -> Encoder -> ZarrSink | ParquetSink     one fused Ray task per range on CPUs
-    read -> Encoder on an actor pool -> write                  with --gpus (pipeline.actors.model_job)
+    read -> Encoder on an actor pool -> write                  with --gpus (pipeline.batch.engine.model_job)
 """
 
 from __future__ import annotations
 
-import datetime
 import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import pipeline
-from pipeline import AepipeError, remote
-from pipeline.actors import ModelActor, model_job
+from pipeline import AepipeError
+from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance, write
 from pipeline.sources import Source, open_for_run
-from pipeline.checks import at_least, output_path, positive
+from pipeline.checks import output_path, positive
 from pipeline.run import load_run
-from pipeline.runtime import run_interruptibly, user_errors
 from pipeline.store import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
 
 
@@ -41,32 +38,6 @@ class Encoder(ModelActor):
                 err = (self.model.decode(z) - x).pow(2).flatten(1).mean(1)
                 out["score"] = err.cpu().numpy()
         return out
-
-
-def provenance(run, data: str, **extra) -> dict:
-    return {"aepipe_version": pipeline.__version__, "model": run.path if remote.is_uri(run.path) else str(Path(run.path).resolve()),
-            "model_fingerprint": run.fingerprint, "family": run.meta["family"], "source": data,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
-
-
-def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine: str = "auto") -> None:
-    """What every model job (encode, decode, ...) takes, checked before Ray starts."""
-    from pipeline.actors import check_engine
-
-    check_engine(engine)
-    positive("batch_size", batch_size)
-    positive("concurrency", concurrency)
-    at_least("gpus", num_gpus, 0)
-
-
-def write(ds, sink, **write_args) -> None:
-    """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
-    from pipeline.actors import LocalRows
-    from pipeline.sinks import as_datasink
-
-    with user_errors():
-        target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
-        run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], **write_args)
 
 
 class Remaining(Source):
@@ -108,7 +79,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance.
     resume: finish OUT.partial, left by a run that was killed, instead of starting again.
     select: a function of the opened source that returns the rows to encode (encode --append).
-    engine: auto (in this process when that is faster, else Ray), local or ray (pipeline.actors)."""
+    engine: auto (in this process when that is faster, else Ray), local or ray (pipeline.batch.engine)."""
     if dtype not in DTYPES:
         raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
     check_job_options(batch_size, concurrency, num_gpus, engine)

@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import AepipeError
-from pipeline.actors import ModelActor, model_job
+from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance, write
+from pipeline.batch.rows import png_range, write_rows
 from pipeline.sources import open_for_run
-from pipeline.decode import png_range, write_rows
 from pipeline.checks import output_path
-from pipeline.encode import check_job_options, provenance, write
 from pipeline.run import load_run
 from pipeline.store import chunk_rows_for, id_dtype, task_rows
 

@@ -1,5 +1,5 @@
 """Where codes and reconstructions land: Zarr and Parquet sinks, written by Ray Data (through
-`as_datasink`) or by a small job in this process (pipeline.actors.LocalRows), which then never
+`as_datasink`) or by a small job in this process (pipeline.batch.engine.LocalRows), which then never
 imports Ray Data (over a second of a small ask's start-up).
 
 Both sinks write into `OUT.partial` and rename it to OUT only once every row is in and counted,

@@ -1,7 +1,7 @@
 """Decoder jobs and downstream use: decode subsets, denoise, score, probe, load_codes, the
 scikit-learn transformer, and the report, through the installed command and on real stores.
 
-Small asks run in the calling process (pipeline.actors.LOCAL_ROWS) and large ones on Ray; several
+Small asks run in the calling process (pipeline.batch.engine.LOCAL_ROWS) and large ones on Ray; several
 tests compare the two paths on the same rows."""
 
 import json
@@ -292,7 +292,7 @@ def test_readme_python_example_runs(digits_run, digits_codes, tmp_path, monkeypa
 def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path):
     """--ids in a Zarr store: sorted ids are found by bisection over chunks (each read once), an
     unsorted ids array falls back to scanning it, and both give store positions in the asked order."""
-    from pipeline.decode import _bisect_ids, find_ids
+    from pipeline.batch.rows import _bisect_ids, find_ids
     from pipeline.store import ZarrCodesSource
 
     rng = np.random.default_rng(0)

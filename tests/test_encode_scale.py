@@ -118,7 +118,7 @@ def test_resume_refuses_other_data(ray_local, digits_run, digits_npy, tmp_path):
 def test_actor_torch_threads_follow_its_cpus(ray_local, digits_run):
     import ray
 
-    from pipeline.actors import ModelActor
+    from pipeline.batch.engine import ModelActor
 
     @ray.remote(num_cpus=2)
     class Probe(ModelActor):
@@ -147,43 +147,43 @@ def test_info_shows_bytes_per_row_and_ratio(ray_local, digits_run, digits_npy, t
 def test_auto_engine_runs_in_process_when_that_beats_ray(ray_local, digits_run, digits_npy, monkeypatch):
     """engine auto: forced choices and Ray asked for are obeyed; otherwise the first read unit is timed
     here and the job's estimate compared with Ray's start-up (RAY_START_S) and its gain per CPU."""
-    from pipeline import actors
+    from pipeline.batch import engine
     from pipeline.encode import Encoder
     from pipeline.run import load_run
     from pipeline.sources import open_for_run
 
-    assert actors.runs_local(10, "auto") is True  # a small ask
-    assert actors.runs_local(10 ** 6, "local") is True and actors.runs_local(10, "ray") is False
-    assert actors.runs_local(10 ** 6, address="127.0.0.1:6379") is False
-    assert actors.runs_local(10 ** 6, num_gpus=1) is False and actors.runs_local(10 ** 6, concurrency=2) is False
-    assert actors.runs_local(10 ** 6) is False  # Ray already runs in this process (the session's)
+    assert engine.runs_local(10, "auto") is True  # a small ask
+    assert engine.runs_local(10 ** 6, "local") is True and engine.runs_local(10, "ray") is False
+    assert engine.runs_local(10 ** 6, address="127.0.0.1:6379") is False
+    assert engine.runs_local(10 ** 6, num_gpus=1) is False and engine.runs_local(10 ** 6, concurrency=2) is False
+    assert engine.runs_local(10 ** 6) is False  # Ray already runs in this process (the session's)
     src = open_for_run(str(digits_npy), load_run(digits_run).meta)
     fn = Encoder(str(digits_run), "float32", False)
-    monkeypatch.setattr(actors, "RAY_START_S", 1e6)
-    assert actors.local_is_faster(src, fn, 1024)
+    monkeypatch.setattr(engine, "RAY_START_S", 1e6)
+    assert engine.local_is_faster(src, fn, 1024)
     if len(os.sched_getaffinity(0)) >= 2:  # Ray can gain something only with 2 CPUs or more
-        monkeypatch.setattr(actors, "RAY_START_S", 0.0)
-        assert not actors.local_is_faster(src, fn, 1024)
+        monkeypatch.setattr(engine, "RAY_START_S", 0.0)
+        assert not engine.local_is_faster(src, fn, 1024)
 
 
 @pytest.mark.parametrize("cpus, cut", [(2, 30.0), (4, 15.0), (8, 12.0)])  # 10 s / (1 - 1 / (0.75 x CPUs))
 def test_engine_choice_at_its_cut_on_a_measured_job(digits_run, digits_npy, cpus, cut):
     """Between the extremes: this process wins while its estimate is under Ray's start-up over
     Ray's gain, and loses just past it; on the time measured for a real job, too."""
-    from pipeline import actors
+    from pipeline.batch import engine
     from pipeline.encode import Encoder
     from pipeline.run import load_run
     from pipeline.sources import open_for_run
 
-    assert actors.local_beats_ray(0.95 * cut, cpus, ray_start_s=10.0)
-    assert not actors.local_beats_ray(1.05 * cut, cpus, ray_start_s=10.0)
-    assert actors.local_beats_ray(1e9, 1)  # one CPU: Ray's tasks gain nothing over this process
+    assert engine.local_beats_ray(0.95 * cut, cpus, ray_start_s=10.0)
+    assert not engine.local_beats_ray(1.05 * cut, cpus, ray_start_s=10.0)
+    assert engine.local_beats_ray(1e9, 1)  # one CPU: Ray's tasks gain nothing over this process
     src = open_for_run(str(digits_npy), load_run(digits_run).meta)
-    here = actors.time_here(src, Encoder(str(digits_run), "float32", False), 1024)
+    here = engine.time_here(src, Encoder(str(digits_run), "float32", False), 1024)
     assert 0 < here < 60  # 30,000 digits-shaped rows: about a second here
     start_at_cut = here * (1 - 1 / (0.75 * cpus))  # the Ray start-up at which the two tie
-    assert actors.local_beats_ray(here, cpus, ray_start_s=1.05 * start_at_cut)
-    assert not actors.local_beats_ray(here, cpus, ray_start_s=0.95 * start_at_cut)
+    assert engine.local_beats_ray(here, cpus, ray_start_s=1.05 * start_at_cut)
+    assert not engine.local_beats_ray(here, cpus, ray_start_s=0.95 * start_at_cut)
 
 
 def test_encode_in_process_writes_what_ray_writes(ray_local, digits_run, digits_npy, tmp_path):

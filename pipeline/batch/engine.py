@@ -1,5 +1,6 @@
-"""Where model jobs run: the actor every model job shares (encode, decode, denoise, score), and
-the choice between a Ray Data pass and this process.
+"""The job engine every model job stands on (encode, decode, denoise, score, the bitstream jobs):
+its option checks, its provenance, the actor that holds the model, the choice between a Ray Data
+pass and this process, and the write of a job's rows into a sink.
 
     model_job(src, Actor, kwargs) -> Ray Dataset, CPUs      one task per row range reads, runs the
                                                             model and writes (Ray fuses the three)
@@ -15,18 +16,23 @@ model (see local_is_faster).
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import time
 import types
 import uuid
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import AepipeError
-from pipeline.sources import ROWS_PER_TASK, Source, read_block
+import pipeline
+from pipeline import AepipeError, remote
+from pipeline.checks import at_least, positive
 from pipeline.run import load_run
+from pipeline.runtime import run_interruptibly, user_errors
+from pipeline.sources import ROWS_PER_TASK, Source, read_block
 
 # Ray Data may otherwise fill half the object store with blocks waiting for the actors (GBs on
 # a large machine): memory would grow with the dataset. 16 blocks of 64 MiB keep every stage busy.
@@ -163,7 +169,7 @@ def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurre
               rows_per_task: int = ROWS_PER_TASK):
     """Rows of `src` through actor(**kwargs), as a Ray Dataset or, in this process, LocalRows.
     concurrency: model copies at work at once (None: a task per CPU, or one GPU actor). Options
-    are checked by the caller (encode.check_job_options), before anything starts."""
+    are checked by the caller (check_job_options), before anything starts."""
     local = runs_local(src.n_rows, engine, address, concurrency, num_gpus)
     if local is not False:
         fn = actor(**kwargs)
@@ -222,3 +228,26 @@ class LocalRows:
         except BaseException as e:
             sink.on_write_failed(e)
             raise
+
+
+def provenance(run, data: str, **extra) -> dict:
+    return {"aepipe_version": pipeline.__version__, "model": run.path if remote.is_uri(run.path) else str(Path(run.path).resolve()),
+            "model_fingerprint": run.fingerprint, "family": run.meta["family"], "source": data,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
+
+
+def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine: str = "auto") -> None:
+    """What every model job (encode, decode, ...) takes, checked before Ray starts."""
+    check_engine(engine)
+    positive("batch_size", batch_size)
+    positive("concurrency", concurrency)
+    at_least("gpus", num_gpus, 0)
+
+
+def write(ds, sink, **write_args) -> None:
+    """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
+    from pipeline.sinks import as_datasink  # Ray's Datasink types: imported by jobs that run on Ray
+
+    with user_errors():
+        target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
+        run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], **write_args)
