@@ -25,7 +25,7 @@ def direct_codes(run_dir, x):
 def test_round_trip_through_the_installed_command(ray_local, table_dir, tmp_path):
     """Every id exactly once in Zarr and Parquet; decoded rows equal an in-process decode."""
     run = tmp_path / "run"
-    run_installed("train", table_dir, "--out", run, "--code-dim", 3, "--hidden", "16", "--epochs", 3, address=ray_local)
+    run_installed("train", table_dir, "--out", run, "--code-dim", 3, "--hidden", "16", "--epochs", 3)  # in its process
     src = open_source(str(table_dir))
     ids, x = src.read(0, src.n_rows)
     z_ref, x_ref = direct_codes(run, x)

@@ -23,18 +23,29 @@ AEPIPE = str(Path(sys.executable).with_name("aepipe"))
 MB = 2 ** 20
 
 
-@pytest.fixture
-def cluster(monkeypatch):
-    """A head with no CPU (drivers only, as in cluster.yaml) and worker nodes added by the test."""
+@pytest.fixture(scope="module")
+def head():
+    """A head with no CPU (drivers only, as in cluster.yaml), shared by this module's tests: each
+    adds the worker nodes it needs (see `cluster`)."""
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("AEPIPE_CHECKPOINT_EVERY_S", "2")  # the nodes' (and so the train workers') environment
-    temp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: Ray's socket paths are limited to 107 bytes
-    c = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "object_store_memory": 100 * MB, "temp_dir": temp})
-    yield c
-    c.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AEPIPE_CHECKPOINT_EVERY_S", "2")  # the nodes' (and so the train workers') environment
+        temp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: Ray's socket paths are limited to 107 bytes
+        c = Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": 0, "object_store_memory": 100 * MB, "temp_dir": temp})
+        yield c
+        c.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(head):
+    """The shared head; the worker nodes a test added are removed after it, dead or alive."""
+    yield head
+    for node in head.list_all_nodes():
+        if node is not head.head_node:
+            head.remove_node(node, allow_graceful=False)
 
 
 def add_node(c, cpus):
@@ -108,7 +119,8 @@ def test_node_killed_mid_encode_store_complete(cluster, tmp_path, monkeypatch):
 def test_node_killed_mid_training_run_finishes_from_checkpoint(cluster, tmp_path):
     """Two DDP workers on two 1-CPU nodes; the node of one of them dies after a checkpoint. Ray
     Train's FailureConfig restarts the worker group from that checkpoint on a new node."""
-    epochs = 8  # about 5 s an epoch here after the restart (2 DDP workers on a loaded 2-core machine)
+    epochs = 5  # about 5 s an epoch here after the restart (2 DDP workers on a loaded 2-core machine); the kill
+    # comes after the second checkpoint (epoch 2), so epochs 3-5 run after the restart
     nodes = [add_node(cluster, 1), add_node(cluster, 1)]
     cluster.wait_for_nodes()
     run = tmp_path / "run"

@@ -6,10 +6,11 @@ exactly one `aepipe: error:` line naming the culprit, no traceback, nothing writ
 no output, no `.partial`, no file a planted payload would have made), and an answer in seconds.
 Cases that need a cluster join the test session's Ray with --address; the rest start no Ray.
 
-Most cases run the command in this process (cli.main). Through the installed command, on purpose:
-the cases that join a cluster by --address (a second connection from this process would be the
-session's own), and those whose input claims sizes a regression would try to allocate, which run
-in a child with capped memory (conftest.run_capped).
+Most cases run the command in this process (cli.main); those joined to the session's Ray by
+--address find this process already connected to it. Through the installed command, on purpose:
+the address checks themselves and one failure inside a Ray worker (END_TO_END), and the inputs
+that claim sizes a regression would try to allocate, in a child with capped memory (CAPPED,
+conftest.run_capped).
 """
 
 import hashlib
@@ -302,6 +303,8 @@ CASES = [
 
 # inputs that claim sizes a broken check would allocate (10^12 samples is terabytes)
 CAPPED = {"sample-n-huge", "sample-n-float", "no-such-command"}
+# a new process that joins (or fails to join) a cluster by address, as a user's would
+END_TO_END = {"bad-address", "address-not-host-port", "encode-nan-in-worker"}
 
 
 def snapshot(*roots) -> dict:
@@ -310,10 +313,11 @@ def snapshot(*roots) -> dict:
 
 
 def through_the_command(case) -> bool:
-    return case[0] in CAPPED or "--address" in case[2]
+    return case[0] in CAPPED or case[0] in END_TO_END
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.e2e] if through_the_command(c) else [])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.e2e] if through_the_command(c) or "{addr}" in c[2]
+                                               else [])
                                   for c in CASES], ids=[c[0] for c in CASES])
 def test_refused_cleanly(case, world, tmp_path, request):
     name, setup, args, code, message = case
