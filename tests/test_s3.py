@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import AEPIPE, write_table
+from tests.conftest import AEPIPE, aepipe_here, write_table
 
 pytest.importorskip("moto.server")
 
@@ -45,8 +45,17 @@ def s3():
 
 
 def aepipe(s3, *args, address=None, code=0):
-    cmd = [AEPIPE, *map(str, args)] + (["--address", address] if address else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **s3[0], "AEPIPE_DEBUG": ""})
+    """A command with the S3 environment: joined to the session's Ray, the installed command (its
+    AWS_* variables reach the Ray workers through runtime_env); else in this process."""
+    if address:
+        cmd = [AEPIPE, *map(str, args), "--address", address]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **s3[0], "AEPIPE_DEBUG": ""})
+    else:
+        cmd = ["aepipe", *map(str, args)]
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in s3[0].items():
+                mp.setenv(k, v)
+            proc = aepipe_here(*args)
     assert proc.returncode == code, f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
