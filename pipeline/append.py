@@ -109,7 +109,7 @@ def _drift(run, staged, attrs: dict) -> dict:
     encoder's scores are squared errors)."""
     import pyarrow.parquet as pq
 
-    from pipeline.reconstruct import auto_threshold
+    from pipeline.scores import auto_threshold
 
     where = locate(str(staged))
     n, total, above = 0, 0.0, 0

@@ -48,7 +48,7 @@ def _labels_for(ids, labels: str | None, label_column: str, labels_id_column: st
 
 
 def _model_outputs(run, x: np.ndarray) -> dict:
-    from pipeline.reconstruct import row_errors
+    from pipeline.scores import row_errors
     from pipeline.store import dequantize, quantize
 
     model, xn = run.model, torch.from_numpy(run.normalizer.apply(x))
@@ -85,7 +85,7 @@ def report(model: str, out_dir: str | Path, data: str | None = None, labels: str
     run = load_run(model)
     spec, ids, x, builtin_labels = _sample(run, data, rows)
     y = _labels_for(ids, labels, label_column, labels_id_column, builtin_labels)
-    from pipeline.reconstruct import auto_threshold
+    from pipeline.scores import auto_threshold
 
     threshold = auto_threshold(run, 0.01) if run.meta.get("score_quantiles") else None
     res = _model_outputs(run, x)

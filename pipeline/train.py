@@ -319,7 +319,7 @@ def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | 
         st = fit(model, opt, batches, mcfg, tcfg, st, _after_epoch(len(_schedule(mcfg, tcfg)), save))
         st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
         st["code_mean"], st["code_std"] = _code_moments(inner, batches("train", None))
-        from pipeline.reconstruct import training_quantiles  # score --threshold auto reads these
+        from pipeline.scores import training_quantiles  # score --threshold auto reads these
         st["score_quantiles"] = training_quantiles(inner, batches("train", None))
     finally:
         torch.set_num_threads(threads)
@@ -370,7 +370,7 @@ def train_loop(config: dict) -> None:
     st["device"] = str(device)
     st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
     st["code_mean"], st["code_std"] = _code_moments(inner, batches("train", None))
-    from pipeline.reconstruct import training_quantiles  # score --threshold auto reads these
+    from pipeline.scores import training_quantiles  # score --threshold auto reads these
     st["score_quantiles"] = training_quantiles(inner, batches("train", None))
     _report({"epoch": st["step"], "final": True}, inner, opt, st, rank, True)
 

@@ -23,7 +23,7 @@ from pipeline.decode import decode
 from pipeline.encode import encode
 from pipeline.evaluate import digits_split, fixed_split, probe_scores, psnr
 from pipeline.models import ModelConfig
-from pipeline.reconstruct import row_errors
+from pipeline.scores import row_errors
 from pipeline.run import load_run
 from pipeline.train import TrainConfig, train
 from tests.conftest import run_aepipe
