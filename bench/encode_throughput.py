@@ -153,7 +153,7 @@ def bare(data: str, model: str, out: str) -> None:
     import zarr
 
     from pipeline.run import load_run
-    from pipeline.store import chunk_rows_for
+    from pipeline.stores.read import chunk_rows_for
 
     run = load_run(model)
     images = Path(data).is_dir()

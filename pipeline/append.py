@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import AepipeError
 from pipeline.sources import Source, locate, open_for_run
-from pipeline.store import MANIFEST, dequantize
+from pipeline.stores.read import MANIFEST, dequantize
 
 FILES = "encoded_files"  # in the manifest: {path: [bytes, mtime_ns]} of every input file it holds
 
@@ -87,7 +87,7 @@ def file_spans(src: Source) -> dict[str, tuple[int, int]]:
 
 def _manifest(store) -> dict | None:
     """The store's manifest, None when there is no store yet; refuses a store it cannot append to."""
-    from pipeline.store import read_metadata
+    from pipeline.stores.read import read_metadata
 
     try:
         where = locate(str(store))
@@ -212,7 +212,7 @@ def append(data: str, model: str, store: str, dtype: str = "float32", scores: bo
     old = _manifest(store)
     if old is not None:
         _drop_unlisted(store, old)
-        from pipeline.store import read_metadata
+        from pipeline.stores.read import read_metadata
 
         attrs = read_metadata(str(store))[1]
         if attrs["model_fingerprint"] != run.fingerprint:

@@ -431,7 +431,7 @@ def info(path: str = typer.Argument(..., help="A run dir or a codes store."),
                                      "missing or damaged chunks, row counts, checksums.")):
     """Show what a run dir or a codes/reconstruction store holds (--verify: check all of it)."""
     from pipeline.run import describe_run, is_run_dir, load_run
-    from pipeline.store import describe_store, verify_store
+    from pipeline.stores.read import describe_store, verify_store
 
     is_run = _run(is_run_dir, path)
     rows = _run(describe_run, path) if is_run else _run(describe_store, path)

@@ -12,7 +12,7 @@ from pipeline.checks import output_path, positive
 from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance
 from pipeline.batch.rows import png_range, select, write_rows
 from pipeline.run import load_run
-from pipeline.store import dequantize, open_codes, quant_range, read_metadata
+from pipeline.stores.read import dequantize, open_codes, quant_range, read_metadata
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
@@ -45,9 +45,9 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
                           f"not by {model} ({run.fingerprint})")
     if attrs.get("code_kind") == "bitstream":  # a compress model's store: entropy-coded images
-        from pipeline import bitstore
+        from pipeline.batch import bitstreams
 
-        return bitstore.decode(codes, kind, attrs, run, out, rows, ids, batch_size, concurrency, num_gpus, engine, address)
+        return bitstreams.decode(codes, kind, attrs, run, out, rows, ids, batch_size, concurrency, num_gpus, engine, address)
     src, attrs = open_codes(codes, (kind, attrs))
     src = select(src, rows, ids)
     lo, hi = quant_range(attrs)

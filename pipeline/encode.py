@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from pipeline.batch.engine import ModelActor, check_job_options, model_job, prov
 from pipeline.sources import Source, open_for_run
 from pipeline.checks import output_path, positive
 from pipeline.run import load_run
-from pipeline.store import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
+from pipeline.stores.read import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
 
 
 class Encoder(ModelActor):
@@ -107,17 +106,18 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     ranges = src.ranges(rows_per_task)
     settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
                                chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges))
-    from pipeline.sinks import ParquetSink, ZarrSink
+    from pipeline.stores.write import ParquetSink, ZarrSink
 
     actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
     if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row
-        from pipeline import bitstore
+        from pipeline.batch import bitstreams
+        from pipeline.stores.bitstreams import encode_sink
 
         if scores or dtype != "float32":
             raise AepipeError(f"--scores and --dtype: {model} is a compress model; it writes bitstreams, whose "
                               "size is set by its --lmbda")
-        sink = bitstore.encode_sink(out, src, attrs, ids_kind, chunk_rows, ranges, settings)
-        actor, kwargs = bitstore.BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
+        sink = encode_sink(out, src, attrs, ids_kind, chunk_rows, ranges, settings)
+        actor, kwargs = bitstreams.BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
     elif out.suffix == ".zarr":
         arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
         if scores:
@@ -135,9 +135,9 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
                        address=address, rows_per_task=rows_per_task)
         write(ds, sink)
     else:
-        sink.on_write_complete(types.SimpleNamespace(write_returns=[]))
+        sink.on_write_complete([])
     if attrs.get("code_kind") == "bitstream":  # the rate the store really holds, for the summary line
-        from pipeline.bitstore import stored_bits
+        from pipeline.stores.bitstreams import stored_bits
 
         attrs["bits_per_pixel"] = stored_bits(out) / ((src.n_rows - len(sink.skipped)) * run.model.pixels)
     if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others

@@ -33,7 +33,7 @@ def digits_split():
 
 def read_codes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids, codes as float32) of a whole store, in memory: for reports on small sets."""
-    from pipeline.store import dequantize, open_codes, quant_range
+    from pipeline.stores.read import dequantize, open_codes, quant_range
 
     src, attrs = open_codes(path)
     ids, codes = zip(*(src.read(a, b) for a, b in src.ranges()))

@@ -34,7 +34,7 @@ def load_codes(store: str | Path, as_: str = "numpy"):
 
     numpy: (ids, codes (N, d)); pandas: a DataFrame indexed by id with columns code_0..code_{d-1};
     arrow: a Table with columns id and code (fixed-size list), like a Parquet codes store."""
-    from pipeline.store import dequantize, open_codes, quant_range
+    from pipeline.stores.read import dequantize, open_codes, quant_range
 
     if as_ not in FORMATS:
         raise AepipeError(f'as_="{as_}": choose one of {", ".join(FORMATS)}')

@@ -23,7 +23,7 @@ from pipeline.sources import open_for_run
 from pipeline.checks import output_path
 from pipeline.run import load_run
 from pipeline.scores import auto_threshold, row_errors
-from pipeline.store import chunk_rows_for, id_dtype, task_rows
+from pipeline.stores.read import chunk_rows_for, id_dtype, task_rows
 
 def parse_threshold(text: str | None, run, contamination: float) -> float | None:
     if text is None:
@@ -120,7 +120,7 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
 
 
 def _score_sink(out: Path, src, run, attrs, per_feature: bool, anomaly: bool, id_name: str, chunk: int):
-    from pipeline.sinks import ParquetSink, ZarrSink
+    from pipeline.stores.write import ParquetSink, ZarrSink
 
     if out.suffix == ".zarr":
         arrays = {"ids": ("id", (), id_dtype(src)), "scores": ("score", (), "float32")}

@@ -49,7 +49,7 @@ def _labels_for(ids, labels: str | None, label_column: str, labels_id_column: st
 
 def _model_outputs(run, x: np.ndarray) -> dict:
     from pipeline.scores import row_errors
-    from pipeline.store import dequantize, quantize
+    from pipeline.stores.read import dequantize, quantize
 
     model, xn = run.model, torch.from_numpy(run.normalizer.apply(x))
     lo, hi = run.code_range()

@@ -293,7 +293,7 @@ def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path)
     """--ids in a Zarr store: sorted ids are found by bisection over chunks (each read once), an
     unsorted ids array falls back to scanning it, and both give store positions in the asked order."""
     from pipeline.batch.rows import _bisect_ids, find_ids
-    from pipeline.store import ZarrCodesSource
+    from pipeline.stores.read import ZarrCodesSource
 
     rng = np.random.default_rng(0)
     for name, ids in (("sorted", np.arange(0, 30_000, 3)), ("shuffled", rng.permutation(10_000) * 3)):
@@ -320,7 +320,7 @@ def test_small_asks_import_no_ray_zarr_or_pandas(tmp_path):
     (tmp_path / "t.csv").write_text("id,a,b\n1,0.5,2\n2,1.5,3\n")
     code = ("import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
             "import pipeline.cli, pipeline.decode, pipeline.reconstruct, pipeline.encode\n"
-            "from pipeline.sinks import arrow_array\n"
+            "from pipeline.stores.write import arrow_array\n"
             "from pipeline.sources import open_source\n"
             f"d = {str(tmp_path)!r}\n"
             "pq.write_table(pa.table({'id': arrow_array(np.arange(2)), 'a': arrow_array(np.ones(2)),"
@@ -350,7 +350,7 @@ def test_numpy_of_equals_to_numpy(col):
                                np.ones(5, np.float16), np.array([1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1], bool),
                                np.arange(20, dtype=np.float32).reshape(4, 5)[:, 2], np.array(["a", "bc"])])
 def test_arrow_array_equals_pa_array(v):
-    from pipeline.sinks import arrow_array
+    from pipeline.stores.write import arrow_array
 
     got = arrow_array(v)
     assert got.equals(pa.array(v)) and got.type == pa.array(v).type

@@ -13,7 +13,7 @@ import zarr
 
 from pipeline import AepipeError
 from pipeline.encode import encode
-from pipeline.store import describe_store
+from pipeline.stores.read import describe_store
 from tests.conftest import AEPIPE, run_aepipe
 
 N = 30_000  # 8 read ranges of 4096 rows, 118 chunks of 256 rows: killed long before the end

@@ -15,7 +15,7 @@ from pipeline.decode import decode
 from pipeline.encode import encode
 from pipeline.normalize import Normalizer, combine_stats
 from pipeline.sources import bad_rows, open_source, skipped_rows, to_dataset
-from pipeline.store import read_metadata
+from pipeline.stores.read import read_metadata
 from pipeline.train import _datasets, _skipped, _stats
 from tests.conftest import run_aepipe
 from tests.test_cli import fails_cleanly
@@ -174,7 +174,7 @@ def test_png_folder_output_from_decode_and_denoise(ray_local, folder, tmp_path, 
     pixels the .npy output's values on the training images' 0..255 range; on Ray and in-process.
     A model whose rows are not images is refused before anything runs."""
     from pipeline.run import load_run
-    from pipeline.sinks import PngSink
+    from pipeline.stores.write import PngSink
 
     run = tmp_path / "run"
     run_aepipe("train", folder, "--out", run, "--hidden", "16", "--code-dim", 4, "--epochs", 1, "--image-size", 8,

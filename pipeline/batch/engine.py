@@ -20,7 +20,6 @@ import datetime
 import os
 import sys
 import time
-import types
 import uuid
 from pathlib import Path
 
@@ -223,8 +222,7 @@ class LocalRows:
         """The calls Ray makes on a Datasink, in its order, so sinks stay staged and all-or-nothing."""
         try:
             sink.on_write_start()
-            returns = [sink.write([block], types.SimpleNamespace(task_idx=i)) for i, block in enumerate(self._blocks())]
-            sink.on_write_complete(types.SimpleNamespace(write_returns=returns))
+            sink.on_write_complete([sink.write([block]) for block in self._blocks()])
         except BaseException as e:
             sink.on_write_failed(e)
             raise
@@ -246,7 +244,7 @@ def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine
 
 def write(ds, sink, **write_args) -> None:
     """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
-    from pipeline.sinks import as_datasink  # Ray's Datasink types: imported by jobs that run on Ray
+    from pipeline.stores.raydata import as_datasink  # Ray's Datasink types: only for jobs that run on Ray
 
     with user_errors():
         target = sink if isinstance(ds, LocalRows) else as_datasink(sink)

@@ -11,7 +11,7 @@ from pipeline import AepipeError
 from pipeline.batch.engine import write
 from pipeline.runtime import run_interruptibly, user_errors
 from pipeline.sources import Source, numpy_of
-from pipeline.store import chunk_rows_for, id_dtype, open_zarr
+from pipeline.stores.read import chunk_rows_for, id_dtype, open_zarr
 
 
 class Selection(Source):
@@ -76,7 +76,7 @@ def find_ids(src: Source, ids: list[str]) -> np.ndarray:
 
 def _zarr_ids(src: Source) -> bool:
     """Whether src is a Zarr store with an "ids" array: a codes store, or a bitstream store of kind zarr."""
-    from pipeline.store import ZarrCodesSource
+    from pipeline.stores.read import ZarrCodesSource
 
     return isinstance(src, ZarrCodesSource) or getattr(src, "kind", None) == "zarr"
 
@@ -164,7 +164,7 @@ def write_rows(ds, out: Path, src: Source, run, meta: dict) -> list[dict]:
     """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr, Parquet
     or, for image models, a folder of PNG images (OUT without a suffix).
     Returns the rows --on-bad-row skip left out (only Zarr and Parquet sinks leave rows out)."""
-    from pipeline.sinks import ParquetSink, PngSink, ZarrSink
+    from pipeline.stores.write import ParquetSink, PngSink, ZarrSink
 
     shape = run.schema.shape
     if out.suffix == "":  # a folder of PNG images

@@ -1,5 +1,5 @@
 """Where codes and reconstructions land: Zarr and Parquet sinks, written by Ray Data (through
-`as_datasink`) or by a small job in this process (pipeline.batch.engine.LocalRows), which then never
+`pipeline.stores.raydata.as_datasink`) or by a small job in this process (pipeline.batch.engine.LocalRows), which then never
 imports Ray Data (over a second of a small ask's start-up).
 
 Both sinks write into `OUT.partial` and rename it to OUT only once every row is in and counted,
@@ -33,16 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pipeline import AepipeError, remote
 from pipeline.sources import bad_rows, skipped_rows
-from pipeline.store import MANIFEST, open_zarr
+from pipeline.stores.read import MANIFEST, open_zarr
 
 
 def _to_numpy(blocks) -> dict:
-    """Blocks as one dict of arrays: Ray's blocks (Arrow tables) or, in-process, dicts already."""
-    blocks = list(blocks)  # Ray hands an iterator
-    if not all(isinstance(b, dict) for b in blocks):
-        from ray.data.block import BlockAccessor
-
-        blocks = [b if isinstance(b, dict) else BlockAccessor.for_block(b).to_numpy() for b in blocks]
+    """Blocks (dicts of numpy arrays, one per row range) as one dict of arrays."""
     parts = [b for b in blocks if len(b["row"])]
     if not parts:
         return {}
@@ -58,7 +53,7 @@ def _runs(rows: np.ndarray):
 
 
 def zarr_dtype(name: str):
-    """zarr dtypes numpy has no fixed-width form of: "bytes" holds bitstreams (pipeline.bitstore)."""
+    """zarr dtypes numpy has no fixed-width form of: "bytes" holds bitstreams (pipeline.stores.bitstreams)."""
     import zarr
 
     return {"str": str, "bytes": zarr.core.dtype.VariableLengthBytes()}.get(name, name)
@@ -66,33 +61,6 @@ def zarr_dtype(name: str):
 
 RESUME = "_aepipe_resume.json"  # in OUT.partial: the settings it was started with
 DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
-
-
-def as_datasink(sink):
-    """`sink` as a Ray Data Datasink: the calls Ray makes, passed through (Ray pickles it, sink
-    and all, into its write tasks)."""
-    from ray.data import Datasink
-
-    class Staged(Datasink):
-        def __init__(self, inner):
-            self.inner = inner
-
-        def on_write_start(self, schema=None) -> None:
-            self.inner.on_write_start()
-
-        def write(self, blocks, ctx):
-            return self.inner.write(blocks, ctx)
-
-        def on_write_complete(self, write_result) -> None:
-            self.inner.on_write_complete(write_result)
-
-        def on_write_failed(self, error: Exception) -> None:
-            self.inner.on_write_failed(error)
-
-        def get_name(self) -> str:
-            return type(self.inner).__name__
-
-    return Staged(sink)
 
 
 class _Staged:
@@ -245,7 +213,7 @@ class ZarrSink(_Staged):
             for i in np.unique(rows // self.chunk_rows):  # after every array's chunk is on disk
                 (self.tmp / DONE / str(i)).touch()
 
-    def write(self, blocks, ctx) -> dict:
+    def write(self, blocks) -> dict:
         batch = _to_numpy(blocks)
         if batch and self.done:  # resumed: chunks finished before are never rewritten
             keep = ~np.isin(batch["row"] // self.chunk_rows, list(self.done))
@@ -259,8 +227,7 @@ class ZarrSink(_Staged):
         partial = {k: v[~whole] for k, v in batch.items()} if (~whole).any() else None
         return {"n": len(batch["row"]), "partial": partial, "skipped": skipped_rows(batch["id"])}
 
-    def on_write_complete(self, write_result) -> None:
-        results = write_result.write_returns
+    def on_write_complete(self, results: list) -> None:
         partials = [r["partial"] for r in results if r["partial"] is not None]
         if partials:
             merged = {k: np.concatenate([p[k] for p in partials]) for k in partials[0]}
@@ -364,7 +331,7 @@ class ParquetSink(_Staged):
             sel = which == r
             yield int(self.starts[r]), {k: v[sel] for k, v in batch.items()}, sel.sum() == ends[r] - self.starts[r]
 
-    def write(self, blocks, ctx) -> dict:
+    def write(self, blocks) -> dict:
         batch, skipped = _to_numpy(blocks), []
         if not batch:
             return {"files": {}, "partial": [], "skipped": []}
@@ -380,8 +347,8 @@ class ParquetSink(_Staged):
                 partial.append(rows)
         return {"files": files, "partial": partial, "skipped": skipped}
 
-    def on_write_complete(self, write_result) -> None:
-        results = [r for r in write_result.write_returns if r]
+    def on_write_complete(self, results: list) -> None:
+        results = [r for r in results if r]
         files = {k: v for r in results for k, v in r["files"].items()}
         skipped = [s for r in results for s in r["skipped"]]
         partials = [p for r in results for p in r["partial"]]
@@ -443,7 +410,7 @@ class PngSink(_Staged):
             pixels = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
         return Image.fromarray(pixels)
 
-    def write(self, blocks, ctx) -> dict:
+    def write(self, blocks) -> dict:
         batch = _to_numpy(blocks)
         if not batch:
             return {"files": [], "skipped": []}
@@ -457,8 +424,8 @@ class PngSink(_Staged):
             names.append(name)
         return {"files": names, "skipped": skipped_rows(batch["id"])}
 
-    def on_write_complete(self, write_result) -> None:
-        results = [r for r in write_result.write_returns if r]
+    def on_write_complete(self, results: list) -> None:
+        results = [r for r in results if r]
         files = [f for r in results for f in r["files"]]
         skipped = [s for r in results for s in r["skipped"]]
         twice = [f for f, n in collections.Counter(files).items() if n > 1]

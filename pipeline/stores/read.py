@@ -1,6 +1,6 @@
 """Codes stores: quantisation, chunk sizes, reading stores back, and checking them whole.
 
-Stores are written by the datasinks in pipeline/sinks.py; everything here reads without Ray, so
+Stores are written by the datasinks in pipeline/stores/write.py; everything here reads without Ray, so
 `aepipe info` and the checks before a job start in a fraction of a second.
 """
 

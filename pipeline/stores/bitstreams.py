@@ -1,9 +1,5 @@
-"""encode and decode for compress models: one entropy-coded bitstream per image in the codes store.
-
-    aepipe encode IMAGES --model RUN(compress) --out B.zarr|B.parquet   (encode.encode sends it here)
-    aepipe decode B.zarr --model RUN --out OUT                           (decode.decode sends it here)
-
-A bitstream store is a codes store whose attributes say code_kind "bitstream". Per image it holds:
+"""The bitstream store: a codes store whose attributes say code_kind "bitstream", holding one
+entropy-coded bitstream per image (what compress models write). Per image it holds:
 
     codes / bitstream   the ANS words as variable-length bytes (Zarr vlen-bytes; Parquet binary)
     latent_shape        (M, h, w): what the decoder needs besides the bytes
@@ -17,61 +13,18 @@ lengths; the shape, length and CRC columns are bookkeeping beside them, not coun
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from pipeline import AepipeError
-from pipeline.batch.engine import ModelActor, model_job, provenance
-from pipeline.batch.rows import select, write_rows
-from pipeline.bitstream import BitstreamError, LatentCoder, crc32
+from pipeline.bitstream import crc32
 from pipeline.sources import Source
-from pipeline.store import open_zarr, read_metadata, read_rows
+from pipeline.stores.read import open_zarr, read_metadata, read_rows
 
 KIND = "bitstream"
 
 
-class BitstreamEncoder(ModelActor):
-    """Images -> rounded latents -> one bitstream each (the coder's tables built once per actor)."""
-
-    def __init__(self, run_dir: str, num_gpus: float = 0):
-        super().__init__(run_dir, num_gpus)
-        self.model.eval()
-        self.coder = LatentCoder(self.model.density)
-
-    def __call__(self, batch: dict) -> dict:
-        x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
-        with torch.inference_mode():
-            y = torch.round(self.model.analysis(x)).cpu().numpy().astype(np.int64)
-        streams = np.empty(len(y), dtype=object)
-        for i, yi in enumerate(y):
-            try:
-                streams[i] = self.coder.encode(yi)
-            except BitstreamError as e:
-                raise AepipeError(f"image {batch['id'][i]}: {e}") from None
-        return {"row": batch["row"], "id": batch["id"], "bitstream": streams,
-                "latent_shape": np.tile(np.array(y.shape[1:], np.int32), (len(y), 1)),
-                "nbytes": np.array([len(s) for s in streams], np.int64),
-                "crc32": np.array([crc32(s) for s in streams], np.int64)}
-
-
-class BitstreamDecoder(ModelActor):
-    """Bitstreams (checked by the source) -> latents -> images in the data's units."""
-
-    def __init__(self, run_dir: str, num_gpus: float = 0):
-        super().__init__(run_dir, num_gpus)
-        self.model.eval()
-        self.coder = LatentCoder(self.model.density)
-        self.shape = (self.model.latent_channels, *self.model.latent_hw)
-
-    def __call__(self, batch: dict) -> dict:
-        y = np.stack([self.coder.decode(s, self.shape) for s in batch["x"]])
-        with torch.inference_mode():
-            x_hat = self.model.decode_logits(torch.from_numpy(y).float().to(self.device).flatten(1))
-        return {"row": batch["row"], "id": batch["id"], "x": self.run.normalizer.invert(x_hat.cpu().numpy())}
-
-
 def encode_sink(out, src, attrs: dict, ids_kind: str, chunk_rows: int, ranges, settings):
     """The Zarr or Parquet sink of a bitstream store (the same staged, all-or-nothing sinks as codes)."""
-    from pipeline.sinks import ParquetSink, ZarrSink
+    from pipeline.stores.write import ParquetSink, ZarrSink
 
     attrs.update(code_kind=KIND, dtype=KIND)
     if out.suffix == ".zarr":
@@ -149,20 +102,3 @@ class BitstreamSource(Source):
 
 def _zarr_rows(path: str) -> int:
     return open_zarr(path)["ids"].shape[0]
-
-
-def decode(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, batch_size: int,
-           concurrency: int, num_gpus: float, engine: str, address: str | None) -> int:
-    """decode.decode for a bitstream store: same output paths (write_rows), bitstreams checked first."""
-
-    model = run.model
-    src = BitstreamSource(codes, kind, attrs, (model.latent_channels, *model.latent_hw))
-    if rows:  # positions as in any store; select() checks and parses A:B
-        picked = select(src, rows, None).positions
-        src = BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))
-    elif ids:  # only the named images' bitstreams are read (and checked)
-        src = select(src, None, ids)
-    ds = model_job(src, BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus), batch_size, concurrency,
-                   num_gpus, engine, address)
-    write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
-    return src.n_rows
