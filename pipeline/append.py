@@ -18,7 +18,7 @@ import json
 
 import numpy as np
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.sources import Source, locate, open_for_run
 from pipeline.stores.read import MANIFEST, dequantize
 

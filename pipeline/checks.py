@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 PARTIAL = ".partial"
 

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   rich_markup_mode=None, help="""

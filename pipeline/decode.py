@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.checks import output_path, positive
 from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance
 from pipeline.batch.rows import png_range, select, write_rows

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance, write
 from pipeline.sources import Source, open_for_run
 from pipeline.checks import output_path, positive

@@ -125,7 +125,7 @@ def read_labels(spec: str, label_column: str = "y", id_column: str = "id") -> tu
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from pipeline import AepipeError
+    from pipeline.errors import AepipeError
     from pipeline.sources import open_source
 
     if spec.startswith("builtin:"):
@@ -149,7 +149,7 @@ def read_labels(spec: str, label_column: str = "y", id_column: str = "id") -> tu
 def join_by_id(ids: np.ndarray, label_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(positions into ids, their labels) for the ids that have a label, in the store's order.
     Ids are compared as text, so 7 in a CSV meets 7 in an int64 store."""
-    from pipeline import AepipeError
+    from pipeline.errors import AepipeError
 
     lookup = dict(zip(map(str, label_ids), labels))
     pos = np.array([i for i, v in enumerate(map(str, ids)) if v in lookup], dtype=np.int64)
@@ -179,7 +179,7 @@ def probe_scores(train_x, train_y, test_x, test_y) -> dict:
 def raw_rows(data: str, ids: np.ndarray, id_column: str | None = None) -> np.ndarray:
     """DATA's rows for `ids`, flattened and scaled as aepipe normalises by default (global range for
     arrays, per column for tables), so raw digits are pixels / 16 as in the anchors."""
-    from pipeline import AepipeError
+    from pipeline.errors import AepipeError
     from pipeline.normalize import default_normalizer
     from pipeline.sources import open_source
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 FORMATS = ("numpy", "pandas", "arrow")
 

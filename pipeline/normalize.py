@@ -11,7 +11,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 if TYPE_CHECKING:
     from pipeline.sources import Schema, Source

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance, write
 from pipeline.batch.rows import png_range, write_rows
 from pipeline.sources import open_for_run

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 
 def is_uri(spec) -> bool:

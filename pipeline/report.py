@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.run import load_run
 
 DTYPE_COLORS = {"float32": "#4c72b0", "float16": "#55a868", "int8": "#c44e52"}

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 # Under Ray Train v2 every ray.train.report waits for the controller's next poll (default 2 s):
 # measured here, 20 epoch reports took 54 s at the default and 15 s at 0.1 s.

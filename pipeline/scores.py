@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 QUANTILE_LEVELS = np.round(np.linspace(0.5, 1.0, 501), 4)  # contamination 0.001 .. 0.5 in steps of 0.001
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 # JobSubmissionClient.submit_job's keyword arguments a spec may hold (job_id is deprecated there)
 FIELDS = ("entrypoint", "runtime_env", "metadata", "submission_id", "entrypoint_num_cpus", "entrypoint_num_gpus",

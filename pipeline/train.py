@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import pipeline
-from pipeline import AepipeError, remote
+from pipeline.version import __version__
+from pipeline import remote
+from pipeline.errors import AepipeError
 from pipeline.normalize import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
                                 in_validation)
 from pipeline.sources import bad_rows, open_source, read_block, skipped_rows, to_dataset
@@ -640,7 +641,7 @@ def train(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, id_c
     plot_loss(st["history"], out / "loss_curve.png", title=f"{mcfg.family}, code {mcfg.code_dim}")
     tm.update(st.get("timings", {}), plot=time.time() - t, started_at=started)
     meta = {
-        "aepipe_version": pipeline.__version__,
+        "aepipe_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "family": mcfg.family,
         "model": dataclasses.asdict(mcfg),

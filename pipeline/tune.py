@@ -13,7 +13,7 @@ import itertools
 import shutil
 from pathlib import Path
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.checks import run_dir_output
 from pipeline.models import ModelConfig, build_model
 from pipeline.run import META

@@ -25,3 +25,107 @@ def test_main_returns_exit_codes_in_process(capsys, tmp_path):
     assert main(["info", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aepipe: error:") and "no such file" in err and err.count("\n") == 1
+
+
+# The layers, top to bottom: a module imports modules of its own layer or of layers below it,
+# never above. Imports inside functions count too.
+LAYERS = {
+    "api": {"pipeline"},  # the package's own names (load_codes, AutoencoderFeatures, AepipeError)
+    "cli": {"pipeline.cli"},
+    "jobs": {"pipeline.encode", "pipeline.decode", "pipeline.reconstruct", "pipeline.append",
+             "pipeline.batch.bitstreams", "pipeline.train", "pipeline.tune", "pipeline.evaluate",
+             "pipeline.report", "pipeline.submit", "pipeline.features"},
+    "engine": {"pipeline.batch", "pipeline.batch.engine", "pipeline.batch.rows", "pipeline.runtime"},
+    "parts": {"pipeline.stores", "pipeline.stores.read", "pipeline.stores.write", "pipeline.stores.raydata",
+              "pipeline.stores.bitstreams", "pipeline.bitstream", "pipeline.models", "pipeline.pca",
+              "pipeline.run", "pipeline.normalize", "pipeline.scores", "pipeline.remote", "pipeline.checks",
+              "pipeline.sources", "pipeline.sources.arrays", "pipeline.sources.csv", "pipeline.sources.images",
+              "pipeline.sources.parquet"},
+    "base": {"pipeline.errors", "pipeline.version"},
+}
+RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
+# imports between jobs that the next layout step removes (the compress jobs and --append sit on
+# encode and decode; the demo and the report run other jobs); none may be added
+JOB_TO_JOB = {("pipeline.encode", "pipeline.batch.bitstreams"), ("pipeline.decode", "pipeline.batch.bitstreams"),
+              ("pipeline.append", "pipeline.encode"), ("pipeline.evaluate", "pipeline.encode"),
+              ("pipeline.evaluate", "pipeline.decode"), ("pipeline.evaluate", "pipeline.train"),
+              ("pipeline.evaluate", "pipeline.features"), ("pipeline.report", "pipeline.evaluate"),
+              ("pipeline.report", "pipeline.reconstruct"), ("pipeline.tune", "pipeline.train")}
+
+
+def package_imports(root=None) -> dict[str, set[str]]:
+    """module -> the package modules it imports, anywhere in its file (functions included)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(root or pipeline.__path__[0])
+    files = {".".join(("pipeline", *f.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): f
+             for f in root.rglob("*.py")}
+    graph = {}
+    for name, f in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                          for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("pipeline")}
+        graph[name] = found - {name}
+    return graph
+
+
+def layer_problems(graph) -> list[str]:
+    problems = [f"{m} is in no layer" for m in graph if m not in RANK]
+    for m, deps in graph.items():
+        for d in deps:
+            if m in RANK and d in RANK and RANK[d] < RANK[m]:
+                problems.append(f"{m} imports {d}, a layer above it")
+            elif RANK.get(m) == RANK.get(d) == RANK["pipeline.encode"] and (m, d) not in JOB_TO_JOB:
+                problems.append(f"{m} imports {d}: jobs stand on the engine, not on each other")
+    return problems
+
+
+def cycles(graph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, found = {}, {}, [], []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                comp.append(stack.pop())
+                if comp[-1] == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_imports_go_down_the_layers_and_never_round():
+    graph = package_imports()
+    assert set(graph) == set(MODULES) | {"pipeline"}
+    assert layer_problems(graph) == []
+    assert cycles(graph) == []
+    assert {d for d in graph["pipeline.train"] if RANK.get(d) == RANK["pipeline.encode"]} == set()  # no batch job
+
+
+def test_the_layer_check_catches_an_upward_import_and_a_cycle():
+    graph = package_imports()
+    graph["pipeline.stores.read"] = graph["pipeline.stores.read"] | {"pipeline.batch.rows"}
+    assert "pipeline.stores.read imports pipeline.batch.rows, a layer above it" in layer_problems(graph)
+    assert any("pipeline.stores.read" in c and "pipeline.batch.rows" in c for c in cycles(graph))
+    graph["pipeline.decode"] = graph["pipeline.decode"] | {"pipeline.reconstruct"}
+    assert "pipeline.decode imports pipeline.reconstruct: jobs stand on the engine, not on each other" \
+        in layer_problems(graph)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.batch.engine import ModelActor, model_job, provenance
 from pipeline.batch.rows import select, write_rows
 from pipeline.bitstream import BitstreamError, LatentCoder, crc32

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import pipeline
-from pipeline import AepipeError, remote
+from pipeline.version import __version__
+from pipeline import remote
+from pipeline.errors import AepipeError
 from pipeline.checks import at_least, positive
 from pipeline.run import load_run
 from pipeline.runtime import run_interruptibly, user_errors
@@ -229,7 +230,7 @@ class LocalRows:
 
 
 def provenance(run, data: str, **extra) -> dict:
-    return {"aepipe_version": pipeline.__version__, "model": run.path if remote.is_uri(run.path) else str(Path(run.path).resolve()),
+    return {"aepipe_version": __version__, "model": run.path if remote.is_uri(run.path) else str(Path(run.path).resolve()),
             "model_fingerprint": run.fingerprint, "family": run.meta["family"], "source": data,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
 

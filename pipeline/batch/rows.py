@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.batch.engine import write
 from pipeline.runtime import run_interruptibly, user_errors
 from pipeline.sources import Source, numpy_of

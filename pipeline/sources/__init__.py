@@ -29,7 +29,7 @@ import numpy as np
 
 from pathlib import Path
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 
 ROWS_PER_TASK = 4096  # big enough to amortise a Ray task, small enough to stream
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.sources import ROWS_PER_TASK, Schema, Source, _short
 
 BUILTINS = ("digits", "digits-train", "digits-test", "photos")

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.sources import Location, Schema, Source, _short, numpy_of
 
 WHAT = "CSV"

@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.sources import ROWS_PER_TASK, Location, Schema, Source, mark_bad
 
 WHAT = "an image folder"

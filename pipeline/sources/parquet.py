@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.sources import ROWS_PER_TASK, Location, Schema, Source, _short, numpy_of
 
 WHAT = "Parquet"

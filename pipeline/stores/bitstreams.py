@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import AepipeError
+from pipeline.errors import AepipeError
 from pipeline.bitstream import crc32
 from pipeline.sources import Source
 from pipeline.stores.read import open_zarr, read_metadata, read_rows

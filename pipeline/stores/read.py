@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import AepipeError, remote
+from pipeline import remote
+
+from pipeline.errors import AepipeError
 from pipeline.sources import Location, Schema, Source, locate
 
 DTYPES = ("float32", "float16", "int8")

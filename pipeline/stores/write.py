@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pipeline import AepipeError, remote
+from pipeline import remote
+from pipeline.errors import AepipeError
 from pipeline.sources import bad_rows, skipped_rows
 from pipeline.stores.read import MANIFEST, open_zarr
 
