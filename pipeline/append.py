@@ -19,7 +19,7 @@ import json
 import numpy as np
 
 from pipeline.errors import AepipeError
-from pipeline.sources import Source, locate, open_for_run
+from pipeline.sources import Source, input_files, locate, open_for_run
 from pipeline.stores.read import MANIFEST, dequantize
 
 FILES = "encoded_files"  # in the manifest: {path: [bytes, mtime_ns]} of every input file it holds
@@ -200,9 +200,10 @@ def _drop_unlisted(store, manifest: dict) -> None:
 
 def append(data: str, model: str, store: str, dtype: str = "float32", scores: bool = False, batch_size: int = 1024,
            concurrency: int = 1, num_gpus: float = 0, id_column: str | None = None, address: str | None = None,
-           read: dict | None = None) -> dict:
-    """Encode DATA's files that STORE does not hold, append their codes. Returns a summary dict."""
-    from pipeline.encode import encode
+           read: dict | None = None, *, encode) -> dict:
+    """Encode DATA's files that STORE does not hold, append their codes. Returns a summary dict.
+    encode: the encode job (pipeline.encode.encode), which the caller hands in: append chooses the
+    rows and merges the parts; the encode job writes them."""
     from pipeline.run import load_run
 
     if not str(store).rstrip("/").endswith(".parquet"):
@@ -225,8 +226,6 @@ def append(data: str, model: str, store: str, dtype: str = "float32", scores: bo
                           "index, which changes as files arrive")
     spans = file_spans(src)
     known = (old or {}).get(FILES, {})
-    from pipeline.encode import input_files
-
     seen = {p: [size, mtime] for p, size, mtime in input_files(src)}
     changed = [p for p in seen if p in known and known[p] != seen[p]]
     if changed:

@@ -360,9 +360,11 @@ def encode(
 
 def _encode_append(data, model, store, dtype, scores, batch_size, concurrency, gpus, id_column, address, read):
     from pipeline.append import append, describe_drift
+    from pipeline.encode import encode
 
     done = _run(append, data, str(model), store, dtype=dtype, scores=scores, batch_size=batch_size,
-                concurrency=concurrency, num_gpus=gpus, id_column=id_column, address=address, read=read)
+                concurrency=concurrency, num_gpus=gpus, id_column=id_column, address=address, read=read,
+                encode=encode)
     if not done["files"]:
         typer.echo(f"nothing to append: {store} holds every file of {data} ({done['store_rows']} rows)")
         return

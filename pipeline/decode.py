@@ -9,25 +9,15 @@ import torch
 
 from pipeline.errors import AepipeError
 from pipeline.checks import output_path, positive
-from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance
+from pipeline.batch.actors import BitstreamDecoder, Decoder
+from pipeline.batch.engine import check_job_options, model_job, provenance
 from pipeline.batch.rows import png_range, select, write_rows
 from pipeline.run import load_run
-from pipeline.stores.read import dequantize, open_codes, quant_range, read_metadata
+from pipeline.stores.bitstreams import BitstreamSource
+from pipeline.stores.read import open_codes, quant_range, read_metadata
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
-
-
-class Decoder(ModelActor):
-    def __init__(self, run_dir: str, dtype: str, lo, hi, num_gpus: float = 0):
-        super().__init__(run_dir, num_gpus)
-        self.dtype, self.lo, self.hi = dtype, lo, hi
-
-    def __call__(self, batch: dict) -> dict:
-        z = torch.from_numpy(dequantize(batch["x"], self.dtype, self.lo, self.hi)).to(self.device)
-        with torch.inference_mode():
-            x_hat = self.model.decode(z).cpu().numpy()
-        return {"row": batch["row"], "id": batch["id"], "x": self.run.normalizer.invert(x_hat)}
 
 
 def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids: list[str] | None = None,
@@ -45,14 +35,28 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
                           f"not by {model} ({run.fingerprint})")
     if attrs.get("code_kind") == "bitstream":  # a compress model's store: entropy-coded images
-        from pipeline.batch import bitstreams
-
-        return bitstreams.decode(codes, kind, attrs, run, out, rows, ids, batch_size, concurrency, num_gpus, engine, address)
+        return _decode_bitstreams(codes, kind, attrs, run, out, rows, ids, batch_size, concurrency, num_gpus, engine, address)
     src, attrs = open_codes(codes, (kind, attrs))
     src = select(src, rows, ids)
     lo, hi = quant_range(attrs)
     ds = model_job(src, Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi, num_gpus=num_gpus),
                    batch_size, concurrency, num_gpus, engine, address)
+    write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
+    return src.n_rows
+
+
+def _decode_bitstreams(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, batch_size: int,
+           concurrency: int, num_gpus: float, engine: str, address: str | None) -> int:
+    """decode() for a compress model's bitstream store: same output paths (write_rows), bitstreams checked first."""
+    model = run.model
+    src = BitstreamSource(codes, kind, attrs, (model.latent_channels, *model.latent_hw))
+    if rows:  # positions as in any store; select() checks and parses A:B
+        picked = select(src, rows, None).positions
+        src = BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))
+    elif ids:  # only the named images' bitstreams are read (and checked)
+        src = select(src, None, ids)
+    ds = model_job(src, BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus), batch_size, concurrency,
+                   num_gpus, engine, address)
     write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
     return src.n_rows
 

@@ -9,34 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.errors import AepipeError
-from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance, write
-from pipeline.sources import Source, open_for_run
+from pipeline.batch.actors import BitstreamEncoder, Encoder
+from pipeline.batch.engine import check_job_options, model_job, provenance, write
+from pipeline.sources import Source, input_files, open_for_run
 from pipeline.checks import output_path, positive
 from pipeline.run import load_run
-from pipeline.stores.read import DTYPES, chunk_rows_for, id_dtype, quantize, task_rows
-
-
-class Encoder(ModelActor):
-    """Holds the model (once per CPU worker process, or on a GPU actor); each call encodes one batch."""
-
-    def __init__(self, run_dir: str, dtype: str, scores: bool, num_gpus: float = 0):
-        super().__init__(run_dir, num_gpus)
-        self.dtype, self.scores = dtype, scores
-        self.lo, self.hi = self.run.code_range()
-
-    def __call__(self, batch: dict) -> dict:
-        x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
-        with torch.inference_mode():
-            z = self.model.encode(x)
-            out = {"row": batch["row"], "id": batch["id"],
-                   "code": quantize(z.cpu().numpy(), self.dtype, self.lo, self.hi)}
-            if self.scores:  # mean squared reconstruction error per row, in the model's units
-                err = (self.model.decode(z) - x).pow(2).flatten(1).mean(1)
-                out["score"] = err.cpu().numpy()
-        return out
+from pipeline.stores.read import DTYPES, chunk_rows_for, id_dtype, task_rows
 
 
 class Remaining(Source):
@@ -51,16 +31,6 @@ class Remaining(Source):
 
     def read(self, start, stop):
         return self.src.read(start, stop)
-
-
-def input_files(src: Source) -> list[tuple[str, int, int]]:
-    """(path, bytes, modification time in ns) of each file a source reads, through its Location
-    (a local folder or an object store); none for built-in sets."""
-    where = getattr(src, "where", None)
-    if where is None:
-        return []
-    paths = getattr(src, "files", None) or getattr(src, "paths", None) or where.files()
-    return [(i.path, i.size, i.mtime_ns or 0) for i in where.fs.get_file_info(list(paths))]
 
 
 def resume_settings(run, src: Source, out: Path, **options) -> dict:
@@ -110,14 +80,13 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
 
     actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
     if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row
-        from pipeline.batch import bitstreams
         from pipeline.stores.bitstreams import encode_sink
 
         if scores or dtype != "float32":
             raise AepipeError(f"--scores and --dtype: {model} is a compress model; it writes bitstreams, whose "
                               "size is set by its --lmbda")
         sink = encode_sink(out, src, attrs, ids_kind, chunk_rows, ranges, settings)
-        actor, kwargs = bitstreams.BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
+        actor, kwargs = BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
     elif out.suffix == ".zarr":
         arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
         if scores:

@@ -14,15 +14,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 
 from pipeline.errors import AepipeError
-from pipeline.batch.engine import ModelActor, check_job_options, model_job, provenance, write
+from pipeline.batch.actors import Reconstructor
+from pipeline.batch.engine import check_job_options, model_job, provenance, write
 from pipeline.batch.rows import png_range, write_rows
 from pipeline.sources import open_for_run
 from pipeline.checks import output_path
 from pipeline.run import load_run
-from pipeline.scores import auto_threshold, row_errors
+from pipeline.scores import auto_threshold
 from pipeline.stores.read import chunk_rows_for, id_dtype, task_rows
 
 def parse_threshold(text: str | None, run, contamination: float) -> float | None:
@@ -37,30 +37,6 @@ def parse_threshold(text: str | None, run, contamination: float) -> float | None
     if not math.isfinite(t) or t < 0:
         raise AepipeError(f'--threshold "{text}": expected auto or a score >= 0')
     return t
-
-
-class Reconstructor(ModelActor):
-    """Per batch: the denoised rows in the data's units (want="x"), or each row's score (want="score")."""
-
-    def __init__(self, run_dir: str, want: str, per_feature: bool = False, threshold: float | None = None,
-                 num_gpus: float = 0):
-        super().__init__(run_dir, num_gpus)
-        self.want, self.per_feature, self.threshold = want, per_feature, threshold
-
-    def __call__(self, batch: dict) -> dict:
-        x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
-        out = {"row": batch["row"], "id": batch["id"]}
-        with torch.inference_mode():
-            if self.want == "x":
-                out["x"] = self.run.normalizer.invert(self.model.decode(self.model.encode(x)).cpu().numpy())
-                return out
-            err = row_errors(self.model, x)
-            out["score"] = err.mean(1).cpu().numpy()
-        if self.per_feature:
-            out["err"] = err.cpu().numpy()
-        if self.threshold is not None:
-            out["anomaly"] = out["score"] > self.threshold
-        return out
 
 
 def open_matching(data: str, run, id_column: str | None = None, read: dict | None = None):

@@ -118,7 +118,7 @@ def test_resume_refuses_other_data(ray_local, digits_run, digits_npy, tmp_path):
 def test_actor_torch_threads_follow_its_cpus(ray_local, digits_run):
     import ray
 
-    from pipeline.batch.engine import ModelActor
+    from pipeline.batch.actors import ModelActor
 
     @ray.remote(num_cpus=2)
     class Probe(ModelActor):
@@ -148,7 +148,7 @@ def test_auto_engine_runs_in_process_when_that_beats_ray(ray_local, digits_run, 
     """engine auto: forced choices and Ray asked for are obeyed; otherwise the first read unit is timed
     here and the job's estimate compared with Ray's start-up (RAY_START_S) and its gain per CPU."""
     from pipeline.batch import engine
-    from pipeline.encode import Encoder
+    from pipeline.batch.actors import Encoder
     from pipeline.run import load_run
     from pipeline.sources import open_for_run
 
@@ -171,7 +171,7 @@ def test_engine_choice_at_its_cut_on_a_measured_job(digits_run, digits_npy, cpus
     """Between the extremes: this process wins while its estimate is under Ray's start-up over
     Ray's gain, and loses just past it; on the time measured for a real job, too."""
     from pipeline.batch import engine
-    from pipeline.encode import Encoder
+    from pipeline.batch.actors import Encoder
     from pipeline.run import load_run
     from pipeline.sources import open_for_run
 

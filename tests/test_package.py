@@ -32,10 +32,10 @@ def test_main_returns_exit_codes_in_process(capsys, tmp_path):
 LAYERS = {
     "api": {"pipeline"},  # the package's own names (load_codes, AutoencoderFeatures, AepipeError)
     "cli": {"pipeline.cli"},
-    "jobs": {"pipeline.encode", "pipeline.decode", "pipeline.reconstruct", "pipeline.append",
-             "pipeline.batch.bitstreams", "pipeline.train", "pipeline.tune", "pipeline.evaluate",
+    "jobs": {"pipeline.encode", "pipeline.decode", "pipeline.reconstruct", "pipeline.append", "pipeline.train", "pipeline.tune", "pipeline.evaluate",
              "pipeline.report", "pipeline.submit", "pipeline.features"},
-    "engine": {"pipeline.batch", "pipeline.batch.engine", "pipeline.batch.rows", "pipeline.runtime"},
+    "engine": {"pipeline.batch", "pipeline.batch.engine", "pipeline.batch.actors", "pipeline.batch.rows",
+               "pipeline.runtime"},
     "parts": {"pipeline.stores", "pipeline.stores.read", "pipeline.stores.write", "pipeline.stores.raydata",
               "pipeline.stores.bitstreams", "pipeline.bitstream", "pipeline.models", "pipeline.pca",
               "pipeline.run", "pipeline.normalize", "pipeline.scores", "pipeline.remote", "pipeline.checks",
@@ -44,10 +44,9 @@ LAYERS = {
     "base": {"pipeline.errors", "pipeline.version"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
-# imports between jobs that the next layout step removes (the compress jobs and --append sit on
-# encode and decode; the demo and the report run other jobs); none may be added
-JOB_TO_JOB = {("pipeline.encode", "pipeline.batch.bitstreams"), ("pipeline.decode", "pipeline.batch.bitstreams"),
-              ("pipeline.append", "pipeline.encode"), ("pipeline.evaluate", "pipeline.encode"),
+# imports between jobs that the next layout step removes (the demo and the report run other jobs;
+# tune runs training trials); none may be added
+JOB_TO_JOB = {("pipeline.evaluate", "pipeline.encode"),
               ("pipeline.evaluate", "pipeline.decode"), ("pipeline.evaluate", "pipeline.train"),
               ("pipeline.evaluate", "pipeline.features"), ("pipeline.report", "pipeline.evaluate"),
               ("pipeline.report", "pipeline.reconstruct"), ("pipeline.tune", "pipeline.train")}

@@ -1,2 +1,2 @@
-"""Batch jobs over rows: the engine they share (pipeline.batch.engine) and row selection and
-output writers (pipeline.batch.rows)."""
+"""Batch jobs over rows: the engine they share (engine), the model actors that run in them (actors),
+and row selection and output writers (rows)."""

@@ -24,13 +24,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.version import __version__
 from pipeline import remote
 from pipeline.errors import AepipeError
 from pipeline.checks import at_least, positive
-from pipeline.run import load_run
 from pipeline.runtime import run_interruptibly, user_errors
 from pipeline.sources import ROWS_PER_TASK, Source, read_block
 
@@ -42,29 +40,6 @@ LOCAL_ROWS = 20_000  # at most this many rows run in-process (measured in README
 # torch): ~10 s on this 2-CPU machine, measured 2026-11-24 (README "Encode throughput")
 RAY_START_S = 10.0
 ENGINES = ("auto", "local", "ray")
-
-
-class ModelActor:
-    """What every model job's actor shares: the run loaded once, the model on its device."""
-
-    def __init__(self, run_dir: str, num_gpus: float = 0):
-        torch.set_num_threads(held_cpus() or torch.get_num_threads())
-        self.run = load_run(run_dir)
-        self.device = torch.device("cuda" if num_gpus and torch.cuda.is_available() else "cpu")
-        self.model = self.run.model.to(self.device)
-
-
-def held_cpus() -> int:
-    """CPUs this Ray actor holds, rounded, at least 1; 0 outside a Ray worker (in-process jobs keep
-    torch's default). Ray only sets OMP_NUM_THREADS=1, so without this an actor holding 4 CPUs
-    would run its model on one thread, and one holding a fraction would fight the read tasks."""
-    if "ray" not in sys.modules:  # an in-process small job: importing Ray would cost it a second
-        return 0
-    import ray
-
-    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
-        return 0
-    return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
 def actor_pool(concurrency: int, num_gpus: float) -> dict:

@@ -307,3 +307,13 @@ def to_dataset(src: Source, rows_per_task: int = ROWS_PER_TASK):
     # exactly one block per range: left to itself Ray splits small reads into more blocks, and
     # blocks that straddle Zarr chunks would send their rows through the driver
     return ray.data.read_datasource(RowRanges(), override_num_blocks=len(ranges))
+
+
+def input_files(src: Source) -> list[tuple[str, int, int]]:
+    """(path, bytes, modification time in ns) of each file a source reads, through its Location
+    (a local folder or an object store); none for built-in sets."""
+    where = getattr(src, "where", None)
+    if where is None:
+        return []
+    paths = getattr(src, "files", None) or getattr(src, "paths", None) or where.files()
+    return [(i.path, i.size, i.mtime_ns or 0) for i in where.fs.get_file_info(list(paths))]
