@@ -340,7 +340,7 @@ def encode(
     address: Optional[str] = ADDRESS,
 ):
     """Stream DATA through the encoder; one code per row, keyed by its id."""
-    from pipeline.encode import encode as encode_fn
+    from pipeline.batch.encode import encode as encode_fn
 
     if (out is None) == (append is None):
         _die("aepipe: error: give --out CODES (a new store) or --append STORE (add DATA's new files)"
@@ -359,8 +359,8 @@ def encode(
 
 
 def _encode_append(data, model, store, dtype, scores, batch_size, concurrency, gpus, id_column, address, read):
-    from pipeline.append import append, describe_drift
-    from pipeline.encode import encode
+    from pipeline.batch.append import append, describe_drift
+    from pipeline.batch.encode import encode
 
     done = _run(append, data, str(model), store, dtype=dtype, scores=scores, batch_size=batch_size,
                 concurrency=concurrency, num_gpus=gpus, id_column=id_column, address=address, read=read,
@@ -389,7 +389,7 @@ def decode(
     address: Optional[str] = ADDRESS,
 ):
     """Reconstruct rows from their codes, in the data's original units."""
-    from pipeline.decode import decode as decode_fn
+    from pipeline.batch.decode import decode as decode_fn
 
     wanted = _run(_id_list, ids, ids_file)
     n = _run(decode_fn, str(codes), str(model), out, rows=rows, ids=wanted, batch_size=batch_size,
@@ -406,7 +406,7 @@ def sample(
     overwrite: bool = OVERWRITE,
 ):
     """VAE only: draw new rows from the prior through the decoder."""
-    from pipeline.decode import sample as sample_fn
+    from pipeline.batch.decode import sample as sample_fn
 
     x = _run(sample_fn, str(model), n, out, seed=seed, overwrite=overwrite)
     typer.echo(f"sampled {len(x)} rows shaped {x.shape[1:]} -> {out}")
@@ -420,7 +420,7 @@ def demo(
     address: Optional[str] = ADDRESS,
 ):
     """Digits end to end: train, encode (Zarr float32, Parquet int8), decode, compare with PCA."""
-    from pipeline.evaluate import demo as demo_fn
+    from pipeline.demo import demo as demo_fn
 
     table = _run(demo_fn, out, code_dim=code_dim, epochs=epochs, address=address)  # starts Ray after the fit
     typer.echo("\n" + table)
@@ -508,7 +508,7 @@ def score(
     address: Optional[str] = ADDRESS,
 ):
     """Per-row anomaly score: the reconstruction error in the model's units (its training loss)."""
-    from pipeline.reconstruct import score as score_fn
+    from pipeline.batch.reconstruct import score as score_fn
 
     attrs = _run(score_fn, data, str(model), out, per_feature=per_feature, threshold=threshold,
                  contamination=contamination, id_column=id_column, batch_size=batch_size, concurrency=concurrency,
@@ -540,7 +540,7 @@ def denoise(
     address: Optional[str] = ADDRESS,
 ):
     """Encode and decode DATA in one pass (no codes store): the model's clean version of each row."""
-    from pipeline.reconstruct import denoise as denoise_fn
+    from pipeline.batch.reconstruct import denoise as denoise_fn
 
     done = _run(denoise_fn, data, str(model), out, id_column=id_column, batch_size=batch_size,
                 concurrency=concurrency, num_gpus=gpus, overwrite=overwrite, engine=engine, address=address,

@@ -24,7 +24,7 @@ DTYPE_COLORS = {"float32": "#4c72b0", "float16": "#55a868", "int8": "#c44e52"}
 
 def _sample(run, data: str | None, rows: int):
     """(spec, ids, x, labels or None) of the first `rows` rows of DATA, or of the training source."""
-    from pipeline.reconstruct import open_matching
+    from pipeline.sources import open_matching
 
     spec = data or run.meta["source"]
     try:

@@ -19,8 +19,8 @@ from sklearn.metrics import roc_auc_score
 
 import pipeline
 from pipeline.sources import open_source
-from pipeline.decode import decode
-from pipeline.encode import encode
+from pipeline.batch.decode import decode
+from pipeline.batch.encode import encode
 from pipeline.evaluate import digits_split, fixed_split, probe_scores, psnr
 from pipeline.models import ModelConfig
 from pipeline.scores import row_errors
@@ -319,7 +319,7 @@ def test_small_asks_import_no_ray_zarr_or_pandas(tmp_path):
 
     (tmp_path / "t.csv").write_text("id,a,b\n1,0.5,2\n2,1.5,3\n")
     code = ("import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
-            "import pipeline.cli, pipeline.decode, pipeline.reconstruct, pipeline.encode\n"
+            "import pipeline.cli, pipeline.batch.decode, pipeline.batch.reconstruct, pipeline.batch.encode\n"
             "from pipeline.stores.write import arrow_array\n"
             "from pipeline.sources import open_source\n"
             f"d = {str(tmp_path)!r}\n"

@@ -7,8 +7,8 @@ import torch
 import zarr
 
 from pipeline.sources import open_source
-from pipeline.decode import decode
-from pipeline.encode import encode
+from pipeline.batch.decode import decode
+from pipeline.batch.encode import encode
 from pipeline.evaluate import read_codes
 from pipeline.run import load_run
 from pipeline.stores.read import dequantize

@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from pipeline import AepipeError
-from pipeline.encode import encode
+from pipeline.batch.encode import encode
 from pipeline.stores.read import describe_store
 from tests.conftest import AEPIPE, run_aepipe
 

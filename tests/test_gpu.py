@@ -5,7 +5,7 @@ import pytest
 import torch
 import zarr
 
-from pipeline.encode import encode
+from pipeline.batch.encode import encode
 from pipeline.models import ModelConfig
 from pipeline.train import TrainConfig, train
 

@@ -30,7 +30,7 @@ import torch
 
 from pipeline.normalize import Normalizer
 from pipeline.sources import Schema
-from pipeline.encode import encode
+from pipeline.batch.encode import encode
 from pipeline.models import ModelConfig, build_model
 from pipeline.run import save_run
 from tests.conftest import AEPIPE, aepipe_here, run_capped, write_table

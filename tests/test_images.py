@@ -11,8 +11,8 @@ import zarr
 from PIL import Image
 
 from pipeline import AepipeError
-from pipeline.decode import decode
-from pipeline.encode import encode
+from pipeline.batch.decode import decode
+from pipeline.batch.encode import encode
 from pipeline.normalize import Normalizer, combine_stats
 from pipeline.sources import bad_rows, open_source, skipped_rows, to_dataset
 from pipeline.stores.read import read_metadata

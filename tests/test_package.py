@@ -32,24 +32,19 @@ def test_main_returns_exit_codes_in_process(capsys, tmp_path):
 LAYERS = {
     "api": {"pipeline"},  # the package's own names (load_codes, AutoencoderFeatures, AepipeError)
     "cli": {"pipeline.cli"},
-    "jobs": {"pipeline.encode", "pipeline.decode", "pipeline.reconstruct", "pipeline.append", "pipeline.train", "pipeline.tune", "pipeline.evaluate",
-             "pipeline.report", "pipeline.submit", "pipeline.features"},
+    "flows": {"pipeline.demo", "pipeline.tune"},  # commands that run other jobs: the demo, tuning's trials
+    "jobs": {"pipeline.batch.encode", "pipeline.batch.decode", "pipeline.batch.reconstruct", "pipeline.batch.append",
+             "pipeline.train", "pipeline.report", "pipeline.submit"},
     "engine": {"pipeline.batch", "pipeline.batch.engine", "pipeline.batch.actors", "pipeline.batch.rows",
                "pipeline.runtime"},
     "parts": {"pipeline.stores", "pipeline.stores.read", "pipeline.stores.write", "pipeline.stores.raydata",
               "pipeline.stores.bitstreams", "pipeline.bitstream", "pipeline.models", "pipeline.pca",
               "pipeline.run", "pipeline.normalize", "pipeline.scores", "pipeline.remote", "pipeline.checks",
               "pipeline.sources", "pipeline.sources.arrays", "pipeline.sources.csv", "pipeline.sources.images",
-              "pipeline.sources.parquet"},
+              "pipeline.sources.parquet", "pipeline.evaluate", "pipeline.features"},
     "base": {"pipeline.errors", "pipeline.version"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
-# imports between jobs that the next layout step removes (the demo and the report run other jobs;
-# tune runs training trials); none may be added
-JOB_TO_JOB = {("pipeline.evaluate", "pipeline.encode"),
-              ("pipeline.evaluate", "pipeline.decode"), ("pipeline.evaluate", "pipeline.train"),
-              ("pipeline.evaluate", "pipeline.features"), ("pipeline.report", "pipeline.evaluate"),
-              ("pipeline.report", "pipeline.reconstruct"), ("pipeline.tune", "pipeline.train")}
 
 
 def package_imports(root=None) -> dict[str, set[str]]:
@@ -79,7 +74,7 @@ def layer_problems(graph) -> list[str]:
         for d in deps:
             if m in RANK and d in RANK and RANK[d] < RANK[m]:
                 problems.append(f"{m} imports {d}, a layer above it")
-            elif RANK.get(m) == RANK.get(d) == RANK["pipeline.encode"] and (m, d) not in JOB_TO_JOB:
+            elif RANK.get(m) == RANK.get(d) == RANK["pipeline.batch.encode"]:
                 problems.append(f"{m} imports {d}: jobs stand on the engine, not on each other")
     return problems
 
@@ -117,7 +112,7 @@ def test_imports_go_down_the_layers_and_never_round():
     assert set(graph) == set(MODULES) | {"pipeline"}
     assert layer_problems(graph) == []
     assert cycles(graph) == []
-    assert {d for d in graph["pipeline.train"] if RANK.get(d) == RANK["pipeline.encode"]} == set()  # no batch job
+    assert {d for d in graph["pipeline.train"] if RANK.get(d) == RANK["pipeline.batch.encode"]} == set()  # no batch job
 
 
 def test_the_layer_check_catches_an_upward_import_and_a_cycle():
@@ -125,6 +120,6 @@ def test_the_layer_check_catches_an_upward_import_and_a_cycle():
     graph["pipeline.stores.read"] = graph["pipeline.stores.read"] | {"pipeline.batch.rows"}
     assert "pipeline.stores.read imports pipeline.batch.rows, a layer above it" in layer_problems(graph)
     assert any("pipeline.stores.read" in c and "pipeline.batch.rows" in c for c in cycles(graph))
-    graph["pipeline.decode"] = graph["pipeline.decode"] | {"pipeline.reconstruct"}
-    assert "pipeline.decode imports pipeline.reconstruct: jobs stand on the engine, not on each other" \
+    graph["pipeline.batch.decode"] = graph["pipeline.batch.decode"] | {"pipeline.batch.reconstruct"}
+    assert "pipeline.batch.decode imports pipeline.batch.reconstruct: jobs stand on the engine, not on each other" \
         in layer_problems(graph)

@@ -317,3 +317,11 @@ def input_files(src: Source) -> list[tuple[str, int, int]]:
         return []
     paths = getattr(src, "files", None) or getattr(src, "paths", None) or where.files()
     return [(i.path, i.size, i.mtime_ns or 0) for i in where.fs.get_file_info(list(paths))]
+
+
+def open_matching(data: str, run, id_column: str | None = None, read: dict | None = None):
+    """DATA opened with the model's id column and checked against its schema; read in its column order."""
+    src = open_for_run(data, run.meta, id_column, **(read or {}))
+    src.schema.check_matches(run.schema, data)
+    src.schema = run.schema
+    return src

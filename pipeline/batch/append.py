@@ -202,7 +202,7 @@ def append(data: str, model: str, store: str, dtype: str = "float32", scores: bo
            concurrency: int = 1, num_gpus: float = 0, id_column: str | None = None, address: str | None = None,
            read: dict | None = None, *, encode) -> dict:
     """Encode DATA's files that STORE does not hold, append their codes. Returns a summary dict.
-    encode: the encode job (pipeline.encode.encode), which the caller hands in: append chooses the
+    encode: the encode job (pipeline.batch.encode.encode), which the caller hands in: append chooses the
     rows and merges the parts; the encode job writes them."""
     from pipeline.run import load_run
 

@@ -19,7 +19,7 @@ from pipeline.errors import AepipeError
 from pipeline.batch.actors import Reconstructor
 from pipeline.batch.engine import check_job_options, model_job, provenance, write
 from pipeline.batch.rows import png_range, write_rows
-from pipeline.sources import open_for_run
+from pipeline.sources import open_matching
 from pipeline.checks import output_path
 from pipeline.run import load_run
 from pipeline.scores import auto_threshold
@@ -37,14 +37,6 @@ def parse_threshold(text: str | None, run, contamination: float) -> float | None
     if not math.isfinite(t) or t < 0:
         raise AepipeError(f'--threshold "{text}": expected auto or a score >= 0')
     return t
-
-
-def open_matching(data: str, run, id_column: str | None = None, read: dict | None = None):
-    """DATA opened with the model's id column and checked against its schema; read in its column order."""
-    src = open_for_run(data, run.meta, id_column, **(read or {}))
-    src.schema.check_matches(run.schema, data)
-    src.schema = run.schema
-    return src
 
 
 def denoise(data: str, model: str, out: str | Path, id_column: str | None = None, batch_size: int = 1024,
