@@ -26,10 +26,10 @@ def main():
     import torch
     from sklearn.decomposition import PCA
 
-    from pipeline.evaluate import digits_split, format_table
-    from pipeline.models import ModelConfig
-    from pipeline.normalize import in_validation
-    from pipeline.train import TrainConfig, fit_local
+    from aepipe.evaluate import digits_split, format_table
+    from aepipe.models import ModelConfig
+    from aepipe.normalize import in_validation
+    from aepipe.train import TrainConfig, fit_local
 
     torch.set_num_threads(1)
     xtr, _, idtr, xte, _, _ = digits_split()

@@ -152,8 +152,8 @@ def bare(data: str, model: str, out: str) -> None:
     import torch
     import zarr
 
-    from pipeline.run import load_run
-    from pipeline.stores.read import chunk_rows_for
+    from aepipe.run import load_run
+    from aepipe.stores.read import chunk_rows_for
 
     run = load_run(model)
     images = Path(data).is_dir()
@@ -183,8 +183,8 @@ def bare(data: str, model: str, out: str) -> None:
 
 def train_model(folder: Path, make, file_name: str) -> Path:
     """A dense 784-256-32 model fitted for one epoch on 2k-20k rows of the source's kind, in this process."""
-    from pipeline.models import ModelConfig
-    from pipeline.train import TrainConfig, train
+    from aepipe.models import ModelConfig
+    from aepipe.train import TrainConfig, train
 
     rows = 20_000 if make is make_parquet else 2_000
     small = make(folder / ("train-" + file_name.format(rows)), rows, seed=1)
@@ -202,7 +202,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.bare:
         return bare(*args.bare)
-    from pipeline.evaluate import format_table
+    from aepipe.evaluate import format_table
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
@@ -220,7 +220,7 @@ def main() -> None:
                 enc = [AEPIPE, "encode", str(data), "--model", str(model), "--out"]
                 runs = {"aepipe zarr": enc + [str(tmp / "c.zarr")],
                         "aepipe parquet": enc + [str(tmp / "c.parquet")],
-                        # auto picks this process or Ray (pipeline.batch.engine.local_is_faster): both, forced
+                        # auto picks this process or Ray (aepipe.batch.engine.local_is_faster): both, forced
                         "aepipe zarr, on Ray": enc + [str(tmp / "c.zarr"), "--engine", "ray"],
                         "aepipe zarr, in-process": enc + [str(tmp / "c.zarr"), "--engine", "local"],
                         "bare loop": [sys.executable, __file__, "--bare", str(data), str(model), str(tmp / "bare.zarr")]}

@@ -4,7 +4,7 @@ The eleven photographs of ../shared/anchors.py, grayscale as it converts them, a
 the model trains on random crops of TRAIN and is scored on the whole images of HELD_OUT (cropped to
 a multiple of 8 as anchors.py crops them). Every figure is measured on the held-out images only:
 
-  compress   bits per pixel = bytes of the real bitstreams (pipeline.bitstream, constriction ANS)
+  compress   bits per pixel = bytes of the real bitstreams (aepipe.bitstream, constriction ANS)
              x 8 / pixels; PSNR of the decoded image rounded to 0..255
   DCT floor  the model before training (--init pca): JPEG's 8x8 block DCT, the uniform step --lmbda
              sets, and its density fitted alone (steps / 5 of them); real bitstreams as above
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.bitstream import LatentCoder
-from pipeline.models import ModelConfig, build_model
+from aepipe.bitstream import LatentCoder
+from aepipe.models import ModelConfig, build_model
 
 TRAIN = ["astronaut", "chelsea", "rocket", "horse", "moon", "grass", "brick"]
 HELD_OUT = ["camera", "coffee", "coins", "gravel"]

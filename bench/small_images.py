@@ -44,9 +44,9 @@ def held_out(run_dir: Path, train: Path, test: Path, k: int):
     import torch
     from sklearn.decomposition import PCA
 
-    from pipeline.normalize import in_validation
-    from pipeline.run import load_run
-    from pipeline.sources import open_for_run, read_block
+    from aepipe.normalize import in_validation
+    from aepipe.run import load_run
+    from aepipe.sources import open_for_run, read_block
 
     run = load_run(run_dir)
     rows = lambda p: run.normalizer.apply(read_block(s := open_for_run(str(p), run.meta), 0, s.n_rows)["x"])  # noqa: E731
@@ -65,7 +65,7 @@ def main():
     ap.add_argument("--families", default="dense,conv")
     ap.add_argument("--code-dim", type=int, default=16)
     args = ap.parse_args()
-    from pipeline.evaluate import format_table
+    from aepipe.evaluate import format_table
 
     aepipe = str(Path(sys.executable).with_name("aepipe"))
     psnr = lambda mse: 10 * np.log10(1 / mse)  # noqa: E731

@@ -5,7 +5,7 @@ separate processes timed from outside:
 
   process    `aepipe train DATA --in-process`  (the default for 1 CPU worker, data in memory)
   ray train  `aepipe train DATA --ray-train`   (embedded local Ray, a 1-worker TorchTrainer)
-  plain      this file with --plain: the same model (pipeline.models), rows, normalisation and
+  plain      this file with --plain: the same model (aepipe.models), rows, normalisation and
              split, fitted by a bare Adam loop with no validation bookkeeping, checkpoints or plot
 
 All three fit on one CPU thread (a 1-CPU Ray Train worker gets OMP_NUM_THREADS=1; the in-process
@@ -85,9 +85,9 @@ def plain(data: str, epochs: int, batch_size: int) -> None:
     """A bare script: read, normalise, split, then Adam over shuffled batches; one JSON line out."""
     import torch
 
-    from pipeline.normalize import in_validation
-    from pipeline.sources import open_source
-    from pipeline.models import ModelConfig, build_model
+    from aepipe.normalize import in_validation
+    from aepipe.sources import open_source
+    from aepipe.models import ModelConfig, build_model
 
     imported = time.time()
     torch.set_num_threads(1)  # as aepipe's 1-worker fit on either path
@@ -131,8 +131,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.plain:
         return plain(args.plain[0], int(args.plain[1]), int(args.plain[2]))
-    from pipeline.evaluate import format_table
-    from pipeline.train import TrainConfig
+    from aepipe.evaluate import format_table
+    from aepipe.train import TrainConfig
 
     batch = TrainConfig().batch_size
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.models import ModelConfig
-from pipeline.train import TrainConfig, train
+from aepipe.cli import main
+from aepipe.models import ModelConfig
+from aepipe.train import TrainConfig, train
 
 AEPIPE = str(Path(sys.executable).with_name("aepipe"))
 # Fixtures that start a Ray (or a server): a test that uses one is end-to-end, and `make check`
@@ -35,7 +35,7 @@ def ray_local():
     """One embedded Ray for the whole session (2 CPUs, no dashboard), as on the CI machine."""
     import ray
 
-    from pipeline.runtime import init_ray
+    from aepipe.runtime import init_ray
 
     init_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address

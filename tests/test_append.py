@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline
+import aepipe
 from tests.conftest import run_aepipe, write_table
 
 
@@ -49,7 +49,7 @@ def test_append_twice_then_noop(growing, ray_local):
     assert "appended 200 rows of 1 new files" in second.stdout
     after = parts(store)
     assert all(after[name] == t for name, t in before.items())  # the first run's parts untouched
-    ids, codes = pipeline.load_codes(store)
+    ids, codes = aepipe.load_codes(store)
     want = [f"r{i:05d}" for i in range(400)] + [f"sr{i:05d}" for i in range(400, 600)]
     assert sorted(ids.tolist()) == want  # every id exactly once
     assert len(pq.read_table(store, columns=["score"])) == 600  # the store's --scores kept for the new part

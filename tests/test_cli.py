@@ -6,8 +6,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.run import load_run
+from aepipe.cli import app
+from aepipe.run import load_run
 from tests.conftest import run_installed, write_table
 
 runner = CliRunner()

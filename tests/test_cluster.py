@@ -13,9 +13,9 @@ import typer
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from pipeline import AepipeError
-from pipeline.cli import app
-from pipeline.submit import FIELDS, load_spec
+from aepipe import AepipeError
+from aepipe.cli import app
+from aepipe.submit import FIELDS, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ROOT / "jobs"

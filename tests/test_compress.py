@@ -6,9 +6,9 @@ import pytest
 import torch
 import zarr
 
-from pipeline.bitstream import LatentCoder
-from pipeline.models import ModelConfig, build_model
-from pipeline.train import TrainConfig, fit_local
+from aepipe.bitstream import LatentCoder
+from aepipe.models import ModelConfig, build_model
+from aepipe.train import TrainConfig, fit_local
 from tests.conftest import run_aepipe
 
 
@@ -43,7 +43,7 @@ def test_the_dct_floor_starts_as_a_block_dct_codec():
     import skimage.data as skd
     from scipy.fft import idctn
 
-    from pipeline.models import YCBCR, dct_step
+    from aepipe.models import YCBCR, dct_step
 
     model = tiny(lmbda=0.0025).eval()
     im = skd.camera()[:64, :96] / 255.0
@@ -123,7 +123,7 @@ def compress_run(ray_local, tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["zarr", "parquet"])
 def test_encode_writes_bitstreams_and_decode_restores_the_same_pixels(compress_run, ray_local, fmt):
-    from pipeline.run import load_run
+    from aepipe.run import load_run
 
     tmp = compress_run
     store = tmp / f"b.{fmt}"

@@ -7,9 +7,9 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from pipeline import AepipeError
-from pipeline.normalize import Normalizer, block_stats, combine_stats, in_validation
-from pipeline.sources import Schema, open_source, to_dataset
+from aepipe import AepipeError
+from aepipe.normalize import Normalizer, block_stats, combine_stats, in_validation
+from aepipe.sources import Schema, open_source, to_dataset
 from tests.conftest import write_table
 
 

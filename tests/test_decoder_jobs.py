@@ -1,7 +1,7 @@
 """Decoder jobs and downstream use: decode subsets, denoise, score, probe, load_codes, the
 scikit-learn transformer, and the report, through the installed command and on real stores.
 
-Small asks run in the calling process (pipeline.batch.engine.LOCAL_ROWS) and large ones on Ray; several
+Small asks run in the calling process (aepipe.batch.engine.LOCAL_ROWS) and large ones on Ray; several
 tests compare the two paths on the same rows."""
 
 import json
@@ -17,15 +17,15 @@ import zarr
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-import pipeline
-from pipeline.sources import open_source
-from pipeline.batch.decode import decode
-from pipeline.batch.encode import encode
-from pipeline.evaluate import digits_split, fixed_split, probe_scores, psnr
-from pipeline.models import ModelConfig
-from pipeline.scores import row_errors
-from pipeline.run import load_run
-from pipeline.train import TrainConfig, train
+import aepipe
+from aepipe.sources import open_source
+from aepipe.batch.decode import decode
+from aepipe.batch.encode import encode
+from aepipe.evaluate import digits_split, fixed_split, probe_scores, psnr
+from aepipe.models import ModelConfig
+from aepipe.scores import row_errors
+from aepipe.run import load_run
+from aepipe.train import TrainConfig, train
 from tests.conftest import run_aepipe
 from tests.test_cli import fails_cleanly
 
@@ -192,7 +192,7 @@ def test_probe_equals_a_direct_scikit_learn_fit(digits_run, digits_codes, tmp_pa
     (tmp_path / "labels.csv").write_text("id,digit\n" + "".join(f"{i},{y}\n" for i, y in zip(src.ids[order], src.labels[order])))
     out = run_aepipe("probe", digits_codes / "q.parquet", "--labels", tmp_path / "labels.csv",
                      "--label-column", "digit", "--data", "builtin:digits").stdout
-    ids, z = pipeline.load_codes(digits_codes / "q.parquet")
+    ids, z = aepipe.load_codes(digits_codes / "q.parquet")
     y = src.labels[ids.astype(int)]
     tr, te = fixed_split(y)
     direct = probe_scores(z[tr], y[tr], z[te], y[te])
@@ -205,11 +205,11 @@ def test_probe_equals_a_direct_scikit_learn_fit(digits_run, digits_codes, tmp_pa
 
 
 def test_load_codes_in_three_formats(digits_codes):
-    ids, z = pipeline.load_codes(digits_codes / "c.zarr")
+    ids, z = aepipe.load_codes(digits_codes / "c.zarr")
     assert z.dtype == np.float32 and z.shape == (1797, 8) and np.array_equal(ids, np.arange(1797))
-    df = pipeline.load_codes(f"file://{digits_codes / 'c.zarr'}", as_="pandas")
+    df = aepipe.load_codes(f"file://{digits_codes / 'c.zarr'}", as_="pandas")
     assert list(df.columns) == [f"code_{i}" for i in range(8)] and np.array_equal(df.to_numpy(), z)
-    table = pipeline.load_codes(digits_codes / "q.parquet", as_="arrow")
+    table = aepipe.load_codes(digits_codes / "q.parquet", as_="arrow")
     zq = np.stack(table.column("code").to_numpy(zero_copy_only=False))
     by_id = dict(zip(table.column("id").to_pylist(), zq))
     step = np.ptp(z, 0) / 254  # de-quantised int8 codes sit within about a step of the float codes
@@ -222,7 +222,7 @@ def test_autoencoder_features_in_a_scikit_learn_pipeline(digits_run):
     from sklearn.utils.estimator_checks import check_estimator
 
     xtr, ytr, _, xte, yte, _ = digits_split()
-    feats = pipeline.AutoencoderFeatures(digits_run)
+    feats = aepipe.AutoencoderFeatures(digits_run)
     z = feats.transform(xtr * 16)  # rows in the data's units, flattened
     run = load_run(digits_run)
     with torch.inference_mode():
@@ -231,7 +231,7 @@ def test_autoencoder_features_in_a_scikit_learn_pipeline(digits_run):
     back = feats.inverse_transform(z)
     assert back.shape == (len(xtr), 64)
     assert list(feats.get_feature_names_out()) == [f"autoencoderfeatures{i}" for i in range(8)]
-    clf = make_pipeline(pipeline.AutoencoderFeatures(digits_run), LogisticRegression(max_iter=5000)).fit(xtr * 16, ytr)
+    clf = make_pipeline(aepipe.AutoencoderFeatures(digits_run), LogisticRegression(max_iter=5000)).fit(xtr * 16, ytr)
     assert clf.score(xte * 16, yte) == probe_scores(z, ytr, feats.transform(xte * 16), yte)["accuracy"]
     # scikit-learn's own checks: those that feed made-up data of other widths cannot apply to a
     # model trained on 64 pixels; every other check must pass
@@ -292,8 +292,8 @@ def test_readme_python_example_runs(digits_run, digits_codes, tmp_path, monkeypa
 def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path):
     """--ids in a Zarr store: sorted ids are found by bisection over chunks (each read once), an
     unsorted ids array falls back to scanning it, and both give store positions in the asked order."""
-    from pipeline.batch.rows import _bisect_ids, find_ids
-    from pipeline.stores.read import ZarrCodesSource
+    from aepipe.batch.rows import _bisect_ids, find_ids
+    from aepipe.stores.read import ZarrCodesSource
 
     rng = np.random.default_rng(0)
     for name, ids in (("sorted", np.arange(0, 30_000, 3)), ("shuffled", rng.permutation(10_000) * 3)):
@@ -305,7 +305,7 @@ def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path)
         assert list(find_ids(src, [str(i) for i in want])) == [int(np.flatnonzero(ids == i)[0]) for i in want]
         if name == "sorted":  # found by bisection alone, not by the scan behind it
             assert _bisect_ids(src, [str(i) for i in want]) == {str(i): i // 3 for i in want}
-        with pytest.raises(pipeline.AepipeError, match='no row with id "1"'):
+        with pytest.raises(aepipe.AepipeError, match='no row with id "1"'):
             find_ids(src, ["3", "1"])
 
 
@@ -319,9 +319,9 @@ def test_small_asks_import_no_ray_zarr_or_pandas(tmp_path):
 
     (tmp_path / "t.csv").write_text("id,a,b\n1,0.5,2\n2,1.5,3\n")
     code = ("import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
-            "import pipeline.cli, pipeline.batch.decode, pipeline.batch.reconstruct, pipeline.batch.encode\n"
-            "from pipeline.stores.write import arrow_array\n"
-            "from pipeline.sources import open_source\n"
+            "import aepipe.cli, aepipe.batch.decode, aepipe.batch.reconstruct, aepipe.batch.encode\n"
+            "from aepipe.stores.write import arrow_array\n"
+            "from aepipe.sources import open_source\n"
             f"d = {str(tmp_path)!r}\n"
             "pq.write_table(pa.table({'id': arrow_array(np.arange(2)), 'a': arrow_array(np.ones(2)),"
             " 'ok': arrow_array(np.ones(2, bool))}), d + '/t.parquet')\n"
@@ -338,7 +338,7 @@ def test_small_asks_import_no_ray_zarr_or_pandas(tmp_path):
                                  pa.array(np.arange(10.0)).slice(3, 4), pa.array([1.0, None, 3.0]),
                                  pa.array([True, False]), pa.array(["a", "b"])])
 def test_numpy_of_equals_to_numpy(col):
-    from pipeline.sources import numpy_of
+    from aepipe.sources import numpy_of
 
     want = col.to_numpy(zero_copy_only=False)
     got = numpy_of(col)
@@ -350,7 +350,7 @@ def test_numpy_of_equals_to_numpy(col):
                                np.ones(5, np.float16), np.array([1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1], bool),
                                np.arange(20, dtype=np.float32).reshape(4, 5)[:, 2], np.array(["a", "bc"])])
 def test_arrow_array_equals_pa_array(v):
-    from pipeline.stores.write import arrow_array
+    from aepipe.stores.write import arrow_array
 
     got = arrow_array(v)
     assert got.equals(pa.array(v)) and got.type == pa.array(v).type

@@ -6,12 +6,12 @@ import pyarrow.parquet as pq
 import torch
 import zarr
 
-from pipeline.sources import open_source
-from pipeline.batch.decode import decode
-from pipeline.batch.encode import encode
-from pipeline.evaluate import read_codes
-from pipeline.run import load_run
-from pipeline.stores.read import dequantize
+from aepipe.sources import open_source
+from aepipe.batch.decode import decode
+from aepipe.batch.encode import encode
+from aepipe.evaluate import read_codes
+from aepipe.run import load_run
+from aepipe.stores.read import dequantize
 from tests.conftest import run_aepipe, run_installed
 
 
@@ -92,7 +92,7 @@ def test_digits_encode_int8_and_decode_by_ids(digits_run, tmp_path):
 
 
 def test_dequantize_inverts_quantize_within_a_step():
-    from pipeline.stores.read import quantize
+    from aepipe.stores.read import quantize
 
     z = np.random.default_rng(0).uniform(-3, 5, size=(100, 4)).astype(np.float32)
     lo, hi = z.min(0), z.max(0)

@@ -11,9 +11,9 @@ import pyarrow.dataset as pads
 import pytest
 import zarr
 
-from pipeline import AepipeError
-from pipeline.batch.encode import encode
-from pipeline.stores.read import describe_store
+from aepipe import AepipeError
+from aepipe.batch.encode import encode
+from aepipe.stores.read import describe_store
 from tests.conftest import AEPIPE, run_aepipe
 
 N = 30_000  # 8 read ranges of 4096 rows, 118 chunks of 256 rows: killed long before the end
@@ -118,7 +118,7 @@ def test_resume_refuses_other_data(ray_local, digits_run, digits_npy, tmp_path):
 def test_actor_torch_threads_follow_its_cpus(ray_local, digits_run):
     import ray
 
-    from pipeline.batch.actors import ModelActor
+    from aepipe.batch.actors import ModelActor
 
     @ray.remote(num_cpus=2)
     class Probe(ModelActor):
@@ -147,10 +147,10 @@ def test_info_shows_bytes_per_row_and_ratio(ray_local, digits_run, digits_npy, t
 def test_auto_engine_runs_in_process_when_that_beats_ray(ray_local, digits_run, digits_npy, monkeypatch):
     """engine auto: forced choices and Ray asked for are obeyed; otherwise the first read unit is timed
     here and the job's estimate compared with Ray's start-up (RAY_START_S) and its gain per CPU."""
-    from pipeline.batch import engine
-    from pipeline.batch.actors import Encoder
-    from pipeline.run import load_run
-    from pipeline.sources import open_for_run
+    from aepipe.batch import engine
+    from aepipe.batch.actors import Encoder
+    from aepipe.run import load_run
+    from aepipe.sources import open_for_run
 
     assert engine.runs_local(10, "auto") is True  # a small ask
     assert engine.runs_local(10 ** 6, "local") is True and engine.runs_local(10, "ray") is False
@@ -170,10 +170,10 @@ def test_auto_engine_runs_in_process_when_that_beats_ray(ray_local, digits_run, 
 def test_engine_choice_at_its_cut_on_a_measured_job(digits_run, digits_npy, cpus, cut):
     """Between the extremes: this process wins while its estimate is under Ray's start-up over
     Ray's gain, and loses just past it; on the time measured for a real job, too."""
-    from pipeline.batch import engine
-    from pipeline.batch.actors import Encoder
-    from pipeline.run import load_run
-    from pipeline.sources import open_for_run
+    from aepipe.batch import engine
+    from aepipe.batch.actors import Encoder
+    from aepipe.run import load_run
+    from aepipe.sources import open_for_run
 
     assert engine.local_beats_ray(0.95 * cut, cpus, ray_start_s=10.0)
     assert not engine.local_beats_ray(1.05 * cut, cpus, ray_start_s=10.0)

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from ray._private import ray_constants
 
-import pipeline
+import aepipe
 
 AEPIPE = str(Path(sys.executable).with_name("aepipe"))
 MB = 2 ** 20
@@ -109,9 +109,9 @@ def test_node_killed_mid_encode_store_complete(cluster, tmp_path, monkeypatch):
     out, err = finish(proc)
     assert proc.returncode == 0, err
     assert f"encoded {rows} rows" in out
-    ids, codes = pipeline.load_codes(tmp_path / "codes.zarr")
+    ids, codes = aepipe.load_codes(tmp_path / "codes.zarr")
     assert np.array_equal(np.sort(ids), np.arange(rows))  # every id exactly once
-    ref = pipeline.AutoencoderFeatures(str(tmp_path / "run")).transform(x)
+    ref = aepipe.AutoencoderFeatures(str(tmp_path / "run")).transform(x)
     np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-6)
 
 

@@ -13,10 +13,10 @@ from PIL import Image
 from sklearn.decomposition import PCA
 
 from conftest import run_aepipe
-from pipeline.models import REGISTRY
-from pipeline.normalize import in_validation
-from pipeline.run import load_run
-from pipeline.sources import open_for_run, read_block
+from aepipe.models import REGISTRY
+from aepipe.normalize import in_validation
+from aepipe.run import load_run
+from aepipe.sources import open_for_run, read_block
 
 CODE = 4
 SMALL = {"conv": "8,16", "recurrent": "16"}  # small nets: these tests are about the floor, not capacity
@@ -141,7 +141,7 @@ def test_every_family_is_no_worse_than_pca_on_held_out_rows(family, datasets, tm
 def test_streamed_pca_matches_scikit_learn(features):
     """Narrow rows: the covariance summed batch by batch; wide ones (past NARROW): a randomized SVD
     of a uniform sample. Both give scikit-learn's subspace and variances on data of rank 6."""
-    from pipeline.pca import NARROW, fit_pca
+    from aepipe.pca import NARROW, fit_pca
 
     assert (features > NARROW) == (features == 4100)
     rng = np.random.default_rng(0)

@@ -5,9 +5,9 @@ import pytest
 import torch
 import zarr
 
-from pipeline.batch.encode import encode
-from pipeline.models import ModelConfig
-from pipeline.train import TrainConfig, train
+from aepipe.batch.encode import encode
+from aepipe.models import ModelConfig
+from aepipe.train import TrainConfig, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -28,11 +28,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.normalize import Normalizer
-from pipeline.sources import Schema
-from pipeline.batch.encode import encode
-from pipeline.models import ModelConfig, build_model
-from pipeline.run import save_run
+from aepipe.normalize import Normalizer
+from aepipe.sources import Schema
+from aepipe.batch.encode import encode
+from aepipe.models import ModelConfig, build_model
+from aepipe.run import save_run
 from tests.conftest import AEPIPE, aepipe_here, run_capped, write_table
 
 TIME_BOUND_S = 20  # measured here on a quiet machine: at most 8.2 s (a NaN found inside a running Ray job)

@@ -10,13 +10,13 @@ import pytest
 import zarr
 from PIL import Image
 
-from pipeline import AepipeError
-from pipeline.batch.decode import decode
-from pipeline.batch.encode import encode
-from pipeline.normalize import Normalizer, combine_stats
-from pipeline.sources import bad_rows, open_source, skipped_rows, to_dataset
-from pipeline.stores.read import read_metadata
-from pipeline.train import _datasets, _skipped, _stats
+from aepipe import AepipeError
+from aepipe.batch.decode import decode
+from aepipe.batch.encode import encode
+from aepipe.normalize import Normalizer, combine_stats
+from aepipe.sources import bad_rows, open_source, skipped_rows, to_dataset
+from aepipe.stores.read import read_metadata
+from aepipe.train import _datasets, _skipped, _stats
 from tests.conftest import run_aepipe
 from tests.test_cli import fails_cleanly
 
@@ -173,8 +173,8 @@ def test_png_folder_output_from_decode_and_denoise(ray_local, folder, tmp_path, 
     """decode and denoise write a folder of PNGs named by the input's relative paths (suffix .png),
     pixels the .npy output's values on the training images' 0..255 range; on Ray and in-process.
     A model whose rows are not images is refused before anything runs."""
-    from pipeline.run import load_run
-    from pipeline.stores.write import PngSink
+    from aepipe.run import load_run
+    from aepipe.stores.write import PngSink
 
     run = tmp_path / "run"
     run_aepipe("train", folder, "--out", run, "--hidden", "16", "--code-dim", 4, "--epochs", 1, "--image-size", 8,

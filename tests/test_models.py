@@ -5,9 +5,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.models import REGISTRY, ModelConfig, build_model, jacobian_frobenius, kl_sparsity
-from pipeline.run import load_run, save_run
+from aepipe.cli import app
+from aepipe.models import REGISTRY, ModelConfig, build_model, jacobian_frobenius, kl_sparsity
+from aepipe.run import load_run, save_run
 
 SHAPES = {"conv": (8, 8), "recurrent": (8, 8)}  # digits are images and 8-step sequences too
 

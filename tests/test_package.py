@@ -6,10 +6,10 @@ import pkgutil
 
 import pytest
 
-import pipeline
-from pipeline.cli import main
+import aepipe
+from aepipe.cli import main
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(pipeline.__path__, "pipeline."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(aepipe.__path__, "aepipe."))
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -30,19 +30,19 @@ def test_main_returns_exit_codes_in_process(capsys, tmp_path):
 # The layers, top to bottom: a module imports modules of its own layer or of layers below it,
 # never above. Imports inside functions count too.
 LAYERS = {
-    "api": {"pipeline"},  # the package's own names (load_codes, AutoencoderFeatures, AepipeError)
-    "cli": {"pipeline.cli"},
-    "flows": {"pipeline.demo", "pipeline.tune"},  # commands that run other jobs: the demo, tuning's trials
-    "jobs": {"pipeline.batch.encode", "pipeline.batch.decode", "pipeline.batch.reconstruct", "pipeline.batch.append",
-             "pipeline.train", "pipeline.report", "pipeline.submit"},
-    "engine": {"pipeline.batch", "pipeline.batch.engine", "pipeline.batch.actors", "pipeline.batch.rows",
-               "pipeline.runtime"},
-    "parts": {"pipeline.stores", "pipeline.stores.read", "pipeline.stores.write", "pipeline.stores.raydata",
-              "pipeline.stores.bitstreams", "pipeline.bitstream", "pipeline.models", "pipeline.pca",
-              "pipeline.run", "pipeline.normalize", "pipeline.scores", "pipeline.remote", "pipeline.checks",
-              "pipeline.sources", "pipeline.sources.arrays", "pipeline.sources.csv", "pipeline.sources.images",
-              "pipeline.sources.parquet", "pipeline.evaluate", "pipeline.features"},
-    "base": {"pipeline.errors", "pipeline.version"},
+    "api": {"aepipe"},  # the package's own names (load_codes, AutoencoderFeatures, AepipeError)
+    "cli": {"aepipe.cli"},
+    "flows": {"aepipe.demo", "aepipe.tune"},  # commands that run other jobs: the demo, tuning's trials
+    "jobs": {"aepipe.batch.encode", "aepipe.batch.decode", "aepipe.batch.reconstruct", "aepipe.batch.append",
+             "aepipe.train", "aepipe.report", "aepipe.submit"},
+    "engine": {"aepipe.batch", "aepipe.batch.engine", "aepipe.batch.actors", "aepipe.batch.rows",
+               "aepipe.runtime"},
+    "parts": {"aepipe.stores", "aepipe.stores.read", "aepipe.stores.write", "aepipe.stores.raydata",
+              "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
+              "aepipe.run", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
+              "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
+              "aepipe.sources.parquet", "aepipe.evaluate", "aepipe.features"},
+    "base": {"aepipe.errors", "aepipe.version"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 
@@ -52,18 +52,18 @@ def package_imports(root=None) -> dict[str, set[str]]:
     import ast
     from pathlib import Path
 
-    root = Path(root or pipeline.__path__[0])
-    files = {".".join(("pipeline", *f.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): f
+    root = Path(root or aepipe.__path__[0])
+    files = {".".join(("aepipe", *f.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): f
              for f in root.rglob("*.py")}
     graph = {}
     for name, f in files.items():
         found = set()
         for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aepipe"):
                 found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
                           for a in node.names}
             elif isinstance(node, ast.Import):
-                found |= {a.name for a in node.names if a.name.startswith("pipeline")}
+                found |= {a.name for a in node.names if a.name.startswith("aepipe")}
         graph[name] = found - {name}
     return graph
 
@@ -74,7 +74,7 @@ def layer_problems(graph) -> list[str]:
         for d in deps:
             if m in RANK and d in RANK and RANK[d] < RANK[m]:
                 problems.append(f"{m} imports {d}, a layer above it")
-            elif RANK.get(m) == RANK.get(d) == RANK["pipeline.batch.encode"]:
+            elif RANK.get(m) == RANK.get(d) == RANK["aepipe.batch.encode"]:
                 problems.append(f"{m} imports {d}: jobs stand on the engine, not on each other")
     return problems
 
@@ -109,17 +109,32 @@ def cycles(graph) -> list[list[str]]:
 
 def test_imports_go_down_the_layers_and_never_round():
     graph = package_imports()
-    assert set(graph) == set(MODULES) | {"pipeline"}
+    assert set(graph) == set(MODULES) | {"aepipe"}
     assert layer_problems(graph) == []
     assert cycles(graph) == []
-    assert {d for d in graph["pipeline.train"] if RANK.get(d) == RANK["pipeline.batch.encode"]} == set()  # no batch job
+    assert {d for d in graph["aepipe.train"] if RANK.get(d) == RANK["aepipe.batch.encode"]} == set()  # no batch job
 
 
 def test_the_layer_check_catches_an_upward_import_and_a_cycle():
     graph = package_imports()
-    graph["pipeline.stores.read"] = graph["pipeline.stores.read"] | {"pipeline.batch.rows"}
-    assert "pipeline.stores.read imports pipeline.batch.rows, a layer above it" in layer_problems(graph)
-    assert any("pipeline.stores.read" in c and "pipeline.batch.rows" in c for c in cycles(graph))
-    graph["pipeline.batch.decode"] = graph["pipeline.batch.decode"] | {"pipeline.batch.reconstruct"}
-    assert "pipeline.batch.decode imports pipeline.batch.reconstruct: jobs stand on the engine, not on each other" \
+    graph["aepipe.stores.read"] = graph["aepipe.stores.read"] | {"aepipe.batch.rows"}
+    assert "aepipe.stores.read imports aepipe.batch.rows, a layer above it" in layer_problems(graph)
+    assert any("aepipe.stores.read" in c and "aepipe.batch.rows" in c for c in cycles(graph))
+    graph["aepipe.batch.decode"] = graph["aepipe.batch.decode"] | {"aepipe.batch.reconstruct"}
+    assert "aepipe.batch.decode imports aepipe.batch.reconstruct: jobs stand on the engine, not on each other" \
         in layer_problems(graph)
+
+
+def test_import_aepipe_from_a_folder_that_holds_a_pipeline_py(tmp_path):
+    """The import name is the product's: a user's own pipeline.py (or the PyPI package `pipeline`)
+    neither shadows aepipe nor is shadowed by it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pipeline.py").write_text("raise SystemExit('the user\\'s own pipeline.py was imported')\n")
+    code = "import aepipe, aepipe.cli, pipeline; print(aepipe.__file__, pipeline.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode != 0 and "the user's own pipeline.py was imported" in proc.stderr  # theirs, not ours
+    proc = subprocess.run([sys.executable, "-c", "import aepipe.cli; print(aepipe.__file__)"], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().endswith("aepipe/__init__.py")

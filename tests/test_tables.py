@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from pipeline import AepipeError
-from pipeline.sources import csv as csv_kind
-from pipeline.sources import open_source
+from aepipe import AepipeError
+from aepipe.sources import csv as csv_kind
+from aepipe.sources import open_source
 from tests.conftest import run_aepipe
 from tests.test_cli import fails_cleanly
 

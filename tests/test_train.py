@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from pipeline import AepipeError
-from pipeline.sources import open_source
-from pipeline.models import ModelConfig
-from pipeline.run import load_run
-from pipeline.train import TrainConfig, fit_path, train
+from aepipe import AepipeError
+from aepipe.sources import open_source
+from aepipe.models import ModelConfig
+from aepipe.run import load_run
+from aepipe.train import TrainConfig, fit_path, train
 
 PATH_LINES = {"process": "fitting in this process (1 worker, data in memory)", "ray train": "fitting with Ray Train ("}
 
@@ -109,7 +109,7 @@ def test_fit_path_rules(monkeypatch):
     assert fit_path(src, TrainConfig(ray_train=True)) == "--ray-train"
     with pytest.raises(AepipeError, match="--in-process fits with one CPU worker"):
         fit_path(src, TrainConfig(workers=2, ray_train=False))
-    monkeypatch.setattr("pipeline.train.MEMORY_SHARE", 0.0)
+    monkeypatch.setattr("aepipe.train.MEMORY_SHARE", 0.0)
     assert "past memory" in fit_path(src, TrainConfig())
     assert fit_path(src, TrainConfig(ray_train=False)) == ""  # --in-process: the user's call
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
@@ -118,7 +118,7 @@ def test_fit_path_rules(monkeypatch):
 
 def test_cli_fits_in_process_without_importing_ray(tmp_path):
     """`aepipe train` on digits: the printed path line, and Ray never imported, let alone started."""
-    cmd = [sys.executable, "-X", "importtime", "-m", "pipeline.cli", "train", "builtin:digits", "--epochs", "1",
+    cmd = [sys.executable, "-X", "importtime", "-m", "aepipe.cli", "train", "builtin:digits", "--epochs", "1",
            "--out", str(tmp_path / "r")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,7 +1,7 @@
 """aepipe tune: Ray Tune trials over code size / depth / width / loss, the best one an ordinary run dir."""
 
 from conftest import run_aepipe
-from pipeline.run import load_run
+from aepipe.run import load_run
 
 
 def test_tune_writes_the_best_trial_as_a_run_dir(ray_local, tmp_path):

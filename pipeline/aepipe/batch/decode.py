@@ -1,0 +1,80 @@
+"""aepipe decode: codes back to data through the decoder, on an actor pool, to Zarr/Parquet/.npy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aepipe.errors import AepipeError
+from aepipe.checks import output_path, positive
+from aepipe.batch.actors import BitstreamDecoder, Decoder
+from aepipe.batch.engine import check_job_options, model_job, provenance
+from aepipe.batch.rows import png_range, select, write_rows
+from aepipe.run import load_run
+from aepipe.stores.bitstreams import BitstreamSource
+from aepipe.stores.read import open_codes, quant_range, read_metadata
+
+
+SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
+
+
+def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids: list[str] | None = None,
+           batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, overwrite: bool = False,
+           engine: str = "auto", address: str | None = None) -> int:
+    """Reconstruct rows from a codes store into OUT (.zarr, .parquet or .npy). Returns rows written.
+    Small selections run in this process (aepipe.batch.engine.model_job), large ones on Ray."""
+    check_job_options(batch_size, concurrency, num_gpus, engine)
+    run = load_run(model)
+    kind, attrs = read_metadata(codes)
+    out = output_path(out, overwrite, (".zarr", ".parquet", ".npy", ""), inputs=(codes, model))
+    if out.suffix == "":  # a folder of PNG images: only for image models, refused before Ray starts
+        png_range(run, out)
+    if attrs["model_fingerprint"] != run.fingerprint:
+        raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
+                          f"not by {model} ({run.fingerprint})")
+    if attrs.get("code_kind") == "bitstream":  # a compress model's store: entropy-coded images
+        return _decode_bitstreams(codes, kind, attrs, run, out, rows, ids, batch_size, concurrency, num_gpus, engine, address)
+    src, attrs = open_codes(codes, (kind, attrs))
+    src = select(src, rows, ids)
+    lo, hi = quant_range(attrs)
+    ds = model_job(src, Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi, num_gpus=num_gpus),
+                   batch_size, concurrency, num_gpus, engine, address)
+    write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
+    return src.n_rows
+
+
+def _decode_bitstreams(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, batch_size: int,
+           concurrency: int, num_gpus: float, engine: str, address: str | None) -> int:
+    """decode() for a compress model's bitstream store: same output paths (write_rows), bitstreams checked first."""
+    model = run.model
+    src = BitstreamSource(codes, kind, attrs, (model.latent_channels, *model.latent_hw))
+    if rows:  # positions as in any store; select() checks and parses A:B
+        picked = select(src, rows, None).positions
+        src = BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))
+    elif ids:  # only the named images' bitstreams are read (and checked)
+        src = select(src, None, ids)
+    ds = model_job(src, BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus), batch_size, concurrency,
+                   num_gpus, engine, address)
+    write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
+    return src.n_rows
+
+
+def sample(model: str, n: int, out: str | Path, seed: int = 0, overwrite: bool = False) -> np.ndarray:
+    """VAE only: n rows drawn from the prior and decoded, in the data's units, saved as .npy."""
+    positive("n", n)
+    run = load_run(model)
+    out = output_path(out, overwrite, (".npy",), inputs=(model,))
+    if not hasattr(run.model, "sample"):
+        raise AepipeError(f'{model}: family "{run.meta["family"]}" cannot sample; only vae can')
+    if n * run.schema.size * 4 > SAMPLE_MAX_BYTES:
+        raise AepipeError(f"--n {n}: {n} rows of {run.schema.size} floats is {n * run.schema.size * 4 / 2**30:.1f} GiB; "
+                          f"sample at most {SAMPLE_MAX_BYTES // (run.schema.size * 4):,} rows per call")
+    x = run.normalizer.invert(run.model.sample(n, torch.Generator().manual_seed(seed)).numpy())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    with open(tmp, "wb") as f:  # written whole, then renamed: no half file at OUT
+        np.save(f, x)
+    tmp.replace(out)
+    return x

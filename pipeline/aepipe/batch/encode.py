@@ -1,0 +1,114 @@
+"""aepipe encode: stream DATA through the encoder in parallel, write one code per row.
+
+    read a row range -> Encoder -> ZarrSink | ParquetSink     one fused Ray task per range on CPUs
+    read -> Encoder on an actor pool -> write                  with --gpus (aepipe.batch.engine.model_job)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aepipe.errors import AepipeError
+from aepipe.batch.actors import BitstreamEncoder, Encoder
+from aepipe.batch.engine import check_job_options, model_job, provenance, write
+from aepipe.sources import Source, input_files, open_for_run
+from aepipe.checks import output_path, positive
+from aepipe.run import load_run
+from aepipe.stores.read import DTYPES, chunk_rows_for, id_dtype, task_rows
+
+
+class Remaining(Source):
+    """`src` read only over `todo`, the read ranges a resumed encode still has to run."""
+
+    def __init__(self, src: Source, todo: list[tuple[int, int]]):
+        self.src, self.todo = src, todo
+        self.spec, self.schema, self.n_rows = src.spec, src.schema, src.n_rows
+
+    def ranges(self, rows_per_task=None):
+        return self.todo
+
+    def read(self, start, stop):
+        return self.src.read(start, stop)
+
+
+def resume_settings(run, src: Source, out: Path, **options) -> dict:
+    """What a --resume must find unchanged: the model's weights, the input (path, size, every
+    file's size and modification time) and every option that shapes the store."""
+    data = src.spec if src.spec.startswith("builtin:") or "://" in src.spec else str(Path(src.spec).resolve())
+    return {"model_fingerprint": run.fingerprint, "data": data, "input_files": input_files(src),
+            "n_rows": src.n_rows, "format": out.suffix, **options}
+
+
+def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
+           batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, id_column: str | None = None,
+           chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
+           read: dict | None = None, resume: bool = False, select=None, engine: str = "auto") -> dict:
+    """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance.
+    resume: finish OUT.partial, left by a run that was killed, instead of starting again.
+    select: a function of the opened source that returns the rows to encode (encode --append).
+    engine: auto (in this process when that is faster, else Ray), local or ray (aepipe.batch.engine)."""
+    if dtype not in DTYPES:
+        raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
+    check_job_options(batch_size, concurrency, num_gpus, engine)
+    positive("chunk_rows", chunk_rows)
+    run = load_run(model)
+    src = open_for_run(data, run.meta, id_column, **(read or {}))
+    src = select(src) if select else src
+    out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
+    src.schema.check_matches(run.schema, data)
+    src.schema = run.schema  # columns are read by name, in the order the model was trained on
+    d = run.code_dim
+    lo, hi = run.code_range()
+    files = input_files(src)
+    attrs = provenance(run, data, n_rows=src.n_rows, code_dim=d, dtype=dtype, scores=scores, notes=src.notes(),
+                       ids=getattr(src, "id_column", None) or getattr(src, "id_kind", "row index"),
+                       quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None,
+                       # what `aepipe info` compares the store with
+                       input_bytes=src.n_rows * src.schema.size * 4,
+                       input_file_bytes=sum(size for _, size, _ in files) if files else None)
+    # a bitstream's size is not known ahead: chunks are sized for one at about 1 bit per pixel
+    row_bytes = run.schema.size // 8 if run.meta["family"] == "compress" else d * np.dtype(dtype).itemsize
+    chunk_rows = chunk_rows or chunk_rows_for(row_bytes)
+    ids_kind = id_dtype(src)
+    rows_per_task = task_rows(chunk_rows, 4 * src.schema.size, src.n_rows)
+    ranges = src.ranges(rows_per_task)
+    settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
+                               chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges))
+    from aepipe.stores.write import ParquetSink, ZarrSink
+
+    actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
+    if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row
+        from aepipe.stores.bitstreams import encode_sink
+
+        if scores or dtype != "float32":
+            raise AepipeError(f"--scores and --dtype: {model} is a compress model; it writes bitstreams, whose "
+                              "size is set by its --lmbda")
+        sink = encode_sink(out, src, attrs, ids_kind, chunk_rows, ranges, settings)
+        actor, kwargs = BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
+    elif out.suffix == ".zarr":
+        arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
+        if scores:
+            arrays["scores"] = ("score", (), "float32")
+        sink = ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows, ranges, settings)
+    else:
+        cols = {"id": ("id", "scalar"), "code": ("code", "list")}
+        if scores:
+            cols["score"] = ("score", "scalar")
+        sink = ParquetSink(out, src.n_rows, cols, attrs, ranges, settings)
+    todo = sink.prepare(resume=True) if resume else ranges
+    # everything above is checked without Ray: a mistake costs a second, not a start-up
+    if todo:  # (none: killed after its last range, before the commit)
+        ds = model_job(Remaining(src, todo), actor, kwargs, batch_size, concurrency, num_gpus, engine=engine,
+                       address=address, rows_per_task=rows_per_task)
+        write(ds, sink)
+    else:
+        sink.on_write_complete([])
+    if attrs.get("code_kind") == "bitstream":  # the rate the store really holds, for the summary line
+        from aepipe.stores.bitstreams import stored_bits
+
+        attrs["bits_per_pixel"] = stored_bits(out) / ((src.n_rows - len(sink.skipped)) * run.model.pixels)
+    if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others
+        attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
+    return attrs

@@ -1,0 +1,180 @@
+"""Metrics, the classical baselines they are compared with, plots, and the digits demo.
+
+Baselines and the split follow ../shared/anchors.py exactly: digits / 16, train_test_split with
+test_size 0.3, random_state 0, stratified; logistic regression (max_iter 5000) as the probe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aepipe.sources.arrays import builtin
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    return float(10 * np.log10(peak ** 2 / np.mean((a - b) ** 2)))
+
+
+def probe_accuracy(train_x, train_y, test_x, test_y) -> float:
+    """The anchors' linear probe, unchanged, so figures compare with anchors.json."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=5000).fit(train_x, train_y)
+    return float(clf.score(test_x, test_y))
+
+
+def digits_split():
+    """(x_train, y_train, ids_train, x_test, y_test, ids_test), x flattened and scaled to [0, 1]."""
+    tr, te = builtin("digits-train"), builtin("digits-test")
+    return (tr.x.reshape(len(tr.x), -1) / 16, tr.labels, tr.ids, te.x.reshape(len(te.x), -1) / 16, te.labels, te.ids)
+
+
+def read_codes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, codes as float32) of a whole store, in memory: for reports on small sets."""
+    from aepipe.stores.read import dequantize, open_codes, quant_range
+
+    src, attrs = open_codes(path)
+    ids, codes = zip(*(src.read(a, b) for a, b in src.ranges()))
+    lo, hi = quant_range(attrs)
+    return np.concatenate(ids), dequantize(np.concatenate(codes), attrs["dtype"], lo, hi)
+
+
+def by_id(ids: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """values reordered to follow `wanted` ids (every wanted id must be present)."""
+    pos = {int(i): k for k, i in enumerate(ids)}
+    return values[[pos[int(i)] for i in wanted]]
+
+
+def pca_baseline(k: int, xtr, xte):
+    from sklearn.decomposition import PCA
+
+    p = PCA(k, random_state=0).fit(xtr)
+    return p.transform(xtr), p.transform(xte), p.inverse_transform(p.transform(xte))
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
+
+
+def plot_reconstructions(originals: np.ndarray, recons: dict, path: Path, n: int = 10) -> None:
+    """A grid: originals on top, one row per reconstruction (digits as 8x8 images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {"original": originals, **recons}
+    fig, axes = plt.subplots(len(rows), n, figsize=(n, 1.1 * len(rows)))
+    for r, (name, imgs) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(imgs[c].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- aepipe probe
+
+def read_labels(spec: str, label_column: str = "y", id_column: str = "id") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) from a CSV or Parquet file, or from a built-in set (builtin:digits)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from aepipe.errors import AepipeError
+    from aepipe.sources import open_source
+
+    if spec.startswith("builtin:"):
+        src = open_source(spec)
+        return src.ids, src.labels
+    path = Path(spec)
+    if not path.exists():
+        raise AepipeError(f"--labels {spec}: no such file")
+    try:
+        table = pacsv.read_csv(path) if path.suffix == ".csv" else pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise AepipeError(f"--labels {spec}: not a readable CSV or Parquet file ({str(e).splitlines()[0]})") from None
+    for col, flag in ((id_column, "--labels-id-column"), (label_column, "--label-column")):
+        if col not in table.column_names:
+            raise AepipeError(f'--labels {spec}: no column "{col}" (columns: {", ".join(table.column_names[:8])}); '
+                              f"name it with {flag}")
+    return (table.column(id_column).to_numpy(zero_copy_only=False),
+            table.column(label_column).to_numpy(zero_copy_only=False))
+
+
+def join_by_id(ids: np.ndarray, label_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into ids, their labels) for the ids that have a label, in the store's order.
+    Ids are compared as text, so 7 in a CSV meets 7 in an int64 store."""
+    from aepipe.errors import AepipeError
+
+    lookup = dict(zip(map(str, label_ids), labels))
+    pos = np.array([i for i, v in enumerate(map(str, ids)) if v in lookup], dtype=np.int64)
+    if len(pos) < 10:
+        raise AepipeError(f"only {len(pos)} rows of the codes have a label (joined by id); need at least 10")
+    return pos, np.array([lookup[str(ids[i])] for i in pos])
+
+
+def fixed_split(y: np.ndarray):
+    """The anchors' split: 30 % test, random_state 0, stratified when every class has two rows."""
+    from sklearn.model_selection import train_test_split
+
+    _, counts = np.unique(y, return_counts=True)
+    return train_test_split(np.arange(len(y)), test_size=0.3, random_state=0,
+                            stratify=y if counts.min() >= 2 else None)
+
+
+def probe_scores(train_x, train_y, test_x, test_y) -> dict:
+    """The anchors' probe (logistic regression, max_iter 5000): accuracy and macro-F1."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    pred = LogisticRegression(max_iter=5000).fit(train_x, train_y).predict(test_x)
+    return {"accuracy": float(np.mean(pred == test_y)), "macro_f1": float(f1_score(test_y, pred, average="macro"))}
+
+
+def raw_rows(data: str, ids: np.ndarray, id_column: str | None = None) -> np.ndarray:
+    """DATA's rows for `ids`, flattened and scaled as aepipe normalises by default (global range for
+    arrays, per column for tables), so raw digits are pixels / 16 as in the anchors."""
+    from aepipe.errors import AepipeError
+    from aepipe.normalize import default_normalizer
+    from aepipe.sources import open_source
+
+    src = open_source(data, id_column)
+    src_ids, x = src.read(0, src.n_rows)
+    where = {str(v): i for i, v in enumerate(src_ids)}
+    missing = [v for v in map(str, ids) if v not in where]
+    if missing:
+        raise AepipeError(f'--data {data}: no row with id "{missing[0]}" of the codes store')
+    x = x[[where[str(v)] for v in ids]].reshape(len(ids), -1).astype(np.float64)
+    per_column = default_normalizer(src.schema) == "feature"
+    lo, hi = (x.min(0), x.max(0)) if per_column else (x.min(), x.max())
+    return (x - lo) / np.where(np.asarray(hi - lo) > 0, hi - lo, 1.0)
+
+
+def probe(codes: str, labels: str, label_column: str = "y", data: str | None = None,
+          labels_id_column: str = "id") -> list[dict]:
+    """Logistic-regression probe on the codes (and, with DATA, on raw inputs and PCA of the same
+    size) on one fixed split of the labelled rows. Returns one dict per feature set."""
+    from aepipe.features import load_codes
+
+    ids, z = load_codes(codes)
+    pos, y = join_by_id(ids, *read_labels(labels, label_column, labels_id_column))
+    tr, te = fixed_split(y)
+    z = z[pos]
+    rows = [{"features": f"codes ({Path(codes).name})", "dims": z.shape[1], **probe_scores(z[tr], y[tr], z[te], y[te])}]
+    if data:
+        x = raw_rows(data, ids[pos])
+        rows.append({"features": "raw inputs", "dims": x.shape[1], **probe_scores(x[tr], y[tr], x[te], y[te])})
+        ptr, pte, _ = pca_baseline(z.shape[1], x[tr], x[te])
+        rows.append({"features": f"PCA {z.shape[1]}", "dims": z.shape[1], **probe_scores(ptr, y[tr], pte, y[te])})
+    for r in rows:
+        r.update(n_train=len(tr), n_test=len(te))
+    return rows

@@ -1,0 +1,201 @@
+"""A run dir: what training leaves behind, and everything encode/decode need to load it.
+
+    runs/NAME/model.pt         best weights (a state dict)
+    runs/NAME/aepipe.json      family, hyper-parameters, input schema, normalisation, code range,
+                               metrics per epoch, data fingerprint, aepipe version
+    runs/NAME/loss_curve.png   train and validation loss per epoch
+    runs/NAME/checkpoints/     Ray Train checkpoints, one per epoch (the last two kept), for --resume
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from aepipe.errors import AepipeError
+from aepipe.normalize import Normalizer
+from aepipe.sources import Schema
+
+if TYPE_CHECKING:  # annotations only
+    import torch
+
+    from aepipe.models import ModelConfig
+
+# torch and aepipe.models are imported where used: `aepipe info RUN_DIR` reads JSON only, in well under 1 s
+
+META = "aepipe.json"
+WEIGHTS = "model.pt"
+
+
+def model_config_from_json(d: dict) -> ModelConfig:
+    from aepipe.models import ModelConfig
+
+    d = dict(d)
+    d["input_shape"] = tuple(d["input_shape"])
+    d["hidden"] = tuple(d["hidden"]) if d.get("hidden") else None
+    d.setdefault("init", "none")  # run dirs from before --init pca have no floor in their weights
+    return ModelConfig(**d)
+
+
+def weights_fingerprint(state: dict) -> str:
+    """A hash of every tensor's name, dtype, shape and bytes: the same weights give the same
+    fingerprint however they were saved, and any other weights a different one."""
+    import torch
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Run:
+    path: Path
+    meta: dict
+    model: torch.nn.Module  # in eval mode, on the CPU
+    schema: Schema
+    normalizer: Normalizer
+
+    @property
+    def code_dim(self) -> int:
+        return self.meta["model"]["code_dim"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["model_fingerprint"]
+
+    def code_range(self) -> tuple[np.ndarray, np.ndarray]:
+        r = self.meta["code_range"]
+        return np.asarray(r["lo"], np.float32), np.asarray(r["hi"], np.float32)
+
+
+def load_state(path: str | Path) -> dict:
+    """A checkpoint or weights file, read as tensors, numbers and plain containers only: a pickle
+    that would build any other object (and so could run code) is refused, never executed."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "unsupported object"
+        raise AepipeError(f"{path}: holds more than tensors and plain values, refusing to load it "
+                          f"(a file from elsewhere must not run code: {reason})") from None
+    except Exception as e:
+        raise AepipeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def save_run(path: Path, meta: dict, state: dict) -> dict:
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "model_fingerprint": weights_fingerprint(state)}  # what load_run checks the weights against
+    torch.save(state, path / WEIGHTS)
+    tmp = path / (META + ".tmp")  # aepipe.json appears last and whole: its presence means complete
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(path / META)
+    return meta
+
+
+def load_run(path: str | Path) -> Run:
+    """A run dir, local or at a URI (its aepipe.json and model.pt fetched into a temporary folder,
+    then checked exactly as a local one); Run.path stays the URI, so Ray workers fetch it too."""
+    import tempfile
+
+    from aepipe import remote
+
+    if not remote.is_uri(path):
+        return _load_local(Path(remote.local_or_uri(path)))
+    uri = remote.URI(path)
+    with tempfile.TemporaryDirectory(prefix="aepipe-run-") as d:
+        remote.download(uri, Path(d), only=(META, WEIGHTS))
+        try:
+            run = _load_local(Path(d))
+        except AepipeError as e:  # name the URI, not the temporary copy
+            raise AepipeError(str(e).replace(d, uri.rstrip("/")), e.exit_code) from None
+    run.path = uri
+    return run
+
+
+def _load_local(path: Path) -> Run:
+    import torch
+
+    from aepipe.models import build_model
+
+    if not (path / META).is_file() or not (path / WEIGHTS).is_file():
+        raise AepipeError(f"{path}: not an aepipe run dir (no {META} and {WEIGHTS}; make one with aepipe train)")
+    meta = read_meta(path)
+    state = load_state(path / WEIGHTS)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AepipeError(f"{path / WEIGHTS}: not a state dict of tensors")
+    found = weights_fingerprint(state)
+    if found != meta.get("model_fingerprint"):  # weights swapped or damaged: never encode with them
+        raise AepipeError(f"{path / WEIGHTS}: its weights (fingerprint {found}) are not the ones {META} "
+                          f"describes ({meta.get('model_fingerprint')}); the run dir was altered")
+    try:
+        model = build_model(model_config_from_json(meta["model"]))
+        model.load_state_dict(state)
+        schema, norm = Schema.from_json(meta["schema"]), Normalizer.from_json(meta["normalizer"])
+    except Exception as e:
+        raise AepipeError(f"{path}: run dir is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    model.eval()
+    return Run(path, meta, model, schema, norm)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    from aepipe import remote
+
+    if remote.is_uri(path):
+        return remote.is_file(remote.URI(path) / META)
+    return (Path(remote.local_or_uri(path)) / META).is_file()
+
+
+def read_meta(path: str | Path) -> dict:
+    """aepipe.json as a dict (a local run dir or one at a URI), or one clear error naming the file."""
+    from aepipe import remote
+
+    f = remote.URI(path) / META if remote.is_uri(path) else Path(remote.local_or_uri(path)) / META
+    try:
+        meta = json.loads(remote.read_bytes(f) if remote.is_uri(f) else f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise AepipeError(f"{f}: not readable JSON ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("model", "schema", "normalizer", "model_fingerprint") if k not in meta] \
+        if isinstance(meta, dict) else ["model"]
+    if missing:
+        raise AepipeError(f'{f}: damaged, no "{missing[0]}" entry')
+    return meta
+
+
+def describe_run(path: Path) -> list[tuple[str, str]]:
+    """What `aepipe info RUN_DIR` prints."""
+    m = read_meta(path)
+    hist = m["metrics"]["history"]
+    opts = {k: v for k, v in m["model"].items() if k not in ("family", "input_shape", "code_dim", "hidden", "loss")}
+    return [("run dir", str(path)), ("family", m["family"]), ("code size", str(m["model"]["code_dim"])),
+            ("hidden", str(m["model"]["hidden"] or "family default")), ("loss", m["model"]["loss"]),
+            ("input", f'{m["schema"]["shape"]} from {m["source"]} ({m["n_rows"]} rows)'),
+            ("columns", ", ".join(m["schema"]["columns"][:8]) + (" ..." if len(m["schema"]["columns"]) > 8 else "")),
+            ("normalisation", m["normalizer"]["kind"]),
+            ("epochs run", f'{len(hist)} (best {m["metrics"]["best_epoch"] + 1}, val loss '
+                           f'{m["metrics"]["best_val_loss"]:.5g}{", stopped early" if m["metrics"]["stopped_early"] else ""})'),
+            *_versus_pca(m),
+            ("workers", f'{m["train"]["workers"]} x {m["train"]["gpus_per_worker"]} GPU'),
+            ("options", json.dumps(opts)), ("data fingerprint", m["data_fingerprint"]),
+            ("model fingerprint", m["model_fingerprint"]), ("aepipe version", m["aepipe_version"]),
+            ("created", m["created"])]
+
+
+def _versus_pca(m: dict) -> list[tuple[str, str]]:
+    """info's line for the linear floor: the model's validation reconstruction loss beside PCA's."""
+    pca, mine = m["metrics"].get("pca") or {}, m["metrics"].get("val_recon")
+    if pca.get("val_loss") is None or mine is None:
+        return []  # a run dir from before the floor
+    return [("vs PCA", f'val {m["model"]["loss"]} {mine:.4g}, PCA {pca["code_dim"]}: {pca["val_loss"]:.4g} '
+                       f'(init {m["model"].get("init", "none")})')]

@@ -1,0 +1,110 @@
+"""Image folders: PNG and JPEG files (searched recursively) or one image file, one row per image.
+
+A row is the image converted to --mode (L: grayscale, shaped (H, W); RGB: (3, H, W), channels
+first as the conv family takes them), resized to cover --image-size and centre-cropped to it,
+with pixel values in [0, 255] like the digits' raw 0..16: the default "global" normaliser maps them
+to [0, 1]. Its id is the file's path relative to the folder. Every file is read through Location,
+so a folder on S3 reads like a local one.
+
+Mode and size are what training fits (`fitted()`): encoding reads new images the same way.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from aepipe.errors import AepipeError
+from aepipe.sources import ROWS_PER_TASK, Location, Schema, Source, mark_bad
+
+WHAT = "an image folder"
+OPTIONS = ("mode", "image_size", "on_bad_row")
+SUFFIXES = (".png", ".jpg", ".jpeg")  # as KINDS in __init__.py tests them
+MODES = ("L", "RGB")
+BAD_ROW = ("fail", "skip")
+TASK_BYTES = 2 ** 26  # a read task holds at most ~64 MiB of decoded pixels
+
+
+def open(where: Location, id_column=None, fitted=None, mode=None, image_size=None, on_bad_row=None):
+    if id_column:
+        raise AepipeError(f"--id-column does not apply to {where.spec}: an image's id is its path in the folder")
+    fitted = fitted or {}
+    mode = mode or fitted.get("mode") or "L"
+    if mode not in MODES:
+        raise AepipeError(f'--mode "{mode}": choose one of {", ".join(MODES)}')
+    on_bad_row = on_bad_row or "fail"
+    if on_bad_row not in BAD_ROW:
+        raise AepipeError(f'--on-bad-row "{on_bad_row}": choose one of {", ".join(BAD_ROW)}')
+    size = image_size or fitted.get("image_size")
+    if size is not None and min(size) < 1:
+        raise AepipeError(f"--image-size {size[0]},{size[1]}: sizes are positive")
+    return ImageSource(where, mode, tuple(size) if size else None, skip=on_bad_row == "skip")
+
+
+class ImageSource(Source):
+    id_kind = "path relative to the folder"  # what encode's provenance says the ids are
+
+    def __init__(self, where: Location, mode: str, size: tuple[int, int] | None, skip: bool):
+        self.spec, self.where, self.mode, self.skip = where.spec, where, mode, skip
+        self.paths = where.files(*SUFFIXES)  # sorted: the order fixes each image's global index
+        self.n_rows = len(self.paths)
+        self.size = size or (self._first_size() if self.paths else (1, 1))
+        shape = self.size if mode == "L" else (3, *self.size)
+        self.schema = Schema(("pixels",), tuple(shape), tabular=False)
+
+    def fitted(self) -> dict:
+        return {"mode": self.mode, "image_size": list(self.size)}
+
+    def _name(self, path: str) -> str:
+        """A file as the user would write it: DATA joined with its path inside the folder."""
+        return f"{self.spec.rstrip('/')}/{self.where.relative(path)}" if self.where.is_dir else self.spec
+
+    def _first_size(self) -> tuple[int, int]:
+        """(H, W) of the first image whose header reads (with skip, a bad first file is passed over)."""
+        for path in self.paths:
+            try:
+                from PIL import Image
+
+                with Image.open(io.BytesIO(self._bytes(path))) as img:
+                    return img.height, img.width
+            except Exception as e:
+                if not self.skip:
+                    raise AepipeError(f"{self._name(path)}: not a readable image ({_why(e)})") from None
+        raise AepipeError(f"{self.spec}: none of its {self.n_rows} images is readable")
+
+    def _bytes(self, path: str) -> bytes:
+        with self.where.open(path) as f:  # whole file first: PIL reads lazily, after `with` would close it
+            return f.read()
+
+    def _pixels(self, path: str) -> np.ndarray:
+        from PIL import Image, ImageOps
+
+        with Image.open(io.BytesIO(self._bytes(path))) as img:
+            img = img.convert(self.mode)  # decodes every pixel: a truncated file fails here
+        h, w = self.size
+        if img.size != (w, h):  # cover (H, W), keeping the aspect ratio, then crop the centre
+            img = ImageOps.fit(img, (w, h), method=Image.Resampling.BILINEAR)
+        x = np.asarray(img, dtype=np.float32)
+        return x if self.mode == "L" else x.transpose(2, 0, 1)
+
+    def _read(self, start, stop):
+        ids = np.array([self.where.relative(p) for p in self.paths[start:stop]], dtype=object)
+        x = np.zeros((stop - start, *self.schema.shape), np.float32)
+        for i, path in enumerate(self.paths[start:stop]):
+            try:
+                x[i] = self._pixels(path)
+            except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+                if not self.skip:
+                    raise AepipeError(f"{self._name(path)}: not a readable image ({_why(e)})") from None
+                ids[i] = mark_bad(ids[i], _why(e))  # keeps its place; sinks and training drop it
+        return ids, x
+
+    def ranges(self, rows_per_task: int = ROWS_PER_TASK) -> list[tuple[int, int]]:
+        # big images: fewer per task, so no read task holds gigabytes of pixels
+        most = max(1, TASK_BYTES // (4 * self.schema.size))
+        return super().ranges(min(rows_per_task, most))
+
+
+def _why(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:160] or type(e).__name__

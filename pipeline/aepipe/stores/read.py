@@ -1,0 +1,302 @@
+"""Codes stores: quantisation, chunk sizes, reading stores back, and checking them whole.
+
+Stores are written by the datasinks in pipeline/aepipe/stores/write.py; everything here reads without Ray, so
+`aepipe info` and the checks before a job start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from aepipe import remote
+
+from aepipe.errors import AepipeError
+from aepipe.sources import Location, Schema, Source, locate
+
+DTYPES = ("float32", "float16", "int8")
+MANIFEST = "_aepipe_manifest.json"  # "_" keeps it out of pyarrow's and Ray's dataset readers
+
+
+def open_zarr(path, mode: str = "r"):
+    """A Zarr group. zarr is imported here, not at the top: its import is 0.15-0.2 s, and asks that
+    touch no Zarr store should not pay it."""
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode)
+
+
+# ---------------------------------------------------------------- quantisation
+
+def quantize(z: np.ndarray, dtype: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """int8: per-dimension affine map of the training codes' [lo, hi] onto [-127, 127]."""
+    if dtype == "int8":
+        scale = np.where(hi > lo, hi - lo, 1.0)
+        return np.clip(np.round((z - lo) / scale * 254 - 127), -127, 127).astype(np.int8)
+    return z.astype(dtype)
+
+
+def dequantize(q: np.ndarray, dtype: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    if dtype == "int8":
+        scale = np.where(hi > lo, hi - lo, 1.0)
+        return ((q.astype(np.float32) + 127) / 254 * scale + lo).astype(np.float32)
+    return q.astype(np.float32)
+
+
+def chunk_rows_for(row_bytes: int) -> int:
+    """About 1 MiB per chunk: large enough for fast I/O, small enough to spread over workers."""
+    return int(max(256, min(65536, 2 ** 20 // max(row_bytes, 1))))
+
+
+TASK_BYTES = 96 * 2 ** 20  # input per model-job task (large images: fewer rows a task)
+
+
+def task_rows(chunk_rows: int, input_row_bytes: int, n_rows: int | None = None) -> int:
+    """Rows per model-job task: whole output chunks, up to TASK_BYTES of input and
+    AEPIPE_TASK_ROWS rows (default 32768), and at least 4 tasks where n_rows allows (images decode
+    slowly: one big task would run alone). Ray Data launches tasks one at a time from its scheduling
+    loop: tasks of 8192 784-wide rows (140 ms each) kept ~1.1 of 2 CPUs busy here, tasks of 32768
+    rows ~1.6 (measured 2026-11-24). Smaller tasks lose less to a killed node or an interrupt."""
+    cap = int(os.environ.get("AEPIPE_TASK_ROWS", 32768))
+    quarter = -(-(n_rows or 4 * cap) // 4)
+    most = max(1, min(cap, TASK_BYTES // max(input_row_bytes, 1), quarter))
+    return chunk_rows * max(1, most // chunk_rows)
+
+
+def quant_range(attrs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A store's int8 scale (lo, hi per dimension); unused placeholders for float stores."""
+    q = attrs.get("quantization") or {"lo": [0.0], "hi": [1.0]}
+    return np.asarray(q["lo"], np.float32), np.asarray(q["hi"], np.float32)
+
+
+def id_dtype(src: Source) -> str:
+    """Zarr dtype for a source's ids: strings stay strings, anything else int64."""
+    return "str" if src.read(0, 1)[0].dtype.kind in "OUS" else "int64"
+
+
+# ---------------------------------------------------------------- readers and integrity
+
+def _chunk_key(a, i: int) -> str:
+    return a.metadata.encode_chunk_key((i,) + (0,) * (a.ndim - 1))
+
+
+def read_rows(g, name: str, start: int, stop: int, where: str):
+    """Rows [start, stop) of array `name`; a chunk whose checksum or codec fails is named."""
+    a = g[name]
+    try:
+        return a[start:stop]
+    except Exception as e:
+        c = a.chunks[0]
+        for i in range(start // c, (stop - 1) // c + 1):  # find the culprit chunk
+            try:
+                a[i * c:min((i + 1) * c, a.shape[0])]
+            except Exception:
+                raise AepipeError(f"{where}: chunk {name}/{_chunk_key(a, i)} is damaged "
+                                  f"({str(e).splitlines()[0][:120]})") from None
+        raise
+
+
+def missing_chunks(g, where: str) -> None:
+    """Every chunk of every array must be on disk: zarr would read a missing one as fill values."""
+    from zarr.core.sync import sync
+
+    async def keys(store, prefix):
+        return {k async for k in store.list_prefix(prefix)}
+
+    for name in sorted(g.array_keys()):
+        a = g[name]
+        if a.nchunks_initialized == a.nchunks:
+            continue
+        have = sync(keys(a.store, f"{a.path}/"))
+        for i in range(a.nchunks):
+            if f"{a.path}/{_chunk_key(a, i)}" not in have:
+                raise AepipeError(f"{where}: chunk {name}/{_chunk_key(a, i)} is missing "
+                                  f"({a.nchunks - a.nchunks_initialized} of {a.nchunks} chunks lost); the store is damaged")
+
+
+def check_manifest(where: Location) -> None:
+    """A Parquet store's parts against its manifest (read_metadata calls it where one exists):
+    every file there, with its row count."""
+    import pyarrow.parquet as pq
+    from aepipe.sources.parquet import parquet_files
+
+    m = where.show(f"{where.path}/{MANIFEST}")
+    try:
+        with where.open(f"{where.path}/{MANIFEST}") as f:
+            files = json.loads(f.read())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise AepipeError(f"{m}: damaged ({e})") from None
+    found = {where.relative(f): f for f in parquet_files(where)}
+    extra = sorted(set(found) - set(files))
+    if extra:
+        raise AepipeError(f"{where.spec}: holds {extra[0]}, which the store's manifest does not list")
+    for name, n in files.items():
+        if name not in found:
+            raise AepipeError(f"{where.spec}: part {name} is missing ({n} rows); the store is damaged")
+        try:
+            rows = pq.ParquetFile(where.open(found[name])).metadata.num_rows
+        except Exception as e:
+            raise AepipeError(f"{where.show(found[name])}: damaged, not a readable Parquet file ({e})") from None
+        if rows != n:
+            raise AepipeError(f"{where.show(found[name])}: holds {rows} rows, the manifest says {n}; the store is damaged")
+
+
+def verify_store(path: str | Path) -> None:
+    """`aepipe info --verify`: read every chunk (Zarr) or every page (Parquet) and check it."""
+    kind, attrs = read_metadata(path)
+    if kind == "zarr":
+        g = open_zarr(path)
+        for name in sorted(g.array_keys()):
+            a = g[name]
+            for i in range(a.nchunks):
+                read_rows(g, name, i * a.chunks[0], min((i + 1) * a.chunks[0], a.shape[0]), str(path))
+        return
+    import pyarrow.parquet as pq
+    from aepipe.sources.parquet import parquet_files
+
+    where = locate(str(path))
+    for f in parquet_files(where):
+        try:
+            pq.ParquetFile(where.open(f), page_checksum_verification=True).read()
+        except Exception as e:
+            raise AepipeError(f"{where.show(f)}: damaged ({str(e).splitlines()[0][:160]})") from None
+
+class ZarrCodesSource(Source):
+    """A Zarr codes store read back as a source of (ids, codes)."""
+
+    def __init__(self, path: str, attrs: dict):  # a local path or a URI: zarr opens both
+        self.spec, self.path, self.attrs = str(path), str(path), attrs
+        g = open_zarr(self.path)
+        self.n_rows, d = g["codes"].shape
+        self.schema = Schema(("codes",), (d,), tabular=False)
+        self.chunk_rows = g["codes"].chunks[0]
+
+    def _read(self, start, stop):
+        g = open_zarr(self.path)
+        return read_rows(g, "ids", start, stop, self.spec), read_rows(g, "codes", start, stop, self.spec)
+
+    def ranges(self, rows_per_task=None):
+        return super().ranges(task_rows(self.chunk_rows, 4 * self.schema.size, self.n_rows))
+
+
+def _has(where: Location, name: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return where.is_dir and where.fs.get_file_info(f"{where.path}/{name}").type == pafs.FileType.File
+
+
+def read_metadata(path: str | Path) -> tuple[str, dict]:
+    """('zarr' | 'parquet', provenance) of a store aepipe wrote (a local path or a URI); refuses
+    anything else."""
+    where = locate(str(path))  # "no such file or folder", or cannot reach it
+    path = str(path)
+    if where.suffix == ".zarr":
+        try:
+            g = open_zarr(path)
+            attrs = dict(g.attrs)
+            arrays = {name: g[name] for name in g.array_keys()}  # array metadata read and parsed here
+            wanted = ["ids", "codes" if "code_dim" in attrs else "data"] if "model_fingerprint" in attrs else []
+            lost = [name for name in wanted if name not in arrays]
+            if lost:
+                raise AepipeError(f'{path}: array "{lost[0]}" is missing or its metadata is damaged')
+        except AepipeError:
+            raise
+        except Exception as e:
+            raise AepipeError(f"{path}: not a readable Zarr group ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        kind = "zarr"
+    elif where.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        from aepipe.sources.parquet import parquet_files
+
+        if _has(where, MANIFEST):
+            check_manifest(where)  # first: a lost part must be named, whatever else is left
+        files = parquet_files(where)
+        try:
+            meta = (pq.read_schema(where.open(files[0])).metadata or {}) if files else {}
+        except Exception as e:
+            raise AepipeError(f"{where.show(files[0])}: not a readable Parquet file ({e})") from None
+        attrs = json.loads(meta[b"aepipe"]) if b"aepipe" in meta else {}
+        if _has(where, MANIFEST):  # rows left out are known only at commit
+            with where.open(f"{where.path}/{MANIFEST}") as f:
+                m = json.loads(f.read())
+            if m.get("skipped"):
+                attrs.update(n_rows=m["n_rows"], skipped=m["skipped"])
+            if "encoded_files" in m:  # grown by encode --append: the parts' own metadata predates the rest
+                attrs.update(n_rows=m["n_rows"], input_files=len(m["encoded_files"]), drift=m.get("drift"))
+        kind = "parquet"
+    else:
+        raise AepipeError(f"{path}: not a codes store (expected a .zarr or .parquet path)")
+    if "model_fingerprint" not in attrs:
+        raise AepipeError(f"{path}: not written by aepipe (no provenance metadata)")
+    if kind == "zarr" and not attrs.get("complete"):
+        raise AepipeError(f"{path}: store is incomplete (its write never finished)")
+    if kind == "zarr":
+        n = attrs.get("n_rows")
+        for name, a in arrays.items():
+            if n is not None and a.shape[0] != n:
+                raise AepipeError(f"{path}: array {name} has {a.shape[0]} rows, the store says {n}; it is damaged")
+        missing_chunks(g, path)
+    elif where.is_dir and not _has(where, MANIFEST):
+        raise AepipeError(f"{path}: no {MANIFEST}; the store is damaged or its write never finished")
+    return kind, attrs
+
+
+def open_codes(path: str | Path, known: tuple[str, dict] | None = None) -> tuple[Source, dict]:
+    """A codes store as a Source of (ids, codes as stored), plus its provenance (`known`: what
+    read_metadata(path) already returned, not read twice)."""
+    kind, attrs = known or read_metadata(path)
+    if "code_dim" not in attrs:
+        raise AepipeError(f"{path}: holds decoded data, not codes")
+    if kind == "zarr":
+        return ZarrCodesSource(str(path), attrs), attrs
+    from aepipe.sources.parquet import ParquetSource
+
+    return ParquetSource(locate(str(path)), id_column="id", columns=("code",)), attrs
+
+
+def compression(size: int, attrs: dict) -> list[tuple[str, str]]:
+    """Bytes per row on disk, against the input: its raw size (rows x features x 4 bytes, as
+    float32) and, where encode recorded them, its files' size on disk."""
+    n = attrs.get("n_rows")
+    if not n:
+        return []
+    rows = [("bytes per row", f"{size / n:.1f} on disk ({n} rows)")]
+    raw, files = attrs.get("input_bytes"), attrs.get("input_file_bytes")
+    if not raw:
+        return rows + [("vs input", "input size not recorded (store written by an older aepipe)")]
+    parts = [f"raw input: {raw / n:.0f} B/row ({n} rows x {raw // n // 4} float32), {raw / size:.1f}x the store"]
+    if files:
+        parts.append(f"input files: {files / n:.1f} B/row on disk, {files / size:.1f}x the store")
+    return rows + [("vs input", "; ".join(parts))]
+
+
+def describe_store(path: str | Path) -> list[tuple[str, str]]:
+    """What `aepipe info STORE` prints."""
+    import pyarrow.fs as pafs
+
+    kind, attrs = read_metadata(path)
+    where = locate(str(path))
+    rows = [("store", f"{path} ({kind})")]
+    if kind == "zarr":
+        g = open_zarr(path)
+        for name in sorted(g.array_keys()):
+            a = g[name]
+            rows.append((f"array {name}", f"{a.shape} {a.dtype}, chunks {a.chunks}"))
+    else:
+        import pyarrow.parquet as pq
+        from aepipe.sources.parquet import parquet_files
+
+        files = parquet_files(where)
+        n = sum(pq.ParquetFile(where.open(f)).metadata.num_rows for f in files)
+        rows.append(("rows", f"{n} in {len(files)} files, columns {pq.read_schema(where.open(files[0])).names[:6]}"))
+    infos = (where.fs.get_file_info(pafs.FileSelector(where.path, recursive=True)) if where.is_dir
+             else [where.fs.get_file_info(where.path)])
+    size = sum(i.size for i in infos if i.type == pafs.FileType.File)
+    rows.append(("bytes on disk" if not remote.is_uri(path) else "bytes stored", f"{size:,}"))
+    rows += compression(size, attrs)
+    rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in attrs.items()
+             if k != "quantization"]
+    return rows
