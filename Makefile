@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# the project and its test tools through uv: the very versions pip resolves (compared with pip
 	# freeze), in about 5 s instead of 70 s here; torch, installed above, already satisfies it
 	$(BIN)/pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[test]'
 	touch $@
 
 demo: setup

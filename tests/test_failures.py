@@ -3,6 +3,7 @@ nodes, each its own raylet): a node killed mid-encode, a node killed mid-trainin
 lost work; aepipe must end with a complete store / a finished run. Each cluster has its own temp
 dir and is never connected to from this process, so the session's Ray (conftest) is untouched."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,7 +56,11 @@ def add_node(c, cpus):
 def workers_on(node) -> list[str]:
     """Process titles of the Ray workers a node runs (ray::MapWorker(MapBatches(Encoder)), ...)."""
     raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-    return [k.name() for k in psutil.Process(raylet).children(recursive=True)]
+    names = []
+    for kid in psutil.Process(raylet).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a worker may exit between the listing and its name
+            names.append(kid.name())
+    return names
 
 
 def start(*args):
@@ -65,13 +70,15 @@ def start(*args):
 
 
 def wait_for(proc, test, what, timeout=300):
+    """test()'s first true value, polled while proc runs; the test fails if proc ends first."""
     deadline = time.time() + timeout
-    while not test():
+    while not (found := test()):
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()  # a no-op once it has exited
             out, err = proc.communicate()
             pytest.fail(f"{what} never happened (exit {proc.returncode}):\n{out}\n{err}")
-        time.sleep(0.2)
+        time.sleep(0.05)
+    return found
 
 
 def finish(proc, timeout=400):
@@ -102,8 +109,9 @@ def test_node_killed_mid_encode_store_complete(cluster, tmp_path, monkeypatch):
     wait_for(proc, lambda: done.exists() and any(done.iterdir()), "a first chunk")
     # kill a node running an encode task (read, model and write fused in one), so the failure hits
     # the model's work, not only a read
-    victim = next((n for n in nodes if any("MapBatches" in t for t in workers_on(n))), None)
-    assert victim is not None, [workers_on(n) for n in nodes]
+    # a worker shows "ray::IDLE" between its tasks: look until one is caught inside an encode task
+    victim = wait_for(proc, lambda: next((n for n in nodes if any("MapBatches" in t for t in workers_on(n))), None),
+                      "an encode task running on a worker node", timeout=60)
     cluster.remove_node(victim)
     add_node(cluster, 2)  # what an autoscaler does: the lost tasks get somewhere to rerun
     out, err = finish(proc)
