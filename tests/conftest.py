@@ -42,11 +42,22 @@ def ray_local():
     ray.shutdown()
 
 
-def run_installed(*args, address=None, check=True):
+MEMORY_CAP = 4 * 2 ** 30  # torch, zarr and pyarrow imported: ~1 GiB of address space
+
+
+def _cap_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def run_installed(*args, address=None, check=True, env=None, capped=False, timeout=280):
     """The installed `aepipe` command in its own process, joined to the test session's Ray when
-    given its address: for the tests that check the command end to end (start-up, exit, console)."""
+    given its address: for the tests that check the command end to end (start-up, exit, console).
+    capped: the child's address space is capped (RLIMIT_AS), so an input that makes it allocate
+    without bound fails that test with a MemoryError and the machine stands. Only for commands
+    that start no Ray (Ray maps its object store, GiBs, into every process)."""
     cmd = [AEPIPE, *map(str, args)] + (["--address", address] if address else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "AEPIPE_DEBUG": ""}, timeout=280)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**(env or os.environ), "AEPIPE_DEBUG": ""},
+                          timeout=timeout, preexec_fn=_cap_memory if capped else None)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
@@ -82,21 +93,6 @@ def aepipe_here(*args) -> Ran:
     finally:
         os.environ.update(saved)
     return Ran(code, out.getvalue(), err.getvalue())
-
-
-MEMORY_CAP = 4 * 2 ** 30  # torch, zarr and pyarrow imported: ~1 GiB of address space
-
-
-def run_capped(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    """The installed command in a child whose address space is capped (RLIMIT_AS): an input that
-    makes it allocate without bound fails that test with a MemoryError, and the machine stands.
-    Only for commands that start no Ray (Ray maps its object store, GiBs, into every process)."""
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-    env = {**(env or os.environ), "AEPIPE_DEBUG": ""}
-    return subprocess.run([AEPIPE, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout,
-                          preexec_fn=cap)
 
 
 @pytest.fixture(scope="session")

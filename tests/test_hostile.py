@@ -10,7 +10,7 @@ Most cases run the command in this process (cli.main); those joined to the sessi
 --address find this process already connected to it. Through the installed command, on purpose:
 the address checks themselves and one failure inside a Ray worker (END_TO_END), and the inputs
 that claim sizes a regression would try to allocate, in a child with capped memory (CAPPED,
-conftest.run_capped).
+conftest.run_installed with capped=True).
 """
 
 import hashlib
@@ -33,7 +33,7 @@ from aepipe.sources import Schema
 from aepipe.batch.encode import encode
 from aepipe.models import ModelConfig, build_model
 from aepipe.run import save_run
-from tests.conftest import AEPIPE, aepipe_here, run_capped, write_table
+from tests.conftest import AEPIPE, aepipe_here, run_installed, write_table
 
 TIME_BOUND_S = 20  # measured here on a quiet machine: at most 8.2 s (a NaN found inside a running Ray job)
 
@@ -331,8 +331,7 @@ def test_refused_cleanly(case, world, tmp_path, request):
     if through_the_command(case):
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AEPIPE_DEBUG")}
         env["AEPIPE_RESOURCE_WAIT_S"] = "2"  # joined by address, aepipe waits for an autoscaler: not here
-        proc = (run_capped(*argv, env=env) if name in CAPPED else
-                subprocess.run([AEPIPE, *argv], capture_output=True, text=True, env=env, timeout=120))
+        proc = run_installed(*argv, check=False, env=env, capped=name in CAPPED, timeout=120)
     else:
         proc = aepipe_here(*argv)
     took = time.time() - t0

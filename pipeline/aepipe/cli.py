@@ -81,7 +81,7 @@ ENGINE = typer.Option("auto", help="auto: in this process without starting Ray w
 
 def _run(fn, *args, **kwargs):
     """Call the library; a user error becomes one line and its exit code, never a traceback."""
-    if not gc.isenabled():  # main() turned it off for the imports, which are done by now
+    if not gc.isenabled():  # console() turned it off for the imports, which are done by now
         gc.freeze()  # and the collector need never walk the modules' objects again
         gc.enable()
     try:
@@ -108,7 +108,7 @@ def _die(line: str, code: int):
     raise typer.Exit(code)
 
 
-_AS_COMMAND = False  # set by main(): this process is the `aepipe` command itself
+_AS_COMMAND = False  # set by console(): this process is the `aepipe` command itself
 
 
 def _notes(done: dict) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from aepipe.batch.decode import decode
 from aepipe.batch.encode import encode
 from aepipe.evaluate import (by_id, digits_split, format_table, pca_baseline, plot_reconstructions, probe_accuracy,
-                               psnr, read_codes)
+                             psnr, read_codes)
 from aepipe.models import ModelConfig
 from aepipe.runtime import init_ray
 from aepipe.train import TrainConfig, train

@@ -35,30 +35,27 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
                           f"not by {model} ({run.fingerprint})")
     if attrs.get("code_kind") == "bitstream":  # a compress model's store: entropy-coded images
-        return _decode_bitstreams(codes, kind, attrs, run, out, rows, ids, batch_size, concurrency, num_gpus, engine, address)
-    src, attrs = open_codes(codes, (kind, attrs))
-    src = select(src, rows, ids)
-    lo, hi = quant_range(attrs)
-    ds = model_job(src, Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi, num_gpus=num_gpus),
-                   batch_size, concurrency, num_gpus, engine, address)
+        src = _bitstream_rows(codes, kind, attrs, run.model, rows, ids)
+        actor, kwargs = BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
+    else:
+        src, attrs = open_codes(codes, (kind, attrs))
+        src = select(src, rows, ids)
+        lo, hi = quant_range(attrs)
+        actor, kwargs = Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi, num_gpus=num_gpus)
+    ds = model_job(src, actor, kwargs, batch_size, concurrency, num_gpus, engine, address)
     write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
     return src.n_rows
 
 
-def _decode_bitstreams(codes: str, kind: str, attrs: dict, run, out, rows: str | None, ids, batch_size: int,
-           concurrency: int, num_gpus: float, engine: str, address: str | None) -> int:
-    """decode() for a compress model's bitstream store: same output paths (write_rows), bitstreams checked first."""
-    model = run.model
+def _bitstream_rows(codes: str, kind: str, attrs: dict, model, rows: str | None, ids) -> BitstreamSource:
+    """The selected images of a bitstream store, each bitstream checked as it is read."""
     src = BitstreamSource(codes, kind, attrs, (model.latent_channels, *model.latent_hw))
     if rows:  # positions as in any store; select() checks and parses A:B
         picked = select(src, rows, None).positions
-        src = BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))
-    elif ids:  # only the named images' bitstreams are read (and checked)
-        src = select(src, None, ids)
-    ds = model_job(src, BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus), batch_size, concurrency,
-                   num_gpus, engine, address)
-    write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
-    return src.n_rows
+        return BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))
+    if ids:  # only the named images' bitstreams are read (and checked)
+        return select(src, None, ids)
+    return src
 
 
 def sample(model: str, n: int, out: str | Path, seed: int = 0, overwrite: bool = False) -> np.ndarray:

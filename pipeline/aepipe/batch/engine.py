@@ -1,6 +1,6 @@
-"""The job engine every model job stands on (encode, decode, denoise, score, the bitstream jobs):
-its option checks, its provenance, the actor that holds the model, the choice between a Ray Data
-pass and this process, and the write of a job's rows into a sink.
+"""The job engine every model job stands on (encode, decode, denoise, score): its option checks,
+its provenance, the choice between a Ray Data pass and this process for a model actor (see
+aepipe.batch.actors), and the write of a job's rows into a sink.
 
     model_job(src, Actor, kwargs) -> Ray Dataset, CPUs      one task per row range reads, runs the
                                                             model and writes (Ray fuses the three)

@@ -25,6 +25,7 @@ from aepipe.run import load_run
 from aepipe.scores import auto_threshold
 from aepipe.stores.read import chunk_rows_for, id_dtype, task_rows
 
+
 def parse_threshold(text: str | None, run, contamination: float) -> float | None:
     if text is None:
         return None
