@@ -6,12 +6,11 @@ import pyarrow.parquet as pq
 import torch
 import zarr
 
-from aepipe.sources import open_source
 from aepipe.batch.decode import decode
 from aepipe.batch.encode import encode
-from aepipe.evaluate import read_codes
 from aepipe.run import load_run
-from aepipe.stores.read import dequantize
+from aepipe.sources import open_source
+from aepipe.stores.read import dequantize, load_codes
 from tests.conftest import run_aepipe, run_installed
 
 
@@ -75,8 +74,8 @@ def test_round_trip_through_the_installed_command(ray_local, table_dir, tmp_path
 def test_digits_encode_int8_and_decode_by_ids(digits_run, tmp_path):
     encode("builtin:digits", digits_run, tmp_path / "q.zarr", dtype="int8")
     encode("builtin:digits", digits_run, tmp_path / "f.zarr", dtype="float32")
-    ids_q, zq = read_codes(tmp_path / "q.zarr")
-    ids_f, zf = read_codes(tmp_path / "f.zarr")
+    ids_q, zq = load_codes(tmp_path / "q.zarr")
+    ids_f, zf = load_codes(tmp_path / "f.zarr")
     assert zarr.open_group(str(tmp_path / "q.zarr"))["codes"].dtype == np.int8
     assert np.array_equal(ids_q, np.arange(1797)) and np.array_equal(ids_f, ids_q)
     lo, hi = load_run(digits_run).code_range()  # the training codes' range sets the int8 scale

@@ -5,10 +5,14 @@ from aepipe.version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):
-    """aepipe.load_codes and aepipe.AutoencoderFeatures, imported on first use: `import pipeline`
+    """aepipe.load_codes and aepipe.AutoencoderFeatures, imported on first use: `import aepipe`
     stays light (no torch, no scikit-learn) for the command line."""
-    if name in ("load_codes", "AutoencoderFeatures"):
-        from aepipe import features
+    if name == "load_codes":
+        from aepipe.stores.read import load_codes
 
-        return getattr(features, name)
-    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+        return load_codes
+    if name == "AutoencoderFeatures":
+        from aepipe.features import AutoencoderFeatures
+
+        return AutoencoderFeatures
+    raise AttributeError(f"module 'aepipe' has no attribute {name!r}")

@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+from aepipe import remote
 from aepipe.errors import AepipeError
 
 PARTIAL = ".partial"
@@ -116,8 +117,6 @@ def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inp
     """Refuse an output aepipe must not write: wrong kind, name too long, already there without
     --overwrite, an unusable folder, or one that is, holds or lies inside an input (after
     resolving links) — replacing it would destroy the data being read, whatever --overwrite says."""
-    from aepipe import remote
-
     if remote.is_uri(out):
         return _uri_output(remote.URI(out), overwrite, suffixes, inputs)
     out = Path(remote.local_or_uri(out))
@@ -156,8 +155,6 @@ def _uri_overlaps(a: str, b: str) -> bool:
 def _uri_output(out, overwrite: bool, suffixes: tuple[str, ...], inputs: tuple):
     """output_path for a URI: the same refusals, on object prefixes (an object store has no
     links, permissions are only known on writing, and its bucket must already exist)."""
-    from aepipe import remote
-
     if suffixes and out.suffix not in suffixes:
         raise AepipeError(f"{out}: choose an output {_kinds(suffixes)}")
     if out.suffix == ".npy":  # written by one process through a local file, renamed into place
@@ -176,8 +173,6 @@ def _uri_output(out, overwrite: bool, suffixes: tuple[str, ...], inputs: tuple):
 
 def run_dir_output(out: str | Path, data: str, resume: bool) -> Path:
     """train --out: a run dir, never the data folder nor inside it."""
-    from aepipe import remote
-
     if remote.is_uri(out):  # train writes a local run dir and uploads it (train.train)
         if remote.is_uri(data) and _uri_overlaps(str(out), str(data)):
             raise AepipeError(f"--out {out} overlaps the training data {data}; choose a run dir outside it")

@@ -4,18 +4,30 @@ user error into one line on stderr and exit code 2 (bad input) or 1 (failed at r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import os
 import sys
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Optional
 
+import tomllib
 import typer
 
+from aepipe.checks import train_options, typed_options
+from aepipe.demo import demo as demo_fn
 from aepipe.errors import AepipeError
+from aepipe.evaluate import format_table, probe as probe_fn
+from aepipe.run import describe_run, is_run_dir, load_run
+from aepipe.runtime import exit_now, leave, quiet_native_logs
+from aepipe.stores.read import describe_store, verify_store
+from aepipe.submit import submit as submit_fn
+
+# The jobs (aepipe.train, aepipe.batch.*, aepipe.report, aepipe.tune) and aepipe.models are imported
+# inside the commands that run them: they bring torch (1-1.5 s), which `--help`, `info` and every
+# refused option need not wait for.
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   rich_markup_mode=None, help="""
@@ -221,7 +233,6 @@ def train(
                 TrainConfig(**typed_options(TrainConfig, opts, where)), opts.get("id_column"),
                 _read_options(**{k: opts.get(k) for k in READ_OPTIONS}))
 
-    from aepipe.checks import typed_options
 
     mcfg, tcfg, id_column, read = _run(build)
     meta = _run(train_fn, data, out, mcfg, tcfg, id_column=id_column, resume=resume, address=address, read=read)
@@ -257,10 +268,8 @@ def tune(
     """Search code size, depth, width and loss with Ray Tune and ASHA, ranking trials by their
     validation reconstruction loss over PCA's with the same code size and loss ("vs PCA" < 1: better
     than PCA); prints the table of trials and writes the best as a run dir that encode/decode take."""
-    from aepipe.checks import train_options
-    from aepipe.evaluate import format_table
     from aepipe.models import ModelConfig
-    from aepipe.train import TrainConfig
+    from aepipe.train import TrainConfig, train as train_fn
     from aepipe.tune import tune as tune_fn
 
     def setup():
@@ -279,7 +288,7 @@ def tune(
     space, mcfg, tcfg, read = _run(setup)
     local = Path(data)
     rows, meta = _run(tune_fn, str(local.resolve()) if local.exists() else data, out, mcfg, tcfg, space, trials,
-                      id_column=id_column, address=address, read=read)
+                      id_column=id_column, address=address, read=read, train=train_fn)
     typer.echo(format_table(["code", "depth", "width", "loss", "val loss", "PCA val loss", "vs PCA", "trial"], rows))
     m = meta["metrics"]
     typer.echo(f"tuned {meta['family']}: best code {meta['model']['code_dim']}, hidden {meta['model']['hidden']}, "
@@ -420,9 +429,17 @@ def demo(
     address: Optional[str] = ADDRESS,
 ):
     """Digits end to end: train, encode (Zarr float32, Parquet int8), decode, compare with PCA."""
-    from aepipe.demo import demo as demo_fn
+    from aepipe.batch.decode import decode as decode_fn
+    from aepipe.batch.encode import encode as encode_fn
+    from aepipe.models import ModelConfig
+    from aepipe.train import TrainConfig, train as train_fn
 
-    table = _run(demo_fn, out, code_dim=code_dim, epochs=epochs, address=address)  # starts Ray after the fit
+    def fit(data, run_dir):
+        train_fn(data, run_dir, ModelConfig(family="dense", code_dim=code_dim), TrainConfig(epochs=epochs),
+                 address=address)
+
+    table = _run(demo_fn, out, code_dim, train=fit, encode=functools.partial(encode_fn, overwrite=True),
+                 decode=functools.partial(decode_fn, overwrite=True), address=address)  # starts Ray after the fit
     typer.echo("\n" + table)
     typer.echo(f"\nmodel, codes, loss_curve.png and reconstructions.png in {out}")
 
@@ -432,8 +449,6 @@ def info(path: str = typer.Argument(..., help="A run dir or a codes store."),
          verify: bool = typer.Option(False, "--verify", help="Read every chunk or file and check it: "
                                      "missing or damaged chunks, row counts, checksums.")):
     """Show what a run dir or a codes/reconstruction store holds (--verify: check all of it)."""
-    from aepipe.run import describe_run, is_run_dir, load_run
-    from aepipe.stores.read import describe_store, verify_store
 
     is_run = _run(is_run_dir, path)
     rows = _run(describe_run, path) if is_run else _run(describe_store, path)
@@ -559,7 +574,6 @@ def probe(
     data: Optional[str] = typer.Option(None, help="The encoded DATA: adds the same probe on raw inputs and on PCA."),
 ):
     """Linear probe: logistic regression on the codes, one fixed 70/30 split, accuracy and macro-F1."""
-    from aepipe.evaluate import format_table, probe as probe_fn
 
     rows = _run(probe_fn, str(codes), labels, label_column=label_column, data=data, labels_id_column=labels_id_column)
     typer.echo(f"{rows[0]['n_train']} train / {rows[0]['n_test']} test rows, joined by id\n")
@@ -612,7 +626,6 @@ def submit(
     with its token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH to a file holding it). Scheduling is
     cron's or Kubernetes' job: see jobs/crontab and jobs/rayjob.yaml.
     """
-    from aepipe.submit import submit as submit_fn
 
     _run(submit_fn, jobspec, address, sets=set_ or (), follow=wait)
 
@@ -649,7 +662,6 @@ def console() -> None:
     """The installed `aepipe` command: main() with the console kept for aepipe's own lines, and
     an exit that skips what a finished command need not wait for (Ray's shutdown, Python's
     teardown of torch)."""
-    from aepipe.runtime import exit_now, leave, quiet_native_logs
 
     global _AS_COMMAND
     _AS_COMMAND = True

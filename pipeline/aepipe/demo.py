@@ -1,5 +1,6 @@
 """aepipe demo: the whole flow on scikit-learn's digits, from training to a table against PCA and
-raw pixels. It runs other jobs (train, encode, decode), so it sits above them, beside the CLI."""
+raw pixels. It runs other jobs (train, encode, decode); the command line hands them in, so that no
+job module imports another."""
 
 from __future__ import annotations
 
@@ -7,23 +8,21 @@ from pathlib import Path
 
 import numpy as np
 
-from aepipe.batch.decode import decode
-from aepipe.batch.encode import encode
-from aepipe.evaluate import (by_id, digits_split, format_table, pca_baseline, plot_reconstructions, probe_accuracy,
-                             psnr, read_codes)
-from aepipe.models import ModelConfig
+from aepipe.evaluate import by_id, digits_split, format_table, pca_baseline, plot_reconstructions, probe_accuracy, psnr
 from aepipe.runtime import init_ray
-from aepipe.train import TrainConfig, train
+from aepipe.stores.read import load_codes
 
 
-def demo(out: str | Path, code_dim: int = 16, epochs: int = 200, workers: int = 1, address: str | None = None) -> str:
+def demo(out: str | Path, code_dim: int, *, train, encode, decode, address: str | None = None) -> str:
     """builtin digits: train on the anchors' train split, encode all 1797 rows to Zarr (float32) and
-    Parquet (int8), decode both, and compare with PCA of the same size and raw pixels."""
+    Parquet (int8), decode both, and compare with PCA of the same size and raw pixels.
+
+    The jobs: train(data, run_dir) fits a dense model with `code_dim`; encode(data, run_dir, store,
+    dtype=) and decode(store, run_dir, out) overwrite what a previous demo left."""
     out = Path(out)
     run_dir = out / "model"
     if not (run_dir / "aepipe.json").exists():  # a second demo reuses the model it trained before
-        train("builtin:digits-train", run_dir, ModelConfig(family="dense", code_dim=code_dim),
-              TrainConfig(epochs=epochs, workers=workers), address=address)
+        train("builtin:digits-train", run_dir)
     init_ray(address)  # after the fit: on one machine, Ray's start-up would take CPU from it
     xtr, ytr, idtr, xte, yte, idte = digits_split()
     rows = [["raw pixels", 64 * 4, 0.0, "inf", probe_accuracy(xtr, ytr, xte, yte)]]
@@ -32,9 +31,9 @@ def demo(out: str | Path, code_dim: int = 16, epochs: int = 200, workers: int = 
                  probe_accuracy(ztr, ytr, zte, yte)])
     recons = {}
     for dtype, store in (("float32", "codes.zarr"), ("int8", "codes_int8.parquet")):
-        encode("builtin:digits", run_dir, out / store, dtype=dtype, overwrite=True)
-        decode(out / store, run_dir, out / f"recon_{dtype}.npy", overwrite=True)
-        ids, codes = read_codes(out / store)
+        encode("builtin:digits", run_dir, out / store, dtype=dtype)
+        decode(out / store, run_dir, out / f"recon_{dtype}.npy")
+        ids, codes = load_codes(out / store)
         rec = np.load(out / f"recon_{dtype}.npy").reshape(-1, 64)[idte] / 16  # .npy rows follow store rows = ids
         recons[f"dense {dtype}"] = rec
         rows.append([f"aepipe dense {code_dim} ({dtype})", code_dim * np.dtype(dtype).itemsize,

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from aepipe.errors import AepipeError
+from aepipe.normalize import default_normalizer
+from aepipe.sources import open_source
 from aepipe.sources.arrays import builtin
+from aepipe.stores.read import load_codes
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -29,16 +33,6 @@ def digits_split():
     """(x_train, y_train, ids_train, x_test, y_test, ids_test), x flattened and scaled to [0, 1]."""
     tr, te = builtin("digits-train"), builtin("digits-test")
     return (tr.x.reshape(len(tr.x), -1) / 16, tr.labels, tr.ids, te.x.reshape(len(te.x), -1) / 16, te.labels, te.ids)
-
-
-def read_codes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, codes as float32) of a whole store, in memory: for reports on small sets."""
-    from aepipe.stores.read import dequantize, open_codes, quant_range
-
-    src, attrs = open_codes(path)
-    ids, codes = zip(*(src.read(a, b) for a, b in src.ranges()))
-    lo, hi = quant_range(attrs)
-    return np.concatenate(ids), dequantize(np.concatenate(codes), attrs["dtype"], lo, hi)
 
 
 def by_id(ids: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -89,9 +83,6 @@ def read_labels(spec: str, label_column: str = "y", id_column: str = "id") -> tu
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from aepipe.errors import AepipeError
-    from aepipe.sources import open_source
-
     if spec.startswith("builtin:"):
         src = open_source(spec)
         return src.ids, src.labels
@@ -113,8 +104,6 @@ def read_labels(spec: str, label_column: str = "y", id_column: str = "id") -> tu
 def join_by_id(ids: np.ndarray, label_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(positions into ids, their labels) for the ids that have a label, in the store's order.
     Ids are compared as text, so 7 in a CSV meets 7 in an int64 store."""
-    from aepipe.errors import AepipeError
-
     lookup = dict(zip(map(str, label_ids), labels))
     pos = np.array([i for i, v in enumerate(map(str, ids)) if v in lookup], dtype=np.int64)
     if len(pos) < 10:
@@ -143,10 +132,6 @@ def probe_scores(train_x, train_y, test_x, test_y) -> dict:
 def raw_rows(data: str, ids: np.ndarray, id_column: str | None = None) -> np.ndarray:
     """DATA's rows for `ids`, flattened and scaled as aepipe normalises by default (global range for
     arrays, per column for tables), so raw digits are pixels / 16 as in the anchors."""
-    from aepipe.errors import AepipeError
-    from aepipe.normalize import default_normalizer
-    from aepipe.sources import open_source
-
     src = open_source(data, id_column)
     src_ids, x = src.read(0, src.n_rows)
     where = {str(v): i for i, v in enumerate(src_ids)}
@@ -163,8 +148,6 @@ def probe(codes: str, labels: str, label_column: str = "y", data: str | None = N
           labels_id_column: str = "id") -> list[dict]:
     """Logistic-regression probe on the codes (and, with DATA, on raw inputs and PCA of the same
     size) on one fixed split of the labelled rows. Returns one dict per feature set."""
-    from aepipe.features import load_codes
-
     ids, z = load_codes(codes)
     pos, y = join_by_id(ids, *read_labels(labels, label_column, labels_id_column))
     tr, te = fixed_split(y)

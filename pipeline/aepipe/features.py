@@ -1,58 +1,18 @@
-"""Codes for downstream use in Python: load a codes store, or use a run dir as a scikit-learn step.
+"""A run dir as a scikit-learn step, in this process (no Ray): a batch goes through the model here.
 
-    ids, codes = aepipe.load_codes("codes.zarr")                  # int8 codes come back de-quantised
     clf = make_pipeline(aepipe.AutoencoderFeatures("runs/digits"), LogisticRegression())
 
-Both run in this process (no Ray): a store is read range by range, a batch goes through the model here.
+(Its companion for stores, aepipe.load_codes, lives with the other store readers in stores.read.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from aepipe.errors import AepipeError
-
-FORMATS = ("numpy", "pandas", "arrow")
-
-
-def local_path(uri: str | Path) -> Path | str:
-    """A local path from a path or a file:// URI; other URIs (s3://, gs://) as they are, which
-    the store readers open through pyarrow and fsspec."""
-    text = str(uri)
-    parsed = urlparse(text)
-    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # a Windows drive letter is no scheme
-        return Path(parsed.path if parsed.scheme == "file" else text)
-    return text
-
-
-def load_codes(store: str | Path, as_: str = "numpy"):
-    """Every row of a codes store (Zarr or Parquet), codes as float32 (int8 de-quantised).
-
-    numpy: (ids, codes (N, d)); pandas: a DataFrame indexed by id with columns code_0..code_{d-1};
-    arrow: a Table with columns id and code (fixed-size list), like a Parquet codes store."""
-    from aepipe.stores.read import dequantize, open_codes, quant_range
-
-    if as_ not in FORMATS:
-        raise AepipeError(f'as_="{as_}": choose one of {", ".join(FORMATS)}')
-    src, attrs = open_codes(local_path(store))
-    parts = [src.read(a, b) for a, b in src.ranges()]
-    ids = np.concatenate([p[0] for p in parts])
-    codes = dequantize(np.concatenate([p[1] for p in parts]), attrs["dtype"], *quant_range(attrs))
-    if as_ == "numpy":
-        return ids, codes
-    if as_ == "pandas":
-        import pandas as pd
-
-        return pd.DataFrame(codes, index=pd.Index(ids, name="id"),
-                            columns=[f"code_{i}" for i in range(codes.shape[1])])
-    import pyarrow as pa
-
-    flat = pa.array(codes.ravel())
-    return pa.table({"id": ids, "code": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])})
+from aepipe.run import load_run
 
 
 class AutoencoderFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -78,8 +38,6 @@ class AutoencoderFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _run(self):
         # loaded on first use and dropped when pickled (see __getstate__): the run dir is the state
         if getattr(self, "_loaded", None) is None or self._loaded[0] != str(self.run_dir):
-            from aepipe.run import load_run
-
             self._loaded = (str(self.run_dir), load_run(self.run_dir))
         return self._loaded[1]
 

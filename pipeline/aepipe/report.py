@@ -17,15 +17,17 @@ import numpy as np
 import torch
 
 from aepipe.errors import AepipeError
+from aepipe.evaluate import read_labels
 from aepipe.run import load_run
+from aepipe.scores import auto_threshold, row_errors
+from aepipe.sources import open_matching
+from aepipe.stores.read import dequantize, quantize
 
 DTYPE_COLORS = {"float32": "#4c72b0", "float16": "#55a868", "int8": "#c44e52"}
 
 
 def _sample(run, data: str | None, rows: int):
     """(spec, ids, x, labels or None) of the first `rows` rows of DATA, or of the training source."""
-    from aepipe.sources import open_matching
-
     spec = data or run.meta["source"]
     try:
         src = open_matching(spec, run)
@@ -39,8 +41,6 @@ def _sample(run, data: str | None, rows: int):
 
 
 def _labels_for(ids, labels: str | None, label_column: str, labels_id_column: str, builtin_labels):
-    from aepipe.evaluate import read_labels
-
     if labels is None:
         return builtin_labels
     lookup = dict(zip(map(str, (pair := read_labels(labels, label_column, labels_id_column))[0]), pair[1]))
@@ -48,9 +48,6 @@ def _labels_for(ids, labels: str | None, label_column: str, labels_id_column: st
 
 
 def _model_outputs(run, x: np.ndarray) -> dict:
-    from aepipe.scores import row_errors
-    from aepipe.stores.read import dequantize, quantize
-
     model, xn = run.model, torch.from_numpy(run.normalizer.apply(x))
     lo, hi = run.code_range()
     with torch.inference_mode():
@@ -85,7 +82,6 @@ def report(model: str, out_dir: str | Path, data: str | None = None, labels: str
     run = load_run(model)
     spec, ids, x, builtin_labels = _sample(run, data, rows)
     y = _labels_for(ids, labels, label_column, labels_id_column, builtin_labels)
-    from aepipe.scores import auto_threshold
 
     threshold = auto_threshold(run, 0.01) if run.meta.get("score_quantiles") else None
     res = _model_outputs(run, x)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aepipe import remote
 from aepipe.errors import AepipeError
 from aepipe.normalize import Normalizer
 from aepipe.sources import Schema
@@ -109,8 +110,6 @@ def load_run(path: str | Path) -> Run:
     then checked exactly as a local one); Run.path stays the URI, so Ray workers fetch it too."""
     import tempfile
 
-    from aepipe import remote
-
     if not remote.is_uri(path):
         return _load_local(Path(remote.local_or_uri(path)))
     uri = remote.URI(path)
@@ -150,8 +149,6 @@ def _load_local(path: Path) -> Run:
 
 
 def is_run_dir(path: str | Path) -> bool:
-    from aepipe import remote
-
     if remote.is_uri(path):
         return remote.is_file(remote.URI(path) / META)
     return (Path(remote.local_or_uri(path)) / META).is_file()
@@ -159,8 +156,6 @@ def is_run_dir(path: str | Path) -> bool:
 
 def read_meta(path: str | Path) -> dict:
     """aepipe.json as a dict (a local run dir or one at a URI), or one clear error naming the file."""
-    from aepipe import remote
-
     f = remote.URI(path) / META if remote.is_uri(path) else Path(remote.local_or_uri(path)) / META
     try:
         meta = json.loads(remote.read_bytes(f) if remote.is_uri(f) else f.read_text())

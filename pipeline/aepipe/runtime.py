@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from aepipe import remote
 from aepipe.errors import AepipeError
 
 # Under Ray Train v2 every ray.train.report waits for the controller's next poll (default 2 s):
@@ -287,8 +288,6 @@ def _stop_ray(wait: bool = True) -> None:
 
 
 def _remove(p: Path) -> bool:
-    from aepipe import remote
-
     if remote.is_uri(p):  # a store written in place at a URI (its marker never came)
         found = remote.exists(p)
         remote.remove(p)

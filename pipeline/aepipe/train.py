@@ -8,11 +8,11 @@ normalisation and split functions, early stopping, metrics, run dir and checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
-import contextlib
 import math
 import os
 import shutil
@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aepipe.version import __version__
 from aepipe import remote
+from aepipe.checks import run_dir_output, train_options
 from aepipe.errors import AepipeError
-from aepipe.normalize import (Normalizer, block_stats, combine_stats, default_normalizer, fingerprint,
-                                in_validation)
-from aepipe.sources import bad_rows, open_source, read_block, skipped_rows, to_dataset
 from aepipe.models import ModelConfig, build_model
+from aepipe.normalize import Normalizer, block_stats, combine_stats, default_normalizer, fingerprint, in_validation
 from aepipe.pca import fit_pca, val_loss as pca_val_loss
 from aepipe.run import META, load_state, save_run
-from aepipe.checks import run_dir_output, train_options
-from aepipe.runtime import Interrupted, require, run_interruptibly, user_errors
+from aepipe.runtime import Interrupted, init_ray, require, run_interruptibly, user_errors
+from aepipe.scores import training_quantiles
+from aepipe.sources import bad_rows, open_source, read_block, skipped_rows, to_dataset
+from aepipe.version import __version__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,7 +320,6 @@ def _fit_here(mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, saved: dict | 
         st = fit(model, opt, batches, mcfg, tcfg, st, _after_epoch(len(_schedule(mcfg, tcfg)), save))
         st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
         st["code_mean"], st["code_std"] = _code_moments(inner, batches("train", None))
-        from aepipe.scores import training_quantiles  # score --threshold auto reads these
         st["score_quantiles"] = training_quantiles(inner, batches("train", None))
     finally:
         torch.set_num_threads(threads)
@@ -371,7 +370,6 @@ def train_loop(config: dict) -> None:
     st["device"] = str(device)
     st["code_lo"], st["code_hi"] = _code_range(inner, batches("train", None))
     st["code_mean"], st["code_std"] = _code_moments(inner, batches("train", None))
-    from aepipe.scores import training_quantiles  # score --threshold auto reads these
     st["score_quantiles"] = training_quantiles(inner, batches("train", None))
     _report({"epoch": st["step"], "final": True}, inner, opt, st, rank, True)
 
@@ -546,8 +544,6 @@ def _train_on_ray(src, mcfg: ModelConfig, tcfg: TrainConfig, latest: str | None,
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from aepipe.runtime import init_ray
 
     init_ray(address)
     require(cpus=tcfg.workers, gpus=tcfg.workers * tcfg.gpus_per_worker,

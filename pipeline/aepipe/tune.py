@@ -13,14 +13,14 @@ import itertools
 import shutil
 from pathlib import Path
 
-from aepipe.errors import AepipeError
 from aepipe.checks import run_dir_output
+from aepipe.errors import AepipeError
 from aepipe.models import ModelConfig, build_model
-from aepipe.run import META
-from aepipe.train import TrainConfig, train
+from aepipe.run import META, read_meta
+from aepipe.runtime import init_ray, user_errors
 
 
-def _trial(config: dict, *, data, root, mcfg, tcfg, id_column, read):
+def _trial(config: dict, *, train, data, root, mcfg, tcfg, id_column, read):
     """One Ray Tune trial: `aepipe train` in this worker, one report per epoch."""
     from ray import tune
 
@@ -38,15 +38,16 @@ def _trial(config: dict, *, data, root, mcfg, tcfg, id_column, read):
                  "run_dir": str(out)})
 
 
-def tune(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, space: dict, trials: int,
-         id_column: str | None = None, address: str | None = None, read: dict | None = None):
+def tune(data: str, out: str | Path, mcfg: ModelConfig, tcfg, space: dict, trials: int,
+         id_column: str | None = None, address: str | None = None, read: dict | None = None, *, train):
     """Search `space` ({"code_dim": [...], "depth": [...], "width": [...], "loss": [...]}) with
-    `trials` samples; returns (rows of the trial table, the best run dir's aepipe.json dict)."""
+    `trials` samples; returns (rows of the trial table, the best run dir's aepipe.json dict).
+
+    `train` is aepipe.train.train with `tcfg` its TrainConfig, handed in by the command line (a job
+    module imports no other); every trial calls it in its own Ray worker."""
     import ray
     from ray import tune as rt
     from ray.tune.schedulers import ASHAScheduler
-
-    from aepipe.runtime import init_ray, user_errors
 
     out = run_dir_output(out, data, False).resolve()
     if (out / META).exists():
@@ -65,7 +66,7 @@ def tune(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, space
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # the longest a trial may run, in epochs: ASHA's rungs are fractions of it
     epochs = tcfg.epochs or 100
-    trainable = rt.with_parameters(_trial, data=data, root=str(root), mcfg=mcfg,
+    trainable = rt.with_parameters(_trial, train=train, data=data, root=str(root), mcfg=mcfg,
                                    tcfg=dataclasses.replace(tcfg, epochs=epochs), id_column=id_column, read=read)
     tuner = rt.Tuner(
         rt.with_resources(trainable, {"cpu": 1}),
@@ -95,6 +96,5 @@ def tune(data: str, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, space
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows.sort(key=lambda row: row[6] if isinstance(row[6], float) else float("inf"))
-    from aepipe.run import read_meta
 
     return rows, read_meta(out)

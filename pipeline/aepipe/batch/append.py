@@ -19,8 +19,11 @@ import json
 import numpy as np
 
 from aepipe.errors import AepipeError
+from aepipe.run import load_run
+from aepipe.scores import auto_threshold
 from aepipe.sources import Source, input_files, locate, open_for_run
-from aepipe.stores.read import MANIFEST, dequantize
+from aepipe.stores import MANIFEST
+from aepipe.stores.read import dequantize, read_metadata
 
 FILES = "encoded_files"  # in the manifest: {path: [bytes, mtime_ns]} of every input file it holds
 
@@ -87,8 +90,6 @@ def file_spans(src: Source) -> dict[str, tuple[int, int]]:
 
 def _manifest(store) -> dict | None:
     """The store's manifest, None when there is no store yet; refuses a store it cannot append to."""
-    from aepipe.stores.read import read_metadata
-
     try:
         where = locate(str(store))
     except AepipeError:
@@ -108,8 +109,6 @@ def _drift(run, staged, attrs: dict) -> dict:
     the default contamination) where the store keeps scores and the model's loss is mse (the
     encoder's scores are squared errors)."""
     import pyarrow.parquet as pq
-
-    from aepipe.scores import auto_threshold
 
     where = locate(str(staged))
     n, total, above = 0, 0.0, 0
@@ -166,8 +165,9 @@ def _move_parts(staged, store, base: int, fresh: bool) -> dict:
 
 
 def _path_in_fs(spec) -> str:
-    import pyarrow.fs as pafs
     from pathlib import Path
+
+    import pyarrow.fs as pafs
 
     spec = str(spec)
     return pafs.FileSystem.from_uri(spec)[1] if "://" in spec else str(Path(spec).absolute())
@@ -204,8 +204,6 @@ def append(data: str, model: str, store: str, dtype: str = "float32", scores: bo
     """Encode DATA's files that STORE does not hold, append their codes. Returns a summary dict.
     encode: the encode job (aepipe.batch.encode.encode), which the caller hands in: append chooses the
     rows and merges the parts; the encode job writes them."""
-    from aepipe.run import load_run
-
     if not str(store).rstrip("/").endswith(".parquet"):
         raise AepipeError(f"--append {store}: appending needs a Parquet store (.parquet), whose parts are "
                           "added as new files; a Zarr store would rewrite its arrays in place")
@@ -213,8 +211,6 @@ def append(data: str, model: str, store: str, dtype: str = "float32", scores: bo
     old = _manifest(store)
     if old is not None:
         _drop_unlisted(store, old)
-        from aepipe.stores.read import read_metadata
-
         attrs = read_metadata(str(store))[1]
         if attrs["model_fingerprint"] != run.fingerprint:
             raise AepipeError(f"--append {store}: its codes come from another model ({attrs['model']}); "

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from aepipe.errors import AepipeError
 from aepipe.batch.actors import BitstreamEncoder, Encoder
 from aepipe.batch.engine import check_job_options, model_job, provenance, write
-from aepipe.sources import Source, input_files, open_for_run
 from aepipe.checks import output_path, positive
+from aepipe.errors import AepipeError
 from aepipe.run import load_run
+from aepipe.sources import Source, input_files, open_for_run
+from aepipe.stores.bitstreams import encode_sink, stored_bits
 from aepipe.stores.read import DTYPES, chunk_rows_for, id_dtype, task_rows
+from aepipe.stores.write import ParquetSink, ZarrSink
 
 
 class Remaining(Source):
@@ -76,11 +78,9 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     ranges = src.ranges(rows_per_task)
     settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
                                chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges))
-    from aepipe.stores.write import ParquetSink, ZarrSink
 
     actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
     if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row
-        from aepipe.stores.bitstreams import encode_sink
 
         if scores or dtype != "float32":
             raise AepipeError(f"--scores and --dtype: {model} is a compress model; it writes bitstreams, whose "
@@ -106,7 +106,6 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     else:
         sink.on_write_complete([])
     if attrs.get("code_kind") == "bitstream":  # the rate the store really holds, for the summary line
-        from aepipe.stores.bitstreams import stored_bits
 
         attrs["bits_per_pixel"] = stored_bits(out) / ((src.n_rows - len(sink.skipped)) * run.model.pixels)
     if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others

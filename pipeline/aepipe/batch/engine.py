@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from aepipe.version import __version__
 from aepipe import remote
-from aepipe.errors import AepipeError
 from aepipe.checks import at_least, positive
-from aepipe.runtime import run_interruptibly, user_errors
-from aepipe.sources import ROWS_PER_TASK, Source, read_block
+from aepipe.errors import AepipeError
+from aepipe.runtime import init_ray, require, run_interruptibly, user_errors
+from aepipe.sources import ROWS_PER_TASK, Source, read_block, to_dataset
+from aepipe.stores.raydata import as_datasink
+from aepipe.version import __version__
 
 # Ray Data may otherwise fill half the object store with blocks waiting for the actors (GBs on
 # a large machine): memory would grow with the dataset. 16 blocks of 64 MiB keep every stage busy.
@@ -48,8 +49,6 @@ def actor_pool(concurrency: int, num_gpus: float) -> dict:
     --concurrency 2 on a 2-CPU machine)."""
     import ray
     from ray.data import ActorPoolStrategy
-
-    from aepipe.runtime import require
 
     require(gpus=num_gpus * concurrency, what=f"--concurrency {concurrency} --gpus {num_gpus:g}")
     cpus = ray.cluster_resources().get("CPU", 1)
@@ -150,8 +149,6 @@ def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurre
         fn = actor(**kwargs)
         if local or local_is_faster(src, fn, batch_size):
             return LocalRows(src, fn, batch_size, rows_per_task)
-    from aepipe.sources import to_dataset
-    from aepipe.runtime import init_ray
 
     init_ray(address)  # a no-op when the caller (or a test) already connected
     from ray.data import DataContext
@@ -220,8 +217,6 @@ def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine
 
 def write(ds, sink, **write_args) -> None:
     """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
-    from aepipe.stores.raydata import as_datasink  # Ray's Datasink types: only for jobs that run on Ray
-
     with user_errors():
         target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
         run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], **write_args)

@@ -14,16 +14,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
-from aepipe.errors import AepipeError
 from aepipe.batch.actors import Reconstructor
 from aepipe.batch.engine import check_job_options, model_job, provenance, write
 from aepipe.batch.rows import png_range, write_rows
-from aepipe.sources import open_matching
 from aepipe.checks import output_path
+from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import auto_threshold
+from aepipe.sources import open_matching
 from aepipe.stores.read import chunk_rows_for, id_dtype, task_rows
+from aepipe.stores.write import ParquetSink, ZarrSink
 
 
 def parse_threshold(text: str | None, run, contamination: float) -> float | None:
@@ -89,8 +89,6 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
 
 
 def _score_sink(out: Path, src, run, attrs, per_feature: bool, anomaly: bool, id_name: str, chunk: int):
-    from aepipe.stores.write import ParquetSink, ZarrSink
-
     if out.suffix == ".zarr":
         arrays = {"ids": ("id", (), id_dtype(src)), "scores": ("score", (), "float32")}
         if per_feature:

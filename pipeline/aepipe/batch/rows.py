@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from aepipe.errors import AepipeError
 from aepipe.batch.engine import write
+from aepipe.errors import AepipeError
 from aepipe.runtime import run_interruptibly, user_errors
 from aepipe.sources import Source, numpy_of
-from aepipe.stores.read import chunk_rows_for, id_dtype, open_zarr
+from aepipe.sources.parquet import ParquetSource
+from aepipe.stores.read import ZarrCodesSource, chunk_rows_for, id_dtype, open_zarr
+from aepipe.stores.write import ParquetSink, PngSink, ZarrSink
 
 
 class Selection(Source):
@@ -59,7 +61,6 @@ def find_ids(src: Source, ids: list[str]) -> np.ndarray:
     store are looked up by bisection (ids written in order, as row indices are, need ~log2(N) reads
     each), Parquet row groups whose id statistics cannot hold them are skipped; else the ids alone
     are scanned."""
-
     found = {}
     if _zarr_ids(src) and len(ids) <= 64:
         found = _bisect_ids(src, ids)
@@ -76,8 +77,6 @@ def find_ids(src: Source, ids: list[str]) -> np.ndarray:
 
 def _zarr_ids(src: Source) -> bool:
     """Whether src is a Zarr store with an "ids" array: a codes store, or a bitstream store of kind zarr."""
-    from aepipe.stores.read import ZarrCodesSource
-
     return isinstance(src, ZarrCodesSource) or getattr(src, "kind", None) == "zarr"
 
 
@@ -112,8 +111,6 @@ def _bisect_ids(src, ids: list[str]) -> dict:
 
 def _id_blocks(src: Source, wanted: list[str]):
     """(first position, ids) per block of the store, reading the id column only where possible."""
-    from aepipe.sources.parquet import ParquetSource
-
     if _zarr_ids(src):
         arr = open_zarr(src.path)["ids"]
         step = arr.chunks[0] * max(1, 2 ** 20 // arr.chunks[0])
@@ -164,8 +161,6 @@ def write_rows(ds, out: Path, src: Source, run, meta: dict) -> list[dict]:
     """Rows in the data's units (batch column x) to OUT, as decode writes them: .npy, Zarr, Parquet
     or, for image models, a folder of PNG images (OUT without a suffix).
     Returns the rows --on-bad-row skip left out (only Zarr and Parquet sinks leave rows out)."""
-    from aepipe.stores.write import ParquetSink, PngSink, ZarrSink
-
     shape = run.schema.shape
     if out.suffix == "":  # a folder of PNG images
         sink = PngSink(out, src.n_rows, meta, *png_range(run, out))

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from aepipe.errors import AepipeError
 from aepipe.bitstream import crc32
-from aepipe.sources import Source
+from aepipe.errors import AepipeError
+from aepipe.sources import Schema, Source, locate
+from aepipe.sources.parquet import parquet_files
 from aepipe.stores.read import open_zarr, read_metadata, read_rows
+from aepipe.stores.write import ParquetSink, ZarrSink
 
 KIND = "bitstream"
 
 
 def encode_sink(out, src, attrs: dict, ids_kind: str, chunk_rows: int, ranges, settings):
     """The Zarr or Parquet sink of a bitstream store (the same staged, all-or-nothing sinks as codes)."""
-    from aepipe.stores.write import ParquetSink, ZarrSink
-
     attrs.update(code_kind=KIND, dtype=KIND)
     if out.suffix == ".zarr":
         arrays = {"codes": ("bitstream", (), "bytes"), "latent_shape": ("latent_shape", (3,), "int32"),
@@ -53,9 +53,6 @@ def _columns(path: str, kind: str, names) -> dict:
         return {k: read_rows(g, "codes" if k == "bitstream" else k, 0, n, path) for k in names}
     import pyarrow.parquet as pq
 
-    from aepipe.sources import locate
-    from aepipe.sources.parquet import parquet_files
-
     where = locate(path)
     tables = [pq.read_table(where.open(f), columns=list(names)) for f in sorted(parquet_files(where))]
     cols = {k: [t.column(k).to_numpy(zero_copy_only=False) for t in tables] for k in names}
@@ -68,8 +65,6 @@ class BitstreamSource(Source):
     (Parquet stores are read whole on open; Zarr stores chunk by chunk.)"""
 
     def __init__(self, path: str, kind: str, attrs: dict, latent_shape, rows: tuple[int, int] | None = None):
-        from aepipe.sources import Schema
-
         self.spec, self.path, self.kind, self.latent_shape = str(path), str(path), kind, tuple(latent_shape)
         self.cols = None if kind == "zarr" else _columns(self.path, kind, ("id", "bitstream", "latent_shape", "nbytes", "crc32"))
         n = len(self.cols["id"]) if self.cols else _zarr_rows(self.path)

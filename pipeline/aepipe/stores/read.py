@@ -9,24 +9,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
 from aepipe import remote
-
 from aepipe.errors import AepipeError
 from aepipe.sources import Location, Schema, Source, locate
+from aepipe.sources.parquet import ParquetSource, parquet_files
+from aepipe.stores import MANIFEST, open_zarr
 
 DTYPES = ("float32", "float16", "int8")
-MANIFEST = "_aepipe_manifest.json"  # "_" keeps it out of pyarrow's and Ray's dataset readers
-
-
-def open_zarr(path, mode: str = "r"):
-    """A Zarr group. zarr is imported here, not at the top: its import is 0.15-0.2 s, and asks that
-    touch no Zarr store should not pay it."""
-    import zarr
-
-    return zarr.open_group(str(path), mode=mode)
 
 
 # ---------------------------------------------------------------- quantisation
@@ -121,7 +114,6 @@ def check_manifest(where: Location) -> None:
     """A Parquet store's parts against its manifest (read_metadata calls it where one exists):
     every file there, with its row count."""
     import pyarrow.parquet as pq
-    from aepipe.sources.parquet import parquet_files
 
     m = where.show(f"{where.path}/{MANIFEST}")
     try:
@@ -155,7 +147,6 @@ def verify_store(path: str | Path) -> None:
                 read_rows(g, name, i * a.chunks[0], min((i + 1) * a.chunks[0], a.shape[0]), str(path))
         return
     import pyarrow.parquet as pq
-    from aepipe.sources.parquet import parquet_files
 
     where = locate(str(path))
     for f in parquet_files(where):
@@ -209,7 +200,6 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
         kind = "zarr"
     elif where.suffix == ".parquet":
         import pyarrow.parquet as pq
-        from aepipe.sources.parquet import parquet_files
 
         if _has(where, MANIFEST):
             check_manifest(where)  # first: a lost part must be named, whatever else is left
@@ -252,7 +242,6 @@ def open_codes(path: str | Path, known: tuple[str, dict] | None = None) -> tuple
         raise AepipeError(f"{path}: holds decoded data, not codes")
     if kind == "zarr":
         return ZarrCodesSource(str(path), attrs), attrs
-    from aepipe.sources.parquet import ParquetSource
 
     return ParquetSource(locate(str(path)), id_column="id", columns=("code",)), attrs
 
@@ -287,7 +276,6 @@ def describe_store(path: str | Path) -> list[tuple[str, str]]:
             rows.append((f"array {name}", f"{a.shape} {a.dtype}, chunks {a.chunks}"))
     else:
         import pyarrow.parquet as pq
-        from aepipe.sources.parquet import parquet_files
 
         files = parquet_files(where)
         n = sum(pq.ParquetFile(where.open(f)).metadata.num_rows for f in files)
@@ -300,3 +288,42 @@ def describe_store(path: str | Path) -> list[tuple[str, str]]:
     rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in attrs.items()
              if k != "quantization"]
     return rows
+
+
+# ---------------------------------------------------------------- for Python callers
+
+FORMATS = ("numpy", "pandas", "arrow")
+
+
+def local_path(uri: str | Path) -> Path | str:
+    """A local path from a path or a file:// URI; other URIs (s3://, gs://) as they are, which
+    the store readers open through pyarrow and fsspec."""
+    text = str(uri)
+    parsed = urlparse(text)
+    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # a Windows drive letter is no scheme
+        return Path(parsed.path if parsed.scheme == "file" else text)
+    return text
+
+
+def load_codes(store: str | Path, as_: str = "numpy"):
+    """Every row of a codes store (Zarr or Parquet), codes as float32 (int8 de-quantised).
+
+    numpy: (ids, codes (N, d)); pandas: a DataFrame indexed by id with columns code_0..code_{d-1};
+    arrow: a Table with columns id and code (fixed-size list), like a Parquet codes store."""
+    if as_ not in FORMATS:
+        raise AepipeError(f'as_="{as_}": choose one of {", ".join(FORMATS)}')
+    src, attrs = open_codes(local_path(store))
+    parts = [src.read(a, b) for a, b in src.ranges()]
+    ids = np.concatenate([p[0] for p in parts])
+    codes = dequantize(np.concatenate([p[1] for p in parts]), attrs["dtype"], *quant_range(attrs))
+    if as_ == "numpy":
+        return ids, codes
+    if as_ == "pandas":
+        import pandas as pd
+
+        return pd.DataFrame(codes, index=pd.Index(ids, name="id"),
+                            columns=[f"code_{i}" for i in range(codes.shape[1])])
+    import pyarrow as pa
+
+    flat = pa.array(codes.ravel())
+    return pa.table({"id": ids, "code": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])})

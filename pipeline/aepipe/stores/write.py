@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from aepipe import remote
 from aepipe.errors import AepipeError
 from aepipe.sources import bad_rows, skipped_rows
-from aepipe.stores.read import MANIFEST, open_zarr
+from aepipe.stores import MANIFEST, open_zarr
 
 
 def _to_numpy(blocks) -> dict:
