@@ -81,7 +81,6 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
 
     actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
     if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row
-
         if scores or dtype != "float32":
             raise AepipeError(f"--scores and --dtype: {model} is a compress model; it writes bitstreams, whose "
                               "size is set by its --lmbda")
@@ -106,7 +105,6 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     else:
         sink.on_write_complete([])
     if attrs.get("code_kind") == "bitstream":  # the rate the store really holds, for the summary line
-
         attrs["bits_per_pixel"] = stored_bits(out) / ((src.n_rows - len(sink.skipped)) * run.model.pixels)
     if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others
         attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
