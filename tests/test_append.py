@@ -1,13 +1,14 @@
 """encode --append on a folder that grows: each run encodes only the new files, every id is in the
 store once, a rerun is a no-op, and the drift of new codes against the training codes is kept."""
 
-import json
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 import aepipe
+from aepipe.sources import locate
+from aepipe.stores import read_manifest
 from tests.conftest import run_aepipe, write_table
 
 
@@ -32,7 +33,7 @@ def growing(tmp_path_factory):
 
 
 def parts(store):
-    return {p.name: p.stat().st_mtime_ns for p in store.glob("*.parquet")}
+    return {p.name: p.stat().st_mtime_ns for p in store.glob("part-*.parquet")}
 
 
 @pytest.mark.slow
@@ -55,7 +56,7 @@ def test_append_twice_then_noop(growing, ray_local):
     assert len(pq.read_table(store, columns=["score"])) == 600  # the store's --scores kept for the new part
     again = run_aepipe("encode", root / "inc", "--model", root / "run", "--append", store, address=ray_local)
     assert again.stdout.startswith("nothing to append") and parts(store) == after
-    drift = json.loads((store / "_aepipe_manifest.json").read_text())["drift"]
+    drift = read_manifest(locate(str(store)))["drift"]
     assert [d["n_rows"] for d in drift] == [400, 200]
     assert drift[0]["max_abs_shift_sd"] < 1 < drift[1]["max_abs_shift_sd"]  # the shifted file shows
     assert drift[0]["above_threshold"] < drift[1]["above_threshold"]

@@ -252,6 +252,37 @@ def test_autoencoder_features_in_a_scikit_learn_pipeline(digits_run):
     assert feats.n_features_in_ == 64
 
 
+def test_autoencoder_features_trains_on_fit_and_passes_scikit_learns_checks():
+    """Without a run dir, fit trains through aepipe's fit loop: every check of scikit-learn passes
+    (the one skip is scikit-learn's own: array-API input needs SCIPY_ARRAY_API set)."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(aepipe.AutoencoderFeatures(code_dim=2, hidden=(8,), epochs=3), on_fail=None)
+    failed = {r["check_name"]: str(r["exception"]) for r in results if r["status"] == "failed"}
+    assert failed == {}
+    assert [r["check_name"] for r in results if r["status"] == "skipped"] == ["check_array_api_input"]
+    xtr = digits_split()[0]
+    feats = aepipe.AutoencoderFeatures(code_dim=4, epochs=5).fit(xtr * 16)
+    z = feats.transform(xtr * 16)
+    assert z.shape == (len(xtr), 4) and z.dtype == np.float32 and z.std(0).min() > 0  # a real model's codes
+    err = np.mean((feats.inverse_transform(z) - xtr * 16) ** 2)
+    assert err < np.mean((xtr * 16 - (xtr * 16).mean(0)) ** 2) / 2  # it reconstructs: far below the mean's error
+
+
+def test_a_pickled_transformer_works_without_its_run_dir(digits_run, tmp_path):
+    import pickle
+    import shutil
+
+    shutil.copytree(digits_run, tmp_path / "run")
+    xtr = digits_split()[0] * 16
+    feats = aepipe.AutoencoderFeatures(tmp_path / "run").fit(xtr)
+    blob = pickle.dumps(feats)
+    shutil.rmtree(tmp_path / "run")
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again.transform(xtr), feats.transform(xtr))
+    np.testing.assert_array_equal(again.inverse_transform(feats.transform(xtr[:5])), feats.inverse_transform(feats.transform(xtr[:5])))
+
+
 def _check_png(path, size=(1600, 960)):
     from PIL import Image
 
@@ -354,3 +385,27 @@ def test_arrow_array_equals_pa_array(v):
 
     got = arrow_array(v)
     assert got.equals(pa.array(v)) and got.type == pa.array(v).type
+
+
+def test_exported_encoder_gives_the_codes_encode_writes_without_aepipe(digits_run, tmp_path):
+    """aepipe export -> a torch.export program that a Python without aepipe loads and runs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import run_aepipe
+
+    done = run_aepipe("export", digits_run, "--out", tmp_path / "enc.pt2")
+    assert done.stdout.startswith("exported the dense encoder (64 features -> 8 codes")
+    encode("builtin:digits", digits_run, tmp_path / "c.zarr", engine="local")
+    ids, codes = aepipe.load_codes(tmp_path / "c.zarr")
+    np.save(tmp_path / "rows.npy", open_source("builtin:digits").x.reshape(1797, -1).astype(np.float32))
+    serve = ("import sys; sys.modules['aepipe'] = None  # no aepipe here\n"
+             "import numpy as np, torch\n"
+             f"enc = torch.export.load({str(tmp_path / 'enc.pt2')!r}).module()\n"
+             f"np.save({str(tmp_path / 'z.npy')!r}, enc(torch.from_numpy(np.load({str(tmp_path / 'rows.npy')!r}))).detach().numpy())\n")
+    subprocess.run([sys.executable, "-c", serve], check=True, timeout=120)
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy")[ids], codes, rtol=1e-5, atol=1e-5)
+    again = run_aepipe("export", digits_run, "--out", tmp_path / "enc.pt2", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    wrong = run_aepipe("export", digits_run, "--out", tmp_path / "enc.onnx", check=False)
+    assert wrong.returncode == 2 and ".pt2" in wrong.stderr and not (tmp_path / "enc.onnx").exists()

@@ -78,7 +78,8 @@ def test_digits_encode_int8_and_decode_by_ids(digits_run, tmp_path):
     ids_f, zf = load_codes(tmp_path / "f.zarr")
     assert zarr.open_group(str(tmp_path / "q.zarr"))["codes"].dtype == np.int8
     assert np.array_equal(ids_q, np.arange(1797)) and np.array_equal(ids_f, ids_q)
-    lo, hi = load_run(digits_run).code_range()  # the training codes' range sets the int8 scale
+    lo, hi = load_run(digits_run).code_range()  # the training codes' overall range sets the one int8 scale
+    lo, hi = lo.min(), hi.max()
     inside = ((zf >= lo) & (zf <= hi)).all(1)
     assert inside.mean() > 0.9
     assert (np.abs(zq - zf)[inside] <= (hi - lo) / 254 * 1.01 + 1e-6).all()  # half a step of 254
@@ -91,9 +92,20 @@ def test_digits_encode_int8_and_decode_by_ids(digits_run, tmp_path):
 
 
 def test_dequantize_inverts_quantize_within_a_step():
-    from aepipe.stores.read import quantize
+    from aepipe.stores.read import int8_scale, quantize
 
     z = np.random.default_rng(0).uniform(-3, 5, size=(100, 4)).astype(np.float32)
-    lo, hi = z.min(0), z.max(0)
-    back = dequantize(quantize(z, "int8", lo, hi), "int8", lo, hi)
-    assert np.abs(back - z).max() <= ((hi - lo) / 254).max() + 1e-6
+    scale = int8_scale(z.min(0), z.max(0))
+    back = dequantize(quantize(z, "int8", scale), "int8", scale)
+    assert np.abs(back - z).max() <= (z.max() - z.min()) / 254 / 2 + 1e-6  # half a step
+
+
+def test_int8_stores_of_the_per_dimension_layout_read_as_before():
+    """Stores written before the one-scale layout record a range per dimension (lo, hi)."""
+    from aepipe.stores.read import quant_scale
+
+    lo, hi = np.array([-1.0, 0.0, 2.0]), np.array([1.0, 0.5, 2.0])  # the last dimension never varied
+    q = np.array([[-127, 0, 127], [127, -127, 5]], np.int8)
+    before = (q.astype(np.float32) + 127) / 254 * np.where(hi > lo, hi - lo, 1.0) + lo  # the old dequantize
+    got = dequantize(q, "int8", quant_scale({"quantization": {"lo": lo.tolist(), "hi": hi.tolist()}}))
+    np.testing.assert_allclose(got, before, rtol=1e-6, atol=1e-6)

@@ -30,19 +30,21 @@ def test_main_returns_exit_codes_in_process(capsys, tmp_path):
 # The layers, top to bottom: a module imports modules of its own layer or of layers below it,
 # never above. Imports inside functions count too.
 LAYERS = {
-    "api": {"aepipe"},  # the package's own names (load_codes, AutoencoderFeatures, AepipeError)
+    # the package's own names (load_codes, AutoencoderFeatures, AepipeError); the transformer trains
+    # through the train job, as a user's script would
+    "api": {"aepipe", "aepipe.features"},
     "cli": {"aepipe.cli"},
     # a job that runs others (append runs encode; demo, train/encode/decode; tune, train) is handed them
     # by the command line, so no job module imports another
     "jobs": {"aepipe.batch.encode", "aepipe.batch.decode", "aepipe.batch.reconstruct", "aepipe.batch.append",
-             "aepipe.train", "aepipe.report", "aepipe.submit", "aepipe.demo", "aepipe.tune"},
+             "aepipe.train", "aepipe.report", "aepipe.submit", "aepipe.demo", "aepipe.tune", "aepipe.export"},
     "engine": {"aepipe.batch", "aepipe.batch.engine", "aepipe.batch.actors", "aepipe.batch.rows",
                "aepipe.runtime"},
     "parts": {"aepipe.stores", "aepipe.stores.read", "aepipe.stores.write", "aepipe.stores.raydata",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.run", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
-              "aepipe.sources.parquet", "aepipe.evaluate", "aepipe.features"},
+              "aepipe.sources.parquet", "aepipe.evaluate"},
     "base": {"aepipe.errors", "aepipe.version"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}

@@ -105,7 +105,7 @@ def test_encode_s3_to_s3_then_decode_every_id_once(s3, s3_table, s3_run, ray_loc
     assert sorted(ids) == [f"r{i:05d}" for i in range(600)]  # every id, exactly once
     if suffix == ".parquet":  # the manifest, written last, is there and lists every part
         names = {f.base_name for f in s3[1].get_file_info(pafs.FileSelector("out/codes.parquet"))}
-        assert "_aepipe_manifest.json" in names and not any(n.endswith(".tmp") for n in names)
+        assert "_aepipe_manifest.parquet" in names and not any(n.endswith(".tmp") for n in names)
 
 
 def test_npy_on_s3_trains_and_scores(s3, ray_local, tmp_path):

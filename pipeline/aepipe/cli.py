@@ -445,11 +445,26 @@ def demo(
 
 
 @app.command()
+def export(
+    model: str = typer.Argument(..., help="Run dir whose encoder to export."),
+    out: Path = typer.Option(..., "--out", help="The program to write (.pt2)."),
+    overwrite: bool = OVERWRITE,
+):
+    """Write a run dir's encoder (normalisation included) as a torch.export program, for serving
+    without aepipe: torch.export.load(OUT).module()(rows) gives the codes `aepipe encode` writes
+    (rows: (n, features) float32 in the data's units)."""
+    from aepipe.export import export as export_fn  # torch
+
+    done = _run(export_fn, model, out, overwrite=overwrite)
+    typer.echo(f"exported the {done['family']} encoder ({done['features']} features -> {done['code_dim']} codes, "
+               f"{done['bytes'] / 2**20:.2f} MiB) -> {done['out']}")
+
+
+@app.command()
 def info(path: str = typer.Argument(..., help="A run dir or a codes store."),
          verify: bool = typer.Option(False, "--verify", help="Read every chunk or file and check it: "
                                      "missing or damaged chunks, row counts, checksums.")):
     """Show what a run dir or a codes/reconstruction store holds (--verify: check all of it)."""
-
     is_run = _run(is_run_dir, path)
     rows = _run(describe_run, path) if is_run else _run(describe_store, path)
     if verify:
@@ -574,7 +589,6 @@ def probe(
     data: Optional[str] = typer.Option(None, help="The encoded DATA: adds the same probe on raw inputs and on PCA."),
 ):
     """Linear probe: logistic regression on the codes, one fixed 70/30 split, accuracy and macro-F1."""
-
     rows = _run(probe_fn, str(codes), labels, label_column=label_column, data=data, labels_id_column=labels_id_column)
     typer.echo(f"{rows[0]['n_train']} train / {rows[0]['n_test']} test rows, joined by id\n")
     typer.echo(format_table(["features", "dims", "accuracy", "macro-F1"],

@@ -21,7 +21,7 @@ from aepipe.evaluate import read_labels
 from aepipe.run import load_run
 from aepipe.scores import auto_threshold, row_errors
 from aepipe.sources import open_matching
-from aepipe.stores.read import dequantize, quantize
+from aepipe.stores.read import dequantize, int8_scale, quantize
 
 DTYPE_COLORS = {"float32": "#4c72b0", "float16": "#55a868", "int8": "#c44e52"}
 
@@ -49,13 +49,13 @@ def _labels_for(ids, labels: str | None, label_column: str, labels_id_column: st
 
 def _model_outputs(run, x: np.ndarray) -> dict:
     model, xn = run.model, torch.from_numpy(run.normalizer.apply(x))
-    lo, hi = run.code_range()
+    scale = int8_scale(*run.code_range())
     with torch.inference_mode():
         z = model.encode(xn)
         out = {"z": z.numpy(), "x_hat": run.normalizer.invert(model.decode(z).numpy()),
                "score": row_errors(model, xn).mean(1).numpy(), "dtype_error": {}}
         for dtype in DTYPE_COLORS:  # the same codes stored at each dtype, decoded back
-            zq = torch.from_numpy(dequantize(quantize(out["z"], dtype, lo, hi), dtype, lo, hi))
+            zq = torch.from_numpy(dequantize(quantize(out["z"], dtype, scale), dtype, scale))
             out["dtype_error"][dtype] = float((model.decode(zq) - xn).pow(2).mean())
         if run.meta["family"] == "denoising":  # the corruption the model was trained to remove
             noisy = model.corrupt(xn[:8].clone())

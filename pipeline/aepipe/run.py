@@ -73,6 +73,14 @@ class Run:
     def fingerprint(self) -> str:
         return self.meta["model_fingerprint"]
 
+    def __getstate__(self) -> dict:
+        # pickled as aepipe.json's dict and the weights, rebuilt on load: a model's class may be
+        # made at run time (the PCA floor), which pickle cannot name
+        return {"path": self.path, "meta": self.meta, "weights": self.model.state_dict()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(vars(_assemble(state["path"], state["meta"], state["weights"])))
+
     def code_range(self) -> tuple[np.ndarray, np.ndarray]:
         r = self.meta["code_range"]
         return np.asarray(r["lo"], np.float32), np.asarray(r["hi"], np.float32)
@@ -126,8 +134,6 @@ def load_run(path: str | Path) -> Run:
 def _load_local(path: Path) -> Run:
     import torch
 
-    from aepipe.models import build_model
-
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise AepipeError(f"{path}: not an aepipe run dir (no {META} and {WEIGHTS}; make one with aepipe train)")
     meta = read_meta(path)
@@ -138,6 +144,13 @@ def _load_local(path: Path) -> Run:
     if found != meta.get("model_fingerprint"):  # weights swapped or damaged: never encode with them
         raise AepipeError(f"{path / WEIGHTS}: its weights (fingerprint {found}) are not the ones {META} "
                           f"describes ({meta.get('model_fingerprint')}); the run dir was altered")
+    return _assemble(path, meta, state)
+
+
+def _assemble(path, meta: dict, state: dict) -> Run:
+    """A Run from aepipe.json's dict and checked weights."""
+    from aepipe.models import build_model
+
     try:
         model = build_model(model_config_from_json(meta["model"]))
         model.load_state_dict(state)

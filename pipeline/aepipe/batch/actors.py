@@ -20,7 +20,7 @@ from aepipe.bitstream import BitstreamError, LatentCoder, crc32
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import row_errors
-from aepipe.stores.read import dequantize, quantize
+from aepipe.stores.read import dequantize, int8_scale, quantize
 
 
 class ModelActor:
@@ -52,14 +52,14 @@ class Encoder(ModelActor):
     def __init__(self, run_dir: str, dtype: str, scores: bool, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
         self.dtype, self.scores = dtype, scores
-        self.lo, self.hi = self.run.code_range()
+        self.scale = int8_scale(*self.run.code_range())
 
     def __call__(self, batch: dict) -> dict:
         x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
         with torch.inference_mode():
             z = self.model.encode(x)
             out = {"row": batch["row"], "id": batch["id"],
-                   "code": quantize(z.cpu().numpy(), self.dtype, self.lo, self.hi)}
+                   "code": quantize(z.cpu().numpy(), self.dtype, self.scale)}
             if self.scores:  # mean squared reconstruction error per row, in the model's units
                 err = (self.model.decode(z) - x).pow(2).flatten(1).mean(1)
                 out["score"] = err.cpu().numpy()
@@ -107,12 +107,12 @@ class BitstreamDecoder(ModelActor):
 
 
 class Decoder(ModelActor):
-    def __init__(self, run_dir: str, dtype: str, lo, hi, num_gpus: float = 0):
+    def __init__(self, run_dir: str, dtype: str, scale: tuple, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
-        self.dtype, self.lo, self.hi = dtype, lo, hi
+        self.dtype, self.scale = dtype, scale
 
     def __call__(self, batch: dict) -> dict:
-        z = torch.from_numpy(dequantize(batch["x"], self.dtype, self.lo, self.hi)).to(self.device)
+        z = torch.from_numpy(dequantize(batch["x"], self.dtype, self.scale)).to(self.device)
         with torch.inference_mode():
             x_hat = self.model.decode(z).cpu().numpy()
         return {"row": batch["row"], "id": batch["id"], "x": self.run.normalizer.invert(x_hat)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import datetime
-import json
 
 import numpy as np
 
@@ -22,8 +21,9 @@ from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import auto_threshold
 from aepipe.sources import Source, input_files, locate, open_for_run
-from aepipe.stores import MANIFEST
-from aepipe.stores.read import dequantize, read_metadata
+from aepipe.stores import JSON_MANIFEST, MANIFEST, manifest_table, read_manifest
+from aepipe.sources.parquet import parquet_files
+from aepipe.stores.read import dequantize, quant_scale, read_metadata
 
 FILES = "encoded_files"  # in the manifest: {path: [bytes, mtime_ns]} of every input file it holds
 
@@ -95,8 +95,7 @@ def _manifest(store) -> dict | None:
     except AepipeError:
         return None  # no store yet: this run starts it
     read_metadata(str(store))  # a damaged store is refused here, naming what is wrong
-    with where.open(f"{where.path}/{MANIFEST}") as f:
-        m = json.loads(f.read())
+    m = read_manifest(where) or {}
     if FILES not in m:
         raise AepipeError(f"--append {store}: the store records no input files (it was written by encode "
                           "--out); start a store for appending with --append")
@@ -115,11 +114,10 @@ def _drift(run, staged, attrs: dict) -> dict:
     threshold = None
     if attrs.get("scores") and run.meta.get("score_quantiles") and run.meta.get("loss", "mse") == "mse":
         threshold = auto_threshold(run, 0.01)
-    lo, hi = run.code_range()
-    for f in where.files(".parquet"):  # part by part: memory stays flat
+    for f in parquet_files(where):  # part by part: memory stays flat
         table = pq.read_table(where.open(f))
         codes = np.stack(table.column("code").to_numpy(zero_copy_only=False)).astype(np.float64)
-        codes = dequantize(codes, attrs["dtype"], lo, hi)
+        codes = dequantize(codes, attrs["dtype"], quant_scale(attrs))
         n, total = n + len(codes), total + codes.sum(0)
         if threshold is not None:
             above += int((table.column("score").to_numpy() > threshold).sum())
@@ -150,8 +148,7 @@ def _move_parts(staged, store, base: int, fresh: bool) -> dict:
     """Move the staged parts into the store, renamed after the store's rows so far; returns
     {new name: rows}. Through pyarrow's filesystem: a rename on disk, copy and delete on S3."""
     where = locate(str(staged))
-    with where.open(f"{where.path}/{MANIFEST}") as f:
-        files = json.loads(f.read())["files"]
+    files = read_manifest(where)["files"]
     target = locate(str(store)) if not fresh else None
     fs = where.fs
     dest = target.path if target else _path_in_fs(store)
@@ -175,25 +172,26 @@ def _path_in_fs(spec) -> str:
 
 def _write_manifest(store, manifest: dict) -> None:
     """The manifest last: until it lands the store is the one before this run (moved parts that it
-    does not list are removed by the next --append)."""
+    does not list are removed by the next --append). It carries the parts' schema, read from one."""
     import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
     spec = str(store)
     fs, path = (pafs.FileSystem.from_uri(spec) if "://" in spec else (pafs.LocalFileSystem(), _path_in_fs(spec)))
-    data = json.dumps(manifest).encode()
+    table = manifest_table(pq.read_schema(f"{path}/{min(manifest['files'])}", filesystem=fs), manifest)
     if "://" in spec and not spec.startswith("file://"):
-        with fs.open_output_stream(f"{path}/{MANIFEST}") as f:  # one PUT: atomic on object stores
-            f.write(data)
-        return
-    with fs.open_output_stream(f"{path}/{MANIFEST}.tmp") as f:
-        f.write(data)
-    fs.move(f"{path}/{MANIFEST}.tmp", f"{path}/{MANIFEST}")  # a rename: atomic on disk
+        pq.write_table(table, f"{path}/{MANIFEST}", filesystem=fs)  # one PUT: atomic on object stores
+    else:
+        pq.write_table(table, f"{path}/{MANIFEST}.tmp", filesystem=fs)
+        fs.move(f"{path}/{MANIFEST}.tmp", f"{path}/{MANIFEST}")  # a rename: atomic on disk
+    if fs.get_file_info(f"{path}/{JSON_MANIFEST}").type == pafs.FileType.File:
+        fs.delete_file(f"{path}/{JSON_MANIFEST}")  # a store from before the Parquet manifest: now superseded
 
 
 def _drop_unlisted(store, manifest: dict) -> None:
     """Parts of a killed --append that the manifest never listed."""
     where = locate(str(store))
-    for f in where.files(".parquet"):
+    for f in parquet_files(where):
         if where.relative(f) not in manifest["files"]:
             where.fs.delete_file(f)
 
@@ -237,8 +235,7 @@ def append(data: str, model: str, store: str, dtype: str = "float32", scores: bo
                    num_gpus=num_gpus, id_column=id_column, overwrite=True, address=address, read=read,
                    select=select)
     drift = _drift(run, staged, attrs)
-    with locate(staged).open(f"{locate(staged).path}/{MANIFEST}") as f:
-        staged_manifest = json.loads(f.read())
+    staged_manifest = read_manifest(locate(staged))
     base = 0 if old is None else max(int(n[5:-8]) + r for n, r in old["files"].items()) + len(old.get("skipped", []))
     moved = _move_parts(staged, store, base, fresh=old is None)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

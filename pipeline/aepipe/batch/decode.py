@@ -14,7 +14,7 @@ from aepipe.batch.engine import check_job_options, model_job, provenance
 from aepipe.batch.rows import png_range, select, write_rows
 from aepipe.run import load_run
 from aepipe.stores.bitstreams import BitstreamSource
-from aepipe.stores.read import open_codes, quant_range, read_metadata
+from aepipe.stores.read import open_codes, quant_scale, read_metadata
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
@@ -40,8 +40,8 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
     else:
         src, attrs = open_codes(codes, (kind, attrs))
         src = select(src, rows, ids)
-        lo, hi = quant_range(attrs)
-        actor, kwargs = Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], lo=lo, hi=hi, num_gpus=num_gpus)
+        actor, kwargs = Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], scale=quant_scale(attrs),
+                                      num_gpus=num_gpus)
     ds = model_job(src, actor, kwargs, batch_size, concurrency, num_gpus, engine, address)
     write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
     return src.n_rows

@@ -17,7 +17,7 @@ from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.sources import Source, input_files, open_for_run
 from aepipe.stores.bitstreams import encode_sink, stored_bits
-from aepipe.stores.read import DTYPES, chunk_rows_for, id_dtype, task_rows
+from aepipe.stores.read import DTYPES, chunk_rows_for, id_dtype, int8_scale, task_rows
 from aepipe.stores.write import ParquetSink, ZarrSink
 
 
@@ -43,6 +43,13 @@ def resume_settings(run, src: Source, out: Path, **options) -> dict:
             "n_rows": src.n_rows, "format": out.suffix, **options}
 
 
+def cf_scale(dtype: str, sf: float, ao: float) -> dict:
+    """CF's attributes that make readers (xarray) turn stored codes into float32 codes by themselves:
+    int8 through the store's scale; float16 widened (1.0 and 0.0 tell xarray to give float32)."""
+    return {"int8": {"scale_factor": sf, "add_offset": ao},
+            "float16": {"scale_factor": 1.0, "add_offset": 0.0}}.get(dtype, {})
+
+
 def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
            batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, id_column: str | None = None,
            chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
@@ -62,11 +69,11 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     src.schema.check_matches(run.schema, data)
     src.schema = run.schema  # columns are read by name, in the order the model was trained on
     d = run.code_dim
-    lo, hi = run.code_range()
+    sf, ao = int8_scale(*run.code_range())
     files = input_files(src)
     attrs = provenance(run, data, n_rows=src.n_rows, code_dim=d, dtype=dtype, scores=scores, notes=src.notes(),
                        ids=getattr(src, "id_column", None) or getattr(src, "id_kind", "row index"),
-                       quantization={"lo": lo.tolist(), "hi": hi.tolist()} if dtype == "int8" else None,
+                       quantization={"scale_factor": sf, "add_offset": ao} if dtype == "int8" else None,
                        # what `aepipe info` compares the store with
                        input_bytes=src.n_rows * src.schema.size * 4,
                        input_file_bytes=sum(size for _, size, _ in files) if files else None)
@@ -87,7 +94,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
         sink = encode_sink(out, src, attrs, ids_kind, chunk_rows, ranges, settings)
         actor, kwargs = BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
     elif out.suffix == ".zarr":
-        arrays = {"codes": ("code", (d,), dtype), "ids": ("id", (), ids_kind)}
+        arrays = {"codes": ("code", (d,), dtype, cf_scale(dtype, sf, ao)), "ids": ("id", (), ids_kind)}
         if scores:
             arrays["scores"] = ("score", (), "float32")
         sink = ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows, ranges, settings)
@@ -95,7 +102,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
         cols = {"id": ("id", "scalar"), "code": ("code", "list")}
         if scores:
             cols["score"] = ("score", "scalar")
-        sink = ParquetSink(out, src.n_rows, cols, attrs, ranges, settings)
+        sink = ParquetSink(out, src.n_rows, cols, attrs, ranges, settings, fields={"code": cf_scale(dtype, sf, ao)})
     todo = sink.prepare(resume=True) if resume else ranges
     # everything above is checked without Ray: a mistake costs a second, not a start-up
     if todo:  # (none: killed after its last range, before the commit)

@@ -20,8 +20,12 @@ def open(where: Location, id_column=None, fitted=None, columns=None) -> "Parquet
 
 def parquet_files(where: Location) -> list[str]:
     """A Parquet dataset's files (paths inside where.fs) in a fixed order: that order defines its
-    rows' global indices."""
-    return where.files(".parquet")
+    rows' global indices. In a folder, names that start with "_" or "." are not data (Spark's
+    _SUCCESS, a store's manifest), as pyarrow's datasets skip them."""
+    files = where.files(".parquet")
+    if not where.is_dir:
+        return files
+    return [f for f in files if not any(p.startswith(("_", ".")) for p in where.relative(f).split("/"))]
 
 
 class ParquetSource(Source):

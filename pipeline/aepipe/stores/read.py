@@ -17,25 +17,37 @@ from aepipe import remote
 from aepipe.errors import AepipeError
 from aepipe.sources import Location, Schema, Source, locate
 from aepipe.sources.parquet import ParquetSource, parquet_files
-from aepipe.stores import MANIFEST, open_zarr
+from aepipe.stores import MANIFEST, open_zarr, read_manifest
 
 DTYPES = ("float32", "float16", "int8")
 
 
 # ---------------------------------------------------------------- quantisation
 
-def quantize(z: np.ndarray, dtype: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """int8: per-dimension affine map of the training codes' [lo, hi] onto [-127, 127]."""
+def int8_scale(lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
+    """int8 codes: one affine map for the whole store, the training codes' overall [min lo, max hi]
+    onto [-127, 127], as CF's (scale_factor, add_offset): code = q * scale_factor + add_offset. One
+    number each, because that is what CF readers (xarray, netCDF tools) apply by themselves; against
+    a scale per dimension it cost 0.0004 dB on digits (dense 16: 19.3849 -> 19.3845 dB)."""
+    lo, hi = float(np.min(lo)), float(np.max(hi))
+    scale = (hi - lo) / 254 if hi > lo else 1 / 254
+    return scale, lo + 127 * scale
+
+
+def quantize(z: np.ndarray, dtype: str, scale: tuple) -> np.ndarray:
+    """Codes as stored: int8 through `scale` (scale_factor, add_offset); float16 and float32 cast."""
     if dtype == "int8":
-        scale = np.where(hi > lo, hi - lo, 1.0)
-        return np.clip(np.round((z - lo) / scale * 254 - 127), -127, 127).astype(np.int8)
+        sf, ao = (np.asarray(v, np.float64) for v in scale)
+        return np.clip(np.round((z - ao) / sf), -127, 127).astype(np.int8)
     return z.astype(dtype)
 
 
-def dequantize(q: np.ndarray, dtype: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def dequantize(q: np.ndarray, dtype: str, scale: tuple) -> np.ndarray:
+    """Stored codes as float32: int8 as CF readers decode scale_factor and add_offset (xarray: in
+    float64), rounded to float32."""
     if dtype == "int8":
-        scale = np.where(hi > lo, hi - lo, 1.0)
-        return ((q.astype(np.float32) + 127) / 254 * scale + lo).astype(np.float32)
+        sf, ao = (np.asarray(v, np.float64) for v in scale)
+        return (q.astype(np.float64) * sf + ao).astype(np.float32)
     return q.astype(np.float32)
 
 
@@ -59,10 +71,15 @@ def task_rows(chunk_rows: int, input_row_bytes: int, n_rows: int | None = None) 
     return chunk_rows * max(1, most // chunk_rows)
 
 
-def quant_range(attrs: dict) -> tuple[np.ndarray, np.ndarray]:
-    """A store's int8 scale (lo, hi per dimension); unused placeholders for float stores."""
-    q = attrs.get("quantization") or {"lo": [0.0], "hi": [1.0]}
-    return np.asarray(q["lo"], np.float32), np.asarray(q["hi"], np.float32)
+def quant_scale(attrs: dict) -> tuple:
+    """A store's int8 (scale_factor, add_offset); a placeholder for float stores. Stores written before
+    the one-scale layout hold per-dimension ranges (lo, hi): the same map, one per dimension."""
+    q = attrs.get("quantization") or {"scale_factor": 1.0, "add_offset": 0.0}
+    if "scale_factor" in q:
+        return q["scale_factor"], q["add_offset"]
+    lo, hi = np.asarray(q["lo"], np.float64), np.asarray(q["hi"], np.float64)
+    sf = np.where(hi > lo, hi - lo, 1.0) / 254
+    return sf, lo + 127 * sf
 
 
 def id_dtype(src: Source) -> str:
@@ -110,17 +127,11 @@ def missing_chunks(g, where: str) -> None:
                                   f"({a.nchunks - a.nchunks_initialized} of {a.nchunks} chunks lost); the store is damaged")
 
 
-def check_manifest(where: Location) -> None:
-    """A Parquet store's parts against its manifest (read_metadata calls it where one exists):
-    every file there, with its row count."""
+def check_manifest(where: Location, manifest: dict) -> None:
+    """A Parquet store's parts against its manifest: every file there, with its row count."""
     import pyarrow.parquet as pq
 
-    m = where.show(f"{where.path}/{MANIFEST}")
-    try:
-        with where.open(f"{where.path}/{MANIFEST}") as f:
-            files = json.loads(f.read())["files"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise AepipeError(f"{m}: damaged ({e})") from None
+    files = manifest["files"]
     found = {where.relative(f): f for f in parquet_files(where)}
     extra = sorted(set(found) - set(files))
     if extra:
@@ -173,12 +184,6 @@ class ZarrCodesSource(Source):
         return super().ranges(task_rows(self.chunk_rows, 4 * self.schema.size, self.n_rows))
 
 
-def _has(where: Location, name: str) -> bool:
-    import pyarrow.fs as pafs
-
-    return where.is_dir and where.fs.get_file_info(f"{where.path}/{name}").type == pafs.FileType.File
-
-
 def read_metadata(path: str | Path) -> tuple[str, dict]:
     """('zarr' | 'parquet', provenance) of a store aepipe wrote (a local path or a URI); refuses
     anything else."""
@@ -201,17 +206,16 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
     elif where.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        if _has(where, MANIFEST):
-            check_manifest(where)  # first: a lost part must be named, whatever else is left
+        m = read_manifest(where)
+        if m is not None:
+            check_manifest(where, m)  # first: a lost part must be named, whatever else is left
         files = parquet_files(where)
         try:
             meta = (pq.read_schema(where.open(files[0])).metadata or {}) if files else {}
         except Exception as e:
             raise AepipeError(f"{where.show(files[0])}: not a readable Parquet file ({e})") from None
         attrs = json.loads(meta[b"aepipe"]) if b"aepipe" in meta else {}
-        if _has(where, MANIFEST):  # rows left out are known only at commit
-            with where.open(f"{where.path}/{MANIFEST}") as f:
-                m = json.loads(f.read())
+        if m is not None:  # rows left out are known only at commit
             if m.get("skipped"):
                 attrs.update(n_rows=m["n_rows"], skipped=m["skipped"])
             if "encoded_files" in m:  # grown by encode --append: the parts' own metadata predates the rest
@@ -229,7 +233,7 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
             if n is not None and a.shape[0] != n:
                 raise AepipeError(f"{path}: array {name} has {a.shape[0]} rows, the store says {n}; it is damaged")
         missing_chunks(g, path)
-    elif where.is_dir and not _has(where, MANIFEST):
+    elif where.is_dir and m is None:
         raise AepipeError(f"{path}: no {MANIFEST}; the store is damaged or its write never finished")
     return kind, attrs
 
@@ -315,7 +319,7 @@ def load_codes(store: str | Path, as_: str = "numpy"):
     src, attrs = open_codes(local_path(store))
     parts = [src.read(a, b) for a, b in src.ranges()]
     ids = np.concatenate([p[0] for p in parts])
-    codes = dequantize(np.concatenate([p[1] for p in parts]), attrs["dtype"], *quant_range(attrs))
+    codes = dequantize(np.concatenate([p[1] for p in parts]), attrs["dtype"], quant_scale(attrs))
     if as_ == "numpy":
         return ids, codes
     if as_ == "pandas":

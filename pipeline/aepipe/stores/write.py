@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from aepipe import remote
 from aepipe.errors import AepipeError
 from aepipe.sources import bad_rows, skipped_rows
-from aepipe.stores import MANIFEST, open_zarr
+from aepipe.stores import JSON_MANIFEST, MANIFEST, manifest_table, open_zarr
 
 
 def _to_numpy(blocks) -> dict:
@@ -166,10 +166,18 @@ class _Staged:
             Path(str(dest) + ".tmp").replace(dest)
 
 
+def dimension_names(name: str, shape: tuple) -> tuple[str, ...]:
+    """Zarr v3 dimension names, which xarray needs: rows first, then the array's own per-row axes."""
+    return ("row", *((f"{name}_dim",) if len(shape) == 1 else (f"{name}_dim{i}" for i in range(len(shape)))))
+
+
 class ZarrSink(_Staged):
-    """arrays: zarr array name -> (batch column, per-row shape, dtype). Resume unit: one chunk,
-    finished once its marker file exists (zarr writes are not atomic: a chunk without a marker may
-    be half-written, and is written again)."""
+    """arrays: zarr array name -> (batch column, per-row shape, dtype[, array attributes]). Resume
+    unit: one chunk, finished once its marker file exists (zarr writes are not atomic: a chunk
+    without a marker may be half-written, and is written again).
+
+    Every array has named dimensions and the other arrays name "ids" as their coordinate, so that
+    xarray opens the store as a Dataset with ids beside every row; metadata is consolidated at commit."""
 
     def __init__(self, path, n_rows: int, arrays: dict, attrs: dict, chunk_rows: int, ranges=None, settings=None):
         super().__init__(path, n_rows, ranges, settings)
@@ -179,12 +187,15 @@ class ZarrSink(_Staged):
         import zarr
 
         g = zarr.open_group(str(self.tmp), mode="w")
-        for name, (_, shape, dtype) in self.arrays.items():
+        for name, (_, shape, dtype, *attrs) in self.arrays.items():
             # every chunk is written, even one equal to the fill value, so a missing chunk file always
             # means damage; crc32c makes a damaged chunk fail its read instead of decoding as garbage
-            g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape),
-                           dtype=zarr_dtype(dtype), config={"write_empty_chunks": True},
-                           compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()])
+            a = g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape),
+                               dtype=zarr_dtype(dtype), config={"write_empty_chunks": True},
+                               compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()],
+                               dimension_names=dimension_names(name, shape))
+            coords = {"coordinates": "ids"} if name != "ids" and "ids" in self.arrays else {}
+            a.attrs.update({**coords, **(attrs[0] if attrs else {})})
         g.attrs.update({**self.attrs, "complete": False})
         if not self.remote:
             (self.tmp / DONE).mkdir()
@@ -205,7 +216,7 @@ class ZarrSink(_Staged):
         g = open_zarr(self.tmp, mode="r+")
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
-        for name, (col, _, dtype) in self.arrays.items():
+        for name, (col, _, dtype, *_) in self.arrays.items():
             values = batch[col][select][order]
             if dtype == "str":
                 values = values.astype(str)
@@ -244,11 +255,24 @@ class ZarrSink(_Staged):
         if self.skipped:
             g.attrs.update({"n_rows": self._drop_marked(g), "skipped": self.skipped})
         g.attrs["complete"] = True
+        self._consolidate()
         self._commit()
+
+    def _consolidate(self) -> None:
+        """All metadata in the root's zarr.json, so readers such as xarray open the store in one read
+        (without it, xarray warns and lists every array)."""
+        import warnings
+
+        import zarr
+
+        with warnings.catch_warnings():
+            # "not part of the Zarr v3 specification" (yet; xarray reads it), and the resume file is no array
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.tmp))
     def _drop_marked(self, g) -> int:
         """Close the gaps of skipped rows: later rows move up, chunk by chunk, then the arrays shrink.
         In place is safe: rows only move to lower positions, each chunk read before any lands on it."""
-        ids = next(name for name, (col, _, _) in self.arrays.items() if col == "id")
+        ids = next(name for name, (col, *_) in self.arrays.items() if col == "id")
         kept = 0
         for a in range(0, self.n_rows, self.chunk_rows):
             b = min(a + self.chunk_rows, self.n_rows)
@@ -281,11 +305,13 @@ class ParquetSink(_Staged):
     its first row. Rows marked bad (--on-bad-row skip) are left out of the parts and listed.
 
     columns: output column -> (batch column, kind); kind "scalar", "list" (fixed-size list), or a
-    tuple of names to split an (N, k) array into k scalar columns (a table's own columns)."""
+    tuple of names to split an (N, k) array into k scalar columns (a table's own columns).
+    fields: output column -> that field's own metadata (int8 codes: CF's scale_factor, add_offset)."""
 
-    def __init__(self, path, n_rows: int, columns: dict, metadata: dict, ranges=None, settings=None):
+    def __init__(self, path, n_rows: int, columns: dict, metadata: dict, ranges=None, settings=None,
+                 fields: dict | None = None):
         super().__init__(path, n_rows, ranges, settings)
-        self.columns, self.metadata = columns, metadata
+        self.columns, self.metadata, self.fields = columns, metadata, fields or {}
         self.starts = np.array([a for a, _ in ranges or []], np.int64)
 
     def _create(self) -> None:
@@ -311,7 +337,10 @@ class ParquetSink(_Staged):
                 flat = v.reshape(len(v), -1)
                 cols.update({c: arrow_array(flat[:, i]) for i, c in enumerate(kind)})
         table = pa.table(cols)
-        return table.replace_schema_metadata({"aepipe": json.dumps(self.metadata)})
+        schema = pa.schema([f.with_metadata({k: repr(v) for k, v in self.fields[f.name].items()})
+                            if self.fields.get(f.name) else f for f in table.schema],
+                           metadata={"aepipe": json.dumps(self.metadata)})
+        return table.cast(schema)
 
     def _part(self, batch: dict, first: int, skipped: list) -> dict:
         """Write one part of batch's good rows; its bad rows go to `skipped`."""
@@ -372,12 +401,16 @@ class ParquetSink(_Staged):
         # skipped rows are listed there too, since the parts' metadata was written before they were known
         manifest = {"n_rows": sum(files.values()), "files": dict(sorted(files.items())),
                     **({"skipped": self.skipped} if skipped else {})}
-        manifest = json.dumps(manifest).encode()
-        if self.remote:
-            remote.write_bytes(self.tmp / MANIFEST, manifest)
-        else:
-            (self.tmp / MANIFEST).write_bytes(manifest)
+        table = manifest_table(self._read_schema(min(files)), manifest)
+        self._put_file(MANIFEST, lambda p, fs: pq.write_table(table, p, filesystem=fs))
         self._commit()
+
+    def _read_schema(self, name: str) -> pa.Schema:
+        """A written part's schema (the parts are written in other processes: the driver reads one)."""
+        if self.remote:
+            fs, path = remote.resolve(self.tmp / name)
+            return pq.read_schema(path, filesystem=fs)
+        return pq.read_schema(self.tmp / name)
 
 
 class PngSink(_Staged):
@@ -438,7 +471,7 @@ class PngSink(_Staged):
         self._note_skipped(skipped)
         manifest = json.dumps({**self.metadata, "n_rows": len(files), "files": sorted(files),
                                **({"skipped": self.skipped} if skipped else {})}).encode()
-        self._put_file(MANIFEST, lambda p, fs: _write_bytes(manifest, p, fs))
+        self._put_file(JSON_MANIFEST, lambda p, fs: _write_bytes(manifest, p, fs))
         self._commit()
 
 
