@@ -4,6 +4,7 @@ KubeRay, cron), and every entrypoint a command line that `aepipe` itself accepts
 import copy
 import json
 import shlex
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -11,10 +12,10 @@ import pytest
 import ray.autoscaler
 import typer
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
 
 from aepipe import AepipeError
 from aepipe.cli import app
+from aepipe.ray_workarounds import check_cluster_config
 from aepipe.submit import FIELDS, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def test_cluster_yaml_is_valid_for_ray_up():
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     jsonschema.validate(cfg, schema)
     # what `ray up` runs: defaults filled in, then node types, bounds and docker checked
-    validate_config(prepare_config(copy.deepcopy(cfg)))
+    assert check_cluster_config(copy.deepcopy(cfg))
     types = cfg["available_node_types"]
     head = types[cfg["head_node_type"]]
     assert head["resources"].get("CPU") == 0  # the head runs drivers, not tasks
@@ -45,7 +46,7 @@ def test_cluster_yaml_check_catches_a_broken_config():
     cfg = cluster_config()
     cfg["head_node_type"] = "no_such_type"
     with pytest.raises(ValueError, match="head_node_type"):
-        validate_config(prepare_config(cfg))
+        check_cluster_config(cfg)
     cfg = cluster_config()
     cfg["max_worker"] = 3  # typo: the schema allows no unknown fields
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -86,6 +87,19 @@ def test_set_fills_placeholders_and_fields():
         load_spec(str(JOBS / "train.yaml"), ["data"])
 
 
+def supported_ray(version: str) -> bool:
+    """Whether pyproject.toml's Ray requirement admits `version`."""
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray_req = next(Requirement(d) for d in deps if Requirement(d).name == "ray")
+    return ray_req.specifier.contains(version)
+
+
+def test_the_installed_ray_is_in_the_supported_range():
+    assert supported_ray(ray.__version__) and not supported_ray("2.57.1") and not supported_ray("2.61.0")
+
+
 def test_rayjob_manifest_runs_an_aepipe_command():
     docs = list(yaml.safe_load_all((JOBS / "rayjob.yaml").read_text()))
     assert len(docs) == 1
@@ -95,7 +109,10 @@ def test_rayjob_manifest_runs_an_aepipe_command():
     check_aepipe_command(spec["entrypoint"])
     assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
     cluster = spec["rayClusterSpec"]
-    assert cluster["rayVersion"] == ray.__version__
+    # the cluster's Ray is one aepipe supports, and the one cluster.yaml's image runs
+    image = yaml.safe_load((ROOT / "cluster.yaml").read_text())["docker"]["image"]
+    assert image.startswith(f"rayproject/ray:{cluster['rayVersion']}-")
+    assert supported_ray(cluster["rayVersion"])
     workers = cluster["workerGroupSpecs"]
     assert any("nvidia.com/gpu" in c["resources"]["limits"] for w in workers for c in w["template"]["spec"]["containers"])
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from ray._private import ray_constants
 
 import aepipe
 
@@ -55,7 +54,7 @@ def add_node(c, cpus):
 
 def workers_on(node) -> list[str]:
     """Process titles of the Ray workers a node runs (ray::MapWorker(MapBatches(Encoder)), ...)."""
-    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    raylet = node.all_processes["raylet"][0].process.pid
     names = []
     for kid in psutil.Process(raylet).children(recursive=True):
         with contextlib.suppress(psutil.Error):  # a worker may exit between the listing and its name

@@ -343,8 +343,9 @@ def test_refused_cleanly(case, world, tmp_path, request):
     assert took < TIME_BOUND_S, f"took {took:.1f} s"
 
 
-def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, ray_local, tmp_path, monkeypatch):
-    """A real SIGINT to a real encode, while its workers are writing."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, ray_local, tmp_path, monkeypatch, sig):
+    """A real SIGINT (or a scheduler's SIGTERM) to a real encode, while its workers are writing."""
     # small tasks (aepipe's own are up to 32768 rows): the encode is far from done at its first chunk
     monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
     np.save(tmp_path / "big.npy", np.random.default_rng(1).random((400_000, 8, 8)).astype(np.float32))
@@ -357,7 +358,7 @@ def test_ctrl_c_stops_an_encode_removes_the_partial_and_exits_130(world, ray_loc
     while not (partial / "codes" / "c").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     t0 = time.time()
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

@@ -40,7 +40,7 @@ LAYERS = {
              "aepipe.train", "aepipe.report", "aepipe.submit", "aepipe.demo", "aepipe.tune", "aepipe.export"},
     "engine": {"aepipe.batch", "aepipe.batch.engine", "aepipe.batch.actors", "aepipe.batch.rows",
                "aepipe.runtime"},
-    "parts": {"aepipe.stores", "aepipe.stores.read", "aepipe.stores.write", "aepipe.stores.raydata",
+    "parts": {"aepipe.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.write", "aepipe.stores.raydata",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.run", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",

@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -672,6 +673,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 def console() -> None:
     """The installed `aepipe` command: main() with the console kept for aepipe's own lines, and
     an exit that skips what a finished command need not wait for (Ray's shutdown, Python's
@@ -685,6 +690,7 @@ def console() -> None:
     # importing torch and the rest makes over a million objects, and the collector's passes over
     # them took 0.25 s of a 2 s ask here; none of them are garbage. _run turns it back on.
     gc.disable()
+    signal.signal(signal.SIGTERM, _terminated)  # a scheduler's stop ends the job as Ctrl-C does
     code = main()
     if "ray" in sys.modules:
         exit_now(code)  # an embedded Ray's shutdown would take seconds more

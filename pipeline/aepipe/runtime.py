@@ -4,9 +4,9 @@ stopping cleanly on Ctrl-C, and turning errors raised inside Ray workers back in
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import os
-import re
 import shutil
 import socket
 import sys
@@ -16,15 +16,9 @@ from pathlib import Path
 
 from aepipe import remote
 from aepipe.errors import AepipeError
+from aepipe.ray_workarounds import (GLOG_LINE, recording_started_processes, shorten_data_wait, stop_started_ray,
+                                     train_env)
 
-# Under Ray Train v2 every ray.train.report waits for the controller's next poll (default 2 s):
-# measured here, 20 epoch reports took 54 s at the default and 15 s at 0.1 s.
-TRAIN_POLL_S = "0.1"
-# Ray Data's scheduling loop waits up to 0.1 s for any task to finish, and a finished task takes a
-# step or two to be replaced: 130-210 ms of idle CPU between tasks of ~450 ms. At 0.02 s the gaps
-# were 30-50 ms and a 1M x 784 encode took 15.9 s instead of 18.0 (0.005 s: the driver's own CPU
-# use slowed the tasks; measured 2026-11-24 with ray.timeline()).
-DATA_WAIT_S = 0.02
 CONNECT_TIMEOUT_S = 10  # a cluster that does not answer a TCP connect in this long is not there
 RESOURCE_WAIT_S = float(os.environ.get("AEPIPE_RESOURCE_WAIT_S", 300))  # autoscaling clusters: how long to wait
 _JOINED = {"remote": False}  # True once connected to a cluster by address (it may autoscale)
@@ -37,7 +31,7 @@ def verbose() -> bool:
 def _quiet_env() -> dict:
     """Environment for the driver and every Ray worker: Ray Data logs at its usual level only with
     --verbose; otherwise the user sees aepipe's lines, and errors arrive as exceptions."""
-    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)}
+    env = train_env()
     if not verbose():
         env.update(RAY_DATA_LOG_LEVEL="CRITICAL")
     return env
@@ -55,9 +49,6 @@ def check_address(address: str) -> None:
     except OSError as e:
         raise AepipeError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); "
                           "is `ray start --head` running there?", exit_code=1) from None
-
-
-_GLOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWE] \d+ \d+\] ")
 
 
 def quiet_native_logs() -> None:
@@ -80,11 +71,13 @@ def quiet_native_logs() -> None:
     os.close(write_end)
     sys.stderr = io.TextIOWrapper(io.FileIO(real, "w", closefd=False), line_buffering=True,
                                   encoding=sys.stderr.encoding, errors="backslashreplace")
+    # a crash's stack goes straight to the terminal: through the pipe it would die with the process
+    faulthandler.enable(file=sys.stderr)
 
     def pump():
         with io.FileIO(read_end, "r") as pipe:
             for line in pipe:
-                if not _GLOG_LINE.match(line):
+                if not GLOG_LINE.match(line):
                     os.write(real, line)
 
     threading.Thread(target=pump, daemon=True, name="aepipe-stderr").start()
@@ -119,7 +112,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         else:
             # "local": a new embedded Ray even when a `ray start` cluster runs on this machine (plain
             # ray.init() would join that one, with its own workers and Python)
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+            with recording_started_processes():  # what Ctrl-C and the command's end stop
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     except ConnectionError as e:
         raise AepipeError(f"cannot reach the Ray cluster at {address}: {e}", exit_code=1) from None
     _JOINED["remote"] = bool(address)
@@ -133,9 +127,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     # without a terminal Ray Data logs its progress at INFO, several lines a second; bars stay on a tty
     logging.getLogger("ray.data").setLevel(logging.WARNING if verbose() else logging.CRITICAL)
-    import ray.data._internal.execution.streaming_executor_state as executor_state
-
-    executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = DATA_WAIT_S  # a module constant Ray reads each step
+    shorten_data_wait()
     ctx = DataContext.get_current()
     ctx.enable_operator_progress_bars = False  # one bar per dataset is enough
     ctx.print_on_execution_start = False
@@ -149,7 +141,7 @@ def exit_now(code: int) -> None:
     import ray
 
     if ray.is_initialized() and not _JOINED["remote"]:
-        _stop_ray(wait=False)  # SIGKILL is final: nothing to wait for when this process ends next
+        stop_started_ray(wait=False)  # SIGKILL is final: nothing to wait for when this process ends next
         leave(code)
 
 
@@ -226,7 +218,7 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
     """Run a Ray job so that Ctrl-C stops it. The driver's main thread would sit in a blocking Ray
     call that only notices SIGINT when the job is done; here the job runs in a thread and the main
     thread waits in short, interruptible steps (calling `poll()` at each, e.g. to print progress).
-    On Ctrl-C the job's work is stopped (see _stop_ray) and the `partial` outputs are removed."""
+    On Ctrl-C the job's work is stopped (ray_workarounds.stop_started_ray) and the `partial` outputs are removed."""
     box = {}
 
     def target():
@@ -245,7 +237,7 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
         if poll:
             poll()  # what came in the last step
     except KeyboardInterrupt:
-        _stop_ray()
+        stop_started_ray()  # an embedded Ray's processes; a cluster stops a job's work when its driver exits
         removed = [p for p in partial if _remove(p)]
         _keep_removed(partial)  # (removes again: a no-op when the first removal took)
         raise Interrupted("interrupted" + (f"; removed {', '.join(map(str, removed))}" if removed else "")) from None
@@ -270,21 +262,6 @@ def _keep_removed(partial, quiet_s: float = 1.0, most_s: float = 10.0) -> None:
         time.sleep(0.2)
         if any(_remove(p) for p in partial):
             quiet_since = time.time()
-
-
-def _stop_ray(wait: bool = True) -> None:
-    """Stop the job's work without ray.shutdown(): shutting Ray down while the job thread is inside
-    a Ray call can end this process from Ray's C++ core (exit 1, nothing printed; seen once in CI).
-    An embedded Ray's processes (GCS, raylet, agents, workers) are this process's children: kill
-    them. A cluster kills a job's tasks and actors when its driver exits, which the CLI does next."""
-    import psutil
-
-    kids = psutil.Process().children(recursive=True)
-    for kid in kids:
-        with contextlib.suppress(psutil.Error):
-            kid.kill()
-    if wait:
-        psutil.wait_procs(kids, timeout=5)
 
 
 def _remove(p: Path) -> bool:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from aepipe.errors import AepipeError
+from aepipe.ray_workarounds import job_agent_not_ready, job_message_without_logs
 
 # JobSubmissionClient.submit_job's keyword arguments a spec may hold (job_id is deprecated there)
 FIELDS = ("entrypoint", "runtime_env", "metadata", "submission_id", "entrypoint_num_cpus", "entrypoint_num_gpus",
@@ -170,7 +171,7 @@ def wait(jobs, job_id: str, url: str) -> None:
         info = jobs.get_job_info(job_id)
         # Ray appends the log's tail to the message; it was streamed above already
         message = (info.message or "").strip().splitlines()[:1]
-        message = [m.split(", last available logs")[0] for m in message]
+        message = [job_message_without_logs(m) for m in message]
         raise AepipeError(f"job {job_id} {status.value}" + (f": {message[0]}" if message else ""), exit_code=1)
 
 
@@ -185,7 +186,7 @@ def _submit_when_ready(jobs, kwargs: dict) -> str:
         try:
             return jobs.submit_job(**kwargs)
         except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
+            if not job_agent_not_ready(e) or time.monotonic() > deadline:
                 raise
             time.sleep(1)
 
