@@ -127,6 +127,28 @@ def test_the_readme_is_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
 
 
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub makes it."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_leads_somewhere():
+    broken = []
+    for doc in DOCS:
+        text = FENCE.sub("", doc.read_text())
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path, _, anchor = target.partition("#")
+            where = (doc.parent / path).resolve() if path else doc
+            if not where.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and anchor not in {slug(h) for h in re.findall(r"^#+ (.+)$", FENCE.sub("", where.read_text()),
+                                                                         re.M)}:
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
+
+
 # ------------------------------------------------------------------ options named by the docs
 
 def cli_options() -> tuple[dict[str, set[str]], set[str]]:
