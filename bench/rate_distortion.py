@@ -1,6 +1,6 @@
 """Learned compression (the compress family) against JPEG and PCA on held-out grayscale photographs.
 
-The eleven photographs of builtin:photos (scikit-image's skimage.data: camera, astronaut, coffee,
+The eleven photographs that builtin:photos cuts up (scikit-image's skimage.data: camera, astronaut, coffee,
 chelsea, rocket, horse, coins, moon, grass, gravel, brick), converted to grayscale as gray() below
 does (ITU-R 601 luma, 0..255), are split by name: the model trains on random crops of TRAIN and is
 scored on the whole images of HELD_OUT (cropped to a multiple of 8). Every figure is measured on

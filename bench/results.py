@@ -27,7 +27,7 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
 def commit() -> str:
-    """The checkout's short commit hash, "+ changes" when tracked files differ from it."""
+    """The checkout's short commit hash, "+ uncommitted changes" when tracked files differ from it."""
     def git(*args):
         return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
 
