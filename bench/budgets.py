@@ -14,6 +14,7 @@ import json
 import time
 
 import numpy as np
+from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
 
 def main():
@@ -48,8 +49,10 @@ def main():
         rows.append([family, st.get("init_val", "-"), st["pca_val"], st["best_recon"],
                      f"{st['best_epoch'] + 1}/{len(st['history'])}", mse, pca_test, f"{time.time() - t0:.0f}"])
         print(rows[-1], flush=True)
-    print(format_table(["family", "epoch-0 val", "PCA val", "best val", "best/run epochs", "test MSE",
-                        f"PCA {args.code_dim} test MSE", "s"], rows))
+    table = format_table(["family", "epoch-0 val", "PCA val", "best val", "best/run epochs", "test MSE",
+                          f"PCA {args.code_dim} test MSE", "s"], rows)
+    print(table)
+    record("budgets" + ("" if args.init == "pca" else f"_init_{args.init}"), table)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
 AEPIPE = str(Path(sys.executable).with_name("aepipe"))
 WIDTH = 784
@@ -234,10 +235,12 @@ def main() -> None:
                 (r1, m1), (r10, m10) = results[label, "1x"], results[label, "10x"]
                 table.append([name, f"{top:,}", label, f"{r10:,.0f}", f"{r10 / base:.2f}x", f"{r1:,.0f}",
                               f"{m1 / 2 ** 30:.2f}", f"{m10 / 2 ** 30:.2f}", f"{m10 / m1:.2f}x"])
-    print("\nrows of 784 values (10x: the rows column; 1x: a tenth); dense 784-256-32, code float32; wall time "
-          "of the whole command (start-up included), one run each\n")
-    print(format_table(["source", "rows 10x", "run", "rows/s 10x", "vs bare", "rows/s 1x", "peak GiB 1x", "peak GiB 10x",
-                        "memory 10x/1x"], table))
+    text = ("rows of 784 values (10x: the rows column; 1x: a tenth); dense 784-256-32, code float32; wall time "
+            "of the whole command (start-up included), one run each\n\n"
+            + format_table(["source", "rows 10x", "run", "rows/s 10x", "vs bare", "rows/s 1x", "peak GiB 1x",
+                            "peak GiB 10x", "memory 10x/1x"], table))
+    print("\n" + text)
+    record("encode_throughput", text)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The model zoo against the classical baselines on scikit-learn's digits.
 
-Same split, scaling and probe as ../shared/anchors.py: digits / 16, train_test_split(test_size=0.3,
-random_state=0, stratify=y), LogisticRegression(max_iter=5000) on the codes. Prints one table:
+The classical split, scaling and probe (aepipe.evaluate, as `aepipe probe` uses them): digits / 16,
+train_test_split(test_size=0.3, random_state=0, stratify=y), LogisticRegression(max_iter=5000) on
+the codes. Prints one table:
 
   probe k     linear-probe accuracy of k-dimensional codes (k = 8, 16, 32)
   novelty     one-class AUC, mean over the ten digits: fit on one digit's training rows (code 8),
@@ -28,6 +29,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
+
+from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
 from aepipe.normalize import in_validation
 from aepipe.evaluate import digits_split, format_table, probe_accuracy, psnr
@@ -131,7 +134,9 @@ def main():
         rows.append(family_row(family, data, tcfg, noisy, args.init))
         print(f"  {family} done in {rows[-1][-1]} s: " + "  ".join(
             f"{v:.4f}" if isinstance(v, float) else str(v) for v in rows[-1][1:-1]), flush=True)
-    print(format_table(["model", "probe 8", "probe 16", "probe 32", "novelty AUC", "denoise PSNR dB", "fit s"], rows))
+    table = format_table(["model", "probe 8", "probe 16", "probe 32", "novelty AUC", "denoise PSNR dB", "fit s"], rows)
+    print(table)
+    record("quality" + ("" if args.init == "pca" else f"_init_{args.init}"), table)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """Learned compression (the compress family) against JPEG and PCA on held-out grayscale photographs.
 
-The eleven photographs of ../shared/anchors.py, grayscale as it converts them, are split by name:
-the model trains on random crops of TRAIN and is scored on the whole images of HELD_OUT (cropped to
-a multiple of 8 as anchors.py crops them). Every figure is measured on the held-out images only:
+The eleven photographs that builtin:photos cuts up (scikit-image's skimage.data: camera, astronaut, coffee,
+chelsea, rocket, horse, coins, moon, grass, gravel, brick), converted to grayscale as gray() below
+does (ITU-R 601 luma, 0..255), are split by name: the model trains on random crops of TRAIN and is
+scored on the whole images of HELD_OUT (cropped to a multiple of 8). Every figure is measured on
+the held-out images only:
 
   compress   bits per pixel = bytes of the real bitstreams (aepipe.bitstream, constriction ANS)
              x 8 / pixels; PSNR of the decoded image rounded to 0..255
   DCT floor  the model before training (--init pca): JPEG's 8x8 block DCT, the uniform step --lmbda
              sets, and its density fitted alone (steps / 5 of them); real bitstreams as above
   JPEG       Pillow, qualities 5, 10..90: file bytes x 8 / pixels, PSNR of the decoded file
-  PCA 8x8    PCA fitted on TRAIN's 8x8 blocks, k = 1, 2, 4 float16 coefficients a block (as anchors.py)
+  PCA 8x8    PCA fitted on TRAIN's 8x8 blocks, k = 1, 2, 4 float16 coefficients a block
 
 With --init pca (the default) each lambda trains from its own DCT floor; with --init none
 (CompressAI's transforms from random weights) lambdas are trained in increasing order, each starting
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
 from aepipe.bitstream import LatentCoder
 from aepipe.models import ModelConfig, build_model
@@ -49,7 +52,7 @@ def rgb(name: str) -> np.ndarray:
 
 
 def gray(name: str) -> np.ndarray:
-    """uint8 grayscale, cropped to a multiple of 8, exactly as ../shared/anchors.py."""
+    """uint8 grayscale (0.299 R + 0.587 G + 0.114 B; [0, 1] images scaled to 0..255), cropped to a multiple of 8."""
     import skimage.data as skd
 
     a = getattr(skd, name)()
@@ -235,20 +238,21 @@ def main():
         rows.append((f"compress lmbda {lmbda}", float(bpp), float(db)))
         print(f"lmbda {lmbda}: {bpp:.3f} bpp, {db:.2f} dB, trained {times[lmbda]:.0f} s", flush=True)
         torch.save(model.state_dict(), args.out / f"compress_{lmbda}.pt")
-    print(f"\nheld out: {', '.join(test_names)}; trained on crops of: {', '.join(train_names)}\n")
-    print("| method | bpp | PSNR dB |\n|---|---|---|")
-    for name, bpp, db in rows:
-        print(f"| {name} | {bpp:.3f} | {db:.2f} |")
+    out = [f"held out: {', '.join(test_names)}; trained on crops of: {', '.join(train_names)}", "",
+           "| method | bpp | PSNR dB |", "|---|---|---|"]
+    out += [f"| {name} | {bpp:.3f} | {db:.2f} |" for name, bpp, db in rows]
     jpeg = sorted((b, p) for n, b, p in rows if n.startswith("JPEG"))
-    print("\ncompress vs JPEG at the same bpp (JPEG's PSNR interpolated between qualities):")
+    out += ["", "compress vs JPEG at the same bpp (JPEG's PSNR interpolated between qualities):", ""]
     for name, bpp, db in rows:
         if name.startswith("compress"):
             if not jpeg[0][0] <= bpp <= jpeg[-1][0]:
-                print(f"  {name}: {bpp:.3f} bpp, outside JPEG's measured range")
+                out.append(f"- {name}: {bpp:.3f} bpp, outside JPEG's measured range")
                 continue
             ref = float(np.interp(bpp, *zip(*jpeg)))
-            print(f"  {name}: {bpp:.3f} bpp, {db - ref:+.2f} dB vs JPEG ({ref:.2f} dB)")
-    print(f"training seconds per lambda: {json.dumps(times)}")
+            out.append(f"- {name}: {bpp:.3f} bpp, {db - ref:+.2f} dB vs JPEG ({ref:.2f} dB)")
+    out += ["", f"training seconds per lambda: {json.dumps(times)}"]
+    print("\n" + "\n".join(out))
+    record("rate_distortion" + ("_rgb" if args.rgb else ""), "\n".join(out))
     plot(rows, f"held-out {'colour' if args.rgb else 'grayscale'} photos: {', '.join(test_names)}",
          args.out / "rate_distortion.png")
     (args.out / "rate_distortion.json").write_text(json.dumps({"rows": rows, "train_seconds": times,

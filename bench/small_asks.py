@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
+from results import record  # bench/results.py: this script's section of bench/RESULTS.md
+
 AEPIPE = str(Path(sys.executable).with_name("aepipe"))
 
 
@@ -42,17 +44,21 @@ def main(run: str, work: str = "/tmp/aepipe-small-asks") -> None:
             ("score 3,000 rows", ["score", work / "small3000.npy", "--model", run, "--out", work / "s.parquet"]),
             ("score 20,000 rows", ["score", work / "small20000.npy", "--model", run, "--out", work / "s.parquet"]),
             ("decode --rows 0:100000", ["decode", work / "codes.zarr", "--model", run, "--out", out, "--rows", "0:100000"])]
-    print("| ask | local s | ray s |\n|---|---|---|")
+    lines = ["| ask | in-process s | on a fresh Ray s |", "|---|---|---|"]
+    print("\n".join(lines))
     for name, args in asks:
         local = min(timed(*args, "--engine", "local") for _ in range(3))
         ray = timed(*args, "--engine", "ray")
-        print(f"| {name} | {local:.1f} | {ray:.1f} |", flush=True)
+        lines.append(f"| {name} | {local:.1f} | {ray:.1f} |")
+        print(lines[-1], flush=True)
     torch_alone = []
     for _ in range(3):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import torch"], check=True)
         torch_alone.append(time.perf_counter() - t)
-    print(f"\nfor scale, `python -c 'import torch'` alone: {min(torch_alone):.2f} s")
+    lines += ["", f"For scale, `python -c 'import torch'` alone: {min(torch_alone):.2f} s."]
+    print(lines[-1])
+    record("small_asks", "\n".join(lines))
 
 
 if __name__ == "__main__":

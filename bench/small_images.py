@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
 OLD = ["--init", "none", "--epochs", "30", "--patience", "10", "--schedule", "constant"]
 
@@ -80,8 +81,10 @@ def main():
                 mine, pca = held_out(out, train, test, args.code_dim)
                 rows.append([family, label, mine, psnr(mine), psnr(pca), f"{time.time() - t0:.0f}"])
                 print(rows[-1], flush=True)
-        print(f"{len(list(train.glob('*.png')))} training patches, {len(list(test.glob('*.png')))} held out")
-    print(format_table(["family", "settings", "held-out MSE", "PSNR dB", f"PCA {args.code_dim} PSNR dB", "s"], rows))
+        sizes = f"{len(list(train.glob('*.png')))} training patches, {len(list(test.glob('*.png')))} held out"
+    table = format_table(["family", "settings", "held-out MSE", "PSNR dB", f"PCA {args.code_dim} PSNR dB", "s"], rows)
+    print(sizes + "\n" + table)
+    record("small_images", sizes + "\n\n" + table)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
 AEPIPE = str(Path(sys.executable).with_name("aepipe"))
 
@@ -159,9 +160,11 @@ def main() -> None:
         ratio.append(f"{(res['_epoch'] + res['_ckpt_per_epoch']) / base:.2f}x")
     rows.append(["per-epoch cost vs plain"] + ratio)
     rows.append(["best val loss"] + [f"{res['_val']:.5f}" for res in results])
-    print(f"seconds of wall time; batch {batch}, default dense model (256-64-16); "
-          f"digits {args.digits_epochs} epochs, synthetic {args.epochs} epochs; one run each\n")
-    print(format_table(["phase (s)"] + cols, rows))
+    text = (f"seconds of wall time; batch {batch}, default dense model (256-64-16); "
+            f"digits {args.digits_epochs} epochs, synthetic {args.epochs} epochs; one run each\n\n"
+            + format_table(["phase (s)"] + cols, rows))
+    print(text)
+    record("train_overhead", text)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from aepipe.sources import Schema, open_source, to_dataset
 from tests.conftest import write_table
 
 
-def test_builtin_split_is_the_anchors_split():
+def test_builtin_split_is_a_stratified_70_30_split_with_random_state_0():
     x, y = load_digits(return_X_y=True)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
     tr, te = open_source("builtin:digits-train"), open_source("builtin:digits-test")

@@ -140,7 +140,7 @@ def test_score_per_feature_keeps_the_tables_id_column(tmp_path):
 
 
 def test_scores_rank_a_class_the_model_never_saw_above_pca(ray_local, tmp_path):
-    """One-class digits (../shared/anchors.py): trained on the 3s only, scored on the test split."""
+    """One-class digits: trained on the 3s of builtin:digits-train only, scored on builtin:digits-test."""
     xtr, ytr, _, xte, yte, _ = digits_split()
     np.save(tmp_path / "threes.npy", (xtr[ytr == 3] * 16).reshape(-1, 8, 8).astype(np.float32))
     run_dir = tmp_path / "threes"
@@ -155,7 +155,7 @@ def test_scores_rank_a_class_the_model_never_saw_above_pca(ray_local, tmp_path):
 
 
 def test_denoise_beats_the_noisy_input_and_pca(ray_local, tmp_path):
-    """sigma 0.25 on digits / 16, clipped to [0, 1], as in ../shared/anchors.json (PCA 16: 16.5 dB)."""
+    """Gaussian noise sigma 0.25 on digits / 16, clipped to [0, 1] (PCA 16 gets 16.5 dB back: bench/quality.py)."""
     xtr, _, _, xte, _, _ = digits_split()
     noisy = np.clip(xte + np.random.default_rng(0).normal(0, 0.25, xte.shape), 0, 1)
     np.save(tmp_path / "noisy.npy", (noisy * 16).reshape(-1, 8, 8).astype(np.float32))
@@ -198,8 +198,8 @@ def test_probe_equals_a_direct_scikit_learn_fit(digits_run, digits_codes, tmp_pa
     direct = probe_scores(z[tr], y[tr], z[te], y[te])
     line = next(l for l in out.splitlines() if "codes" in l)
     assert f"{direct['accuracy']:.4f}" in line and f"{direct['macro_f1']:.4f}" in line, out
-    anchors = {"raw inputs": 0.9704, "PCA 8": 0.9056}  # ../shared/anchors.json, same split
-    for name, acc in anchors.items():
+    classical = {"raw inputs": 0.9704, "PCA 8": 0.9056}  # scikit-learn's own figures on the fixed 70/30 split
+    for name, acc in classical.items():
         assert f"{acc:.4f}" in next(l for l in out.splitlines() if name in l), out
     fails_cleanly(["probe", digits_codes / "q.parquet", "--labels", tmp_path / "labels.csv"], 'no column "y"')
 
@@ -304,20 +304,22 @@ def test_report_png_and_html(digits_run, tmp_path):
 
 
 def test_readme_python_example_runs(digits_run, digits_codes, tmp_path, monkeypatch):
-    """The README's scikit-learn example, run as written against a run dir laid out as `aepipe demo` leaves it."""
+    """The README's Python example (its `python runnable` block), run as written against the run dir and
+    stores its command-line example leaves (runs/digits, codes.zarr, an int8 codes.parquet)."""
+    import re
     from pathlib import Path
 
     text = (Path(__file__).parents[1] / "README.md").read_text()
-    block = text.split("```python\n", 1)[1].split("```", 1)[0]
-    demo = tmp_path / "runs" / "demo"
-    demo.mkdir(parents=True)
-    (demo / "model").symlink_to(digits_run)
-    (demo / "codes.zarr").symlink_to(digits_codes / "c.zarr")
-    (demo / "codes_int8.parquet").symlink_to(digits_codes / "q.parquet")
+    block = re.search(r"```python runnable\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "digits").symlink_to(digits_run)
+    (tmp_path / "codes.zarr").symlink_to(digits_codes / "c.zarr")
+    (tmp_path / "codes.parquet").symlink_to(digits_codes / "q.parquet")
     monkeypatch.chdir(tmp_path)
     printed = []
     exec(compile(block, "README.md", "exec"), {"print": printed.append})
-    assert 0.3 < printed[0] <= 1.0  # a probe on an 8-d code of a 4-epoch model: far above chance (0.1)
+    assert 0.3 < printed[-1] <= 1.0  # a probe on an 8-d code of a 4-epoch model: far above chance (0.1)
+    assert np.load(tmp_path / "first.npy").shape == (10, 8, 8)  # the decode it runs through aepipe.cli.main
 
 
 def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path):
@@ -341,7 +343,7 @@ def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path)
 
 
 def test_small_asks_import_no_ray_zarr_or_pandas(tmp_path):
-    """What keeps a small ask under 2 s (README "Small asks run without Ray"): the command's modules
+    """What keeps a small ask under 2 s (bench/RESULTS.md, "small_asks"): the command's modules
     import neither Ray nor pandas, and zarr only when a Zarr store is touched; Parquet and CSV rows
     are read, and a Parquet table written, without pyarrow's to_numpy() and pa.array(), which
     import pandas."""

@@ -45,7 +45,7 @@ DATA is a Parquet file or folder (numeric columns, or one list column), a CSV fi
 (.csv, .csv.gz; numbers, and text columns one-hot encoded), a .npy or Zarr array shaped
 (rows, ...), a folder of PNG/JPEG images or one image (--mode L|RGB, --image-size H[,W]; ids are
 paths in the folder), builtin:digits (also builtin:digits-train / builtin:digits-test: the split
-of ../shared/anchors.py) or builtin:photos (32x32 grayscale patches of scikit-image's
+by train_test_split: 30 % test, random_state 0, stratified) or builtin:photos (32x32 grayscale patches of scikit-image's
 photographs), by local path or URI (s3://, gs://, file://). Every command runs on an embedded
 local Ray unless --address or RAY_ADDRESS names a cluster.
 """)

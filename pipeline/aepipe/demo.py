@@ -14,7 +14,7 @@ from aepipe.stores.read import load_codes
 
 
 def demo(out: str | Path, code_dim: int, *, train, encode, decode, address: str | None = None) -> str:
-    """builtin digits: train on the anchors' train split, encode all 1797 rows to Zarr (float32) and
+    """builtin digits: train on builtin:digits-train, encode all 1797 rows to Zarr (float32) and
     Parquet (int8), decode both, and compare with PCA of the same size and raw pixels.
 
     The jobs: train(data, run_dir) fits a dense model with `code_dim`; encode(data, run_dir, store,

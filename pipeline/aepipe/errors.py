@@ -4,7 +4,7 @@
 class AepipeError(Exception):
     """A problem the user can fix (bad path, wrong schema, NaN...). The CLI prints it as one line.
 
-    exit_code follows DESIGN.md: 2 for bad usage or bad input, 1 for a failure at run time.
+    exit_code is the command's (README, "Exit codes"): 2 for bad usage or bad input, 1 for a failure at run time.
     """
 
     def __init__(self, message: str, exit_code: int = 2):

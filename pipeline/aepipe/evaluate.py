@@ -1,6 +1,6 @@
 """Metrics, the classical baselines they are compared with, plots, and the digits demo.
 
-Baselines and the split follow ../shared/anchors.py exactly: digits / 16, train_test_split with
+Baselines and the split are the classical ones, computed here: digits / 16, train_test_split with
 test_size 0.3, random_state 0, stratified; logistic regression (max_iter 5000) as the probe.
 """
 
@@ -22,7 +22,7 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y) -> float:
-    """The anchors' linear probe, unchanged, so figures compare with anchors.json."""
+    """The classical linear probe (logistic regression, max_iter 5000) on the codes: test accuracy."""
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(max_iter=5000).fit(train_x, train_y)
@@ -112,7 +112,7 @@ def join_by_id(ids: np.ndarray, label_ids: np.ndarray, labels: np.ndarray) -> tu
 
 
 def fixed_split(y: np.ndarray):
-    """The anchors' split: 30 % test, random_state 0, stratified when every class has two rows."""
+    """The fixed split: 30 % test, random_state 0, stratified when every class has two rows."""
     from sklearn.model_selection import train_test_split
 
     _, counts = np.unique(y, return_counts=True)
@@ -121,7 +121,7 @@ def fixed_split(y: np.ndarray):
 
 
 def probe_scores(train_x, train_y, test_x, test_y) -> dict:
-    """The anchors' probe (logistic regression, max_iter 5000): accuracy and macro-F1."""
+    """The linear probe (logistic regression, max_iter 5000): accuracy and macro-F1."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
@@ -131,7 +131,7 @@ def probe_scores(train_x, train_y, test_x, test_y) -> dict:
 
 def raw_rows(data: str, ids: np.ndarray, id_column: str | None = None) -> np.ndarray:
     """DATA's rows for `ids`, flattened and scaled as aepipe normalises by default (global range for
-    arrays, per column for tables), so raw digits are pixels / 16 as in the anchors."""
+    arrays, per column for tables), so raw digits are pixels / 16 as in digits_split."""
     src = open_source(data, id_column)
     src_ids, x = src.read(0, src.n_rows)
     where = {str(v): i for i, v in enumerate(src_ids)}

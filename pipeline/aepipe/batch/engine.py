@@ -36,9 +36,9 @@ from aepipe.version import __version__
 # Ray Data may otherwise fill half the object store with blocks waiting for the actors (GBs on
 # a large machine): memory would grow with the dataset. 16 blocks of 64 MiB keep every stage busy.
 STREAM_BYTES = 2 ** 30
-LOCAL_ROWS = 20_000  # at most this many rows run in-process (measured in README: "small asks")
+LOCAL_ROWS = 20_000  # at most this many rows run in-process (measured: bench/RESULTS.md, "small_asks")
 # An embedded Ray's start-up before its first task (ray.init, Ray Data's actors, workers importing
-# torch): ~10 s on this 2-CPU machine, measured 2026-11-24 (README "Encode throughput")
+# torch): ~10 s on a 2-CPU machine, measured 2026-11-24 (bench/RESULTS.md, "encode_throughput")
 RAY_START_S = 10.0
 ENGINES = ("auto", "local", "ray")
 
@@ -74,7 +74,7 @@ class PerProcess:
     range, runs the model and writes its share of the output. With an actor pool every 25 MB input
     block crossed the object store, one CPU read while the actor's CPU ran the model, and writes
     waited for a free CPU until the reads were done: 300k rows x 784 took 41.7 s against 19.5 s
-    fused, on the same loaded 2-CPU machine (measured 2026-11-24, see README "Encode throughput")."""
+    fused, on the same loaded 2-CPU machine (measured 2026-11-24, see bench/RESULTS.md, "encode_throughput")."""
 
     def __init__(self, actor, kwargs: dict, batch_size: int):
         self.actor, self.kwargs, self.batch_size = actor, kwargs, batch_size

@@ -10,7 +10,7 @@ from aepipe.errors import AepipeError
 from aepipe.sources import ROWS_PER_TASK, Schema, Source, _short
 
 BUILTINS = ("digits", "digits-train", "digits-test", "photos")
-# scikit-image's photographs, as ../shared/anchors.py names them
+# scikit-image's photographs (skimage.data), by the names it gives them
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "horse", "coins", "moon", "grass", "gravel", "brick")
 PATCH = 32  # builtin:photos rows: PATCH x PATCH grayscale patches on a grid
 WHAT = "a .npy or Zarr array or built-in set"
@@ -149,7 +149,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gray(a: np.ndarray) -> np.ndarray:
-    """A photograph as 0..255 grayscale, converted as ../shared/anchors.py converts it."""
+    """A photograph as 0..255 grayscale: 0.299 R + 0.587 G + 0.114 B, [0, 1] images scaled to 0..255."""
     if a.ndim == 3:
         a = 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
     a = a.astype(np.float64)
@@ -176,7 +176,7 @@ def photos() -> ArraySource:
 
 
 def builtin(name: str) -> ArraySource:
-    """scikit-learn's digits, whole or split exactly as ../shared/anchors.py splits it, or photos."""
+    """scikit-learn's digits, whole or split (train_test_split: 30 % test, random_state 0, stratified), or photos."""
     if name not in BUILTINS:
         raise AepipeError(f'unknown built-in set "{name}"; choose one of {", ".join(BUILTINS)}')
     if name == "photos":
