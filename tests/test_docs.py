@@ -216,7 +216,7 @@ def test_nothing_names_a_path_outside_the_repository():
     skip = {".git", ".venv", "runs", "__pycache__", ".pytest_cache", "build"}
     found = []
     for folder, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
+        dirs[:] = [d for d in dirs if d not in skip and not d.startswith(".venv") and not d.endswith(".egg-info")]
         for name in files:
             path = Path(folder) / name
             if path.suffix in (".py", ".md", ".yaml", ".yml", ".toml", ".txt", "") and path.stat().st_size < 2 ** 20:

@@ -52,6 +52,26 @@ def shorten_data_wait() -> bool:
 GLOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWE] \d+ \d+\] ")
 
 
+# ---- signals: ray.init replaces the SIGTERM handler twice over, a driver's with a Python one that
+# exits 15 (ray._private.worker's sigterm_handler) and, in the C++ core, absl's failure-signal
+# handler (it prints "*** SIGTERM received at ..." and a stack). The command line handles SIGTERM as
+# Ctrl-C (cancel the job, remove the partial, exit 130): its handler is put back after ray.init.
+# Library callers keep whatever Ray installed.
+
+@contextlib.contextmanager
+def keeping_sigterm_handler():
+    """Around ray.init: a Python SIGTERM handler set before (the command line's) is set again after."""
+    import signal
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(before) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
+
+
 # ---- the processes an embedded Ray started: Ctrl-C and the end of a command stop them, and only them
 
 _STARTED: list = []  # psutil.Process of each process ray.init started in this process (GCS, raylet, ...)

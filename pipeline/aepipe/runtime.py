@@ -16,8 +16,8 @@ from pathlib import Path
 
 from aepipe import remote
 from aepipe.errors import AepipeError
-from aepipe.ray_workarounds import (GLOG_LINE, recording_started_processes, shorten_data_wait, stop_started_ray,
-                                     train_env)
+from aepipe.ray_workarounds import (GLOG_LINE, recording_started_processes, keeping_sigterm_handler, shorten_data_wait,
+                                     stop_started_ray, train_env)
 
 CONNECT_TIMEOUT_S = 10  # a cluster that does not answer a TCP connect in this long is not there
 RESOURCE_WAIT_S = float(os.environ.get("AEPIPE_RESOURCE_WAIT_S", 300))  # autoscaling clusters: how long to wait
@@ -107,13 +107,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                  log_to_driver=verbose(),
                  logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING" if verbose() else "ERROR"))
     try:
-        if address:
-            ray.init(address=address, runtime_env={"env_vars": env}, **quiet)
-        else:
-            # "local": a new embedded Ray even when a `ray start` cluster runs on this machine (plain
-            # ray.init() would join that one, with its own workers and Python)
-            with recording_started_processes():  # what Ctrl-C and the command's end stop
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+        with keeping_sigterm_handler():  # the command line's: SIGTERM stops a job as Ctrl-C does
+            if address:
+                ray.init(address=address, runtime_env={"env_vars": env}, **quiet)
+            else:
+                # "local": a new embedded Ray even when a `ray start` cluster runs on this machine (plain
+                # ray.init() would join that one, with its own workers and Python)
+                with recording_started_processes():  # what Ctrl-C and the command's end stop
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
     except ConnectionError as e:
         raise AepipeError(f"cannot reach the Ray cluster at {address}: {e}", exit_code=1) from None
     _JOINED["remote"] = bool(address)
