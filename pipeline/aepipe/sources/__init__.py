@@ -12,7 +12,7 @@ keeps it, and `open_source(..., fitted=...)` reads new data the same way.
     arrays.py   in-memory arrays, .npy files, Zarr arrays and the built-in sets
     parquet.py  Parquet files and folders
     csv.py      CSV files and folders (.csv, .csv.gz): numbers and one-hot categories
-    images.py   image folders (PNG, JPEG)
+    images.py   image folders (PNG, JPEG, GIF, TIFF, WebP)
 
 A row that cannot be read (a corrupt image) stops the job, naming it, or with --on-bad-row skip
 keeps its place, zeros for x and its id marked (mark_bad): rows are addressed by a global index
@@ -266,9 +266,11 @@ KINDS = {
     "arrays": lambda w: w.suffix == ".npy" or _is_zarr(w),
     "parquet": lambda w: w.suffix == ".parquet" or _holds(w, ".parquet"),
     "csv": lambda w: w.path.lower().endswith((".csv", ".csv.gz")) or _holds(w, ".csv", ".csv.gz"),
-    "images": lambda w: w.suffix in (".png", ".jpg", ".jpeg") or _holds(w, ".png", ".jpg", ".jpeg"),
+    "images": lambda w: w.suffix in IMAGES or _holds(w, *IMAGES),
 }
-FORMATS = ("Parquet or CSV (file or folder; also .csv.gz), .npy, a Zarr array (.zarr), image folders (PNG, JPEG), "
+IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".webp")  # what images.py reads
+FORMATS = ("Parquet or CSV (file or folder; also .csv.gz), .npy, a Zarr array (.zarr), image folders (PNG, JPEG, "
+           "GIF, TIFF, WebP), "
            "builtin:digits and builtin:photos")
 
 
