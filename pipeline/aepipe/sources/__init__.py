@@ -97,9 +97,11 @@ class Source:
     labels: np.ndarray | None = None  # only built-in sets carry labels
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, x = self._read(start, stop)
-        x = np.asarray(x, dtype=np.float32).reshape((stop - start, *self.schema.shape))
-        _check_finite(x, start, self)
+        ids, raw = self._read(start, stop)
+        raw = np.asarray(raw)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range: _check_finite names it
+            x = raw.astype(np.float32, copy=False).reshape((stop - start, *self.schema.shape))
+        _check_finite(x, start, self, raw)
         return ids, x
 
     def _read(self, start: int, stop: int):
@@ -140,12 +142,17 @@ def skipped_rows(ids: np.ndarray) -> list[dict]:
     return [dict(zip(("id", "reason"), str(i)[1:].split(BAD, 1))) for i in ids[bad_rows(ids)]]
 
 
-def _check_finite(x: np.ndarray, start: int, src: Source) -> None:
+def _check_finite(x: np.ndarray, start: int, src: Source, raw: np.ndarray) -> None:
+    """Every value finite in float32; raw (the values as read) names one too big for float32."""
     flat = x.reshape(len(x), -1)
     bad = ~np.isfinite(flat)
     if bad.any():
         r, c = map(int, np.argwhere(bad)[0])
         col = src.schema.columns[c] if src.schema.tabular else f"{src.schema.columns[0]}[{c}]"
+        was = raw.reshape(len(x), -1)[r, c]
+        if np.isfinite(was):
+            raise AepipeError(f'{src.spec}: row {start + r} holds {was:g} in column "{col}", beyond float32\'s '
+                              f"range (±{np.finfo(np.float32).max:.1e}); aepipe computes in float32 (rescale it)")
         raise AepipeError(f'{src.spec}: row {start + r} holds {flat[r, c]} in column "{col}"; '
                           "aepipe needs finite numbers (drop or impute those rows first)")
 
