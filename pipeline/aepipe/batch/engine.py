@@ -217,6 +217,6 @@ def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine
 
 def write(ds, sink, **write_args) -> None:
     """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
-    with user_errors():
+    with user_errors(sink.final):
         target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
         run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], **write_args)

@@ -24,6 +24,7 @@ the store's metadata (pipeline/aepipe/stores/write.py); training leaves them out
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -178,6 +179,8 @@ class Location:
 
         if not self.is_dir:
             return [self.path]
+        if isinstance(self.fs, pafs.LocalFileSystem):  # pyarrow follows symlink loops: 2^40 paths
+            return sorted(p for p in _local_files(self.path) if p.lower().endswith(suffixes or ("",)))
         found = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
         return sorted(f.path for f in found if f.type == pafs.FileType.File
                       and (not suffixes or f.path.lower().endswith(suffixes)))
@@ -194,6 +197,28 @@ class Location:
     def open(self, path: str | None = None):
         """A seekable binary file (pyarrow NativeFile; numpy, PIL, pyarrow all read it)."""
         return self.fs.open_input_file(path or self.path)
+
+
+def _local_files(top: str) -> list[str]:
+    """Regular files under a local folder. A link to a folder inside it is passed over (its files
+    are listed by their own path); one outside is followed, each real folder entered once: a link
+    loop is never walked forever, nor a file listed twice."""
+    def refuse(e: OSError):
+        raise AepipeError(f"{e.filename}: cannot list it ({e.strerror})")
+
+    real_top, seen, found = os.path.realpath(top), set(), []
+    for root, dirs, files in os.walk(top, onerror=refuse, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        inside = {d for d in links
+                  if os.path.commonpath([os.path.realpath(os.path.join(root, d)), real_top]) == real_top}
+        dirs[:] = sorted(d for d in dirs if d not in inside)
+        found += [p for p in (os.path.join(root, f) for f in files) if os.path.isfile(p)]
+    return found
 
 
 def locate(spec: str) -> Location:

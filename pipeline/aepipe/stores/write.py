@@ -151,6 +151,8 @@ class _Staged:
     def _clear(self) -> None:
         if self.remote:
             remote.remove(self.tmp)
+        elif self.tmp.is_symlink() or self.tmp.is_file():  # left by something else: never removed through
+            self.tmp.unlink()
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
