@@ -135,7 +135,12 @@ def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inp
             rel = "is" if real == src else "lies inside" if _inside(real, src) else "holds"
             raise AepipeError(f"--out {out} {rel} the input {inp}; writing there would destroy it "
                               "(--overwrite does not change this): choose another --out")
-    if (out.exists() or out.is_symlink()) and not overwrite:
+    # a link at OUT or OUT.partial would be written through (or deleted through, by --overwrite)
+    for link in (out, out.with_name(out.name + PARTIAL)):
+        if link.is_symlink():
+            raise AepipeError(f"--out {out}: {link} is a link (to {os.readlink(link)}); aepipe never writes "
+                              "through a link: give the real path, or remove the link")
+    if out.exists() and not overwrite:
         raise AepipeError(f"{out} already exists; pass --overwrite to replace it")
     parent = real.parent
     while not parent.exists():  # missing folders are created; the nearest existing one must be usable

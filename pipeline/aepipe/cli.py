@@ -110,10 +110,16 @@ def _run(fn, *args, **kwargs):
              "(set AEPIPE_DEBUG=1 for the traceback)", 1)
 
 
+def _one_line(text: str) -> str:
+    """A message as one line: control characters (a newline or an escape sequence in a file name)
+    written as Python escapes, so a hostile name can neither split the line nor drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _die(line: str, code: int):
     """Print the one line and leave at once: Ray's exit hooks would otherwise print their own
     messages (or wait on a job being torn down) after ours."""
-    typer.echo(line, err=True)
+    typer.echo(_one_line(line), err=True)
     sys.stdout.flush()
     sys.stderr.flush()
     if code in (1, 130) and "ray" in sys.modules and _AS_COMMAND:  # in a test's CliRunner: exit normally,
@@ -664,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UsageError as e:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
-        typer.echo(f"aepipe: error: {e.format_message()}{hint}", err=True)
+        typer.echo(_one_line(f"aepipe: error: {e.format_message()}{hint}"), err=True)
         return 2
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aepipe: error: interrupted", err=True)

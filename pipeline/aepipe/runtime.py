@@ -4,6 +4,7 @@ stopping cleanly on Ctrl-C, and turning errors raised inside Ray workers back in
 from __future__ import annotations
 
 import contextlib
+import errno
 import faulthandler
 import io
 import os
@@ -198,13 +199,30 @@ def find_user_error(e: BaseException) -> AepipeError | None:
     return None
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the output's disk is full or read-only
+
+
+def _disk_error(e: BaseException | None) -> OSError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            return e
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return None
+
+
 @contextlib.contextmanager
-def user_errors():
-    """Re-raise an AepipeError hidden in a Ray exception as itself, without Ray's traceback."""
+def user_errors(out=None):
+    """Re-raise an AepipeError hidden in a Ray exception as itself, without Ray's traceback; with
+    out, a full or read-only disk under it as one line naming it (the writers remove the partial)."""
     try:
         yield
     except Exception as e:
         err = find_user_error(e)
+        if err is None and out is not None and (disk := _disk_error(e)) is not None:
+            err = AepipeError(f"--out {out}: cannot write it ({os.strerror(disk.errno)}); the partial "
+                              "output was removed", exit_code=1)
         if err is None:
             raise
         raise err from None

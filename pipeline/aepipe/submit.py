@@ -36,19 +36,59 @@ def _yaml_value(text: str):
         return text
 
 
+SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; more is not one
+SPEC_VALUES = 10_000  # values in a spec once its YAML aliases are expanded (an alias bomb expands to 10^9)
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "nothing (an empty file)"
+    return {list: "a list", str: "a single string"}.get(type(value), f"a single {type(value).__name__} value")
+
+
+def _bounded(spec, path: str) -> None:
+    """Refuse a spec that expands past SPEC_VALUES values: YAML aliases let a few lines stand for
+    billions of values (or a cycle), which str(), json and Ray would try to expand."""
+    stack, n = [spec], 0
+    while stack:
+        node = stack.pop()
+        n += 1
+        if n > SPEC_VALUES:
+            raise AepipeError(f"{path}: the spec expands to more than {SPEC_VALUES:,} values (nested YAML "
+                              "aliases, an alias bomb?); write its values out")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
+
+
 def _read(path: str) -> dict:
     import yaml
 
     try:
-        spec = yaml.safe_load(Path(path).read_text())
+        with open(path, "rb") as f:  # at most SPEC_BYTES + 1: /dev/zero or a huge file is refused, not read
+            raw = f.read(SPEC_BYTES + 1)
     except OSError as e:
         raise AepipeError(f"{path}: cannot read the job spec ({e.strerror or e})") from None
+    if len(raw) > SPEC_BYTES:
+        raise AepipeError(f"{path}: larger than {SPEC_BYTES >> 20} MiB; a job spec is a page of YAML")
+    try:
+        spec = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise AepipeError(f"{path}: not a text file (not UTF-8); a job spec is YAML") from None
     except yaml.YAMLError as e:
         raise AepipeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("entrypoint"), str) or not spec["entrypoint"].strip():
+    except RecursionError:
+        raise AepipeError(f"{path}: nested too deeply to be a job spec") from None
+    if not isinstance(spec, dict):
+        raise AepipeError(f'{path}: holds {_kind(spec)}, not a job spec: a YAML mapping with an "entrypoint" '
+                          'command, e.g. "entrypoint: aepipe train {data} --out {run}"')
+    _bounded(spec, path)
+    if not isinstance(spec.get("entrypoint"), str) or not spec["entrypoint"].strip():
         raise AepipeError(f'{path}: a job spec is a YAML mapping with an "entrypoint" command, e.g. '
                           '"entrypoint: aepipe train {data} --out {run}"')
-    unknown = sorted(set(spec) - set(FIELDS) - {"params"})
+    unknown = sorted(set(spec) - set(FIELDS) - {"params"}, key=str)
     if unknown:
         raise AepipeError(f'{path}: unknown field "{unknown[0]}"; a spec holds params and '
                           f'{", ".join(FIELDS)}')
@@ -80,13 +120,38 @@ def _apply_set(spec: dict, params: dict, item: str, path: str) -> None:
                           f'{", ".join(names) or "it has none"}) nor a spec field ({", ".join(FIELDS)})')
 
 
+def _unquoted(entrypoint: str, path: str) -> None:
+    """Each {placeholder} must stand outside quotes, as a word or part of one (--out={out}): it is
+    filled in shell-quoted, and a quoted value inside "..." or '...' would be unquoted again, so
+    $(...) or ; in a --set value would run. Refused, naming it."""
+    quote, i = None, 0
+    while i < len(entrypoint):
+        c, m = entrypoint[i], PLACEHOLDER.match(entrypoint, i)
+        escaped = c == "\\" and quote != "'"
+        if escaped:
+            m = PLACEHOLDER.match(entrypoint, i + 1)
+        if m and (quote or escaped or entrypoint[i - 1:i] == "$"):
+            where = f"inside {quote}...{quote}" if quote else "after \\" if escaped else "after $"
+            raise AepipeError(f"{path}: the entrypoint's {{{m.group(1)}}} stands {where}; write it bare "
+                              "(aepipe quotes each value it fills in, so a value is one argument, never a command)")
+        if c in "'\"" and quote in (None, c):
+            quote = None if quote else c
+        i += 2 if escaped else 1
+
+
 def load_spec(path: str, sets: list[str] | tuple = ()) -> dict:
     """The keyword arguments for submit_job: the spec with --set applied and every {placeholder}
-    of the entrypoint filled in (shell-quoted, so a value with spaces stays one argument)."""
+    of the entrypoint filled in (shell-quoted, so a value with spaces, ; or $(...) stays one argument)."""
     spec = _read(path)
     params = {k: v for k, v in (spec.pop("params", None) or {}).items()}
     for item in sets:
         _apply_set(spec, params, item, path)
+    _bounded([spec, params], path)  # a --set value is YAML too
+    if not isinstance(spec["entrypoint"], str) or not spec["entrypoint"].strip():
+        raise AepipeError(f"{path}: the entrypoint is empty; it is the command the job runs")
+    if not isinstance(spec.get("metadata") or {}, dict):
+        raise AepipeError(f"{path}: metadata must be a mapping of names to text, got {_kind(spec['metadata'])}")
+    _unquoted(spec["entrypoint"], path)
     missing = [n for n in PLACEHOLDER.findall(spec["entrypoint"]) if n not in params]
     if missing:
         raise AepipeError(f"{path}: the entrypoint's {{{missing[0]}}} has no value; add it under params "

@@ -733,7 +733,9 @@ def plot_loss(history: list[dict], path: Path, title: str = "") -> None:
     ep = [h["epoch"] + 1 for h in history]
     ax.plot(ep, [h["train_loss"] for h in history], label="train")
     ax.plot(ep, [h["val_loss"] for h in history], label="validation")
-    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title=title)
+    losses = [h[k] for h in history for k in ("train_loss", "val_loss")]
+    positive = all(v > 0 for v in losses)  # a loss of exactly 0 (a row or two) has no log scale
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log" if positive else "linear", title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

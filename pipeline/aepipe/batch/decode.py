@@ -71,7 +71,12 @@ def sample(model: str, n: int, out: str | Path, seed: int = 0, overwrite: bool =
     x = run.normalizer.invert(run.model.sample(n, torch.Generator().manual_seed(seed)).numpy())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    with open(tmp, "wb") as f:  # written whole, then renamed: no half file at OUT
-        np.save(f, x)
-    tmp.replace(out)
+    try:
+        with open(tmp, "wb") as f:  # written whole, then renamed: no half file at OUT
+            np.save(f, x)
+        tmp.replace(out)
+    except OSError as e:  # a full or read-only disk
+        tmp.unlink(missing_ok=True)
+        raise AepipeError(f"--out {out}: cannot write it ({e.strerror}); the partial output was removed",
+                          exit_code=1) from None
     return x

@@ -103,14 +103,17 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
         if scores:
             cols["score"] = ("score", "scalar")
         sink = ParquetSink(out, src.n_rows, cols, attrs, ranges, settings, fields={"code": cf_scale(dtype, sf, ao)})
-    todo = sink.prepare(resume=True) if resume else ranges
-    # everything above is checked without Ray: a mistake costs a second, not a start-up
-    if todo:  # (none: killed after its last range, before the commit)
-        ds = model_job(Remaining(src, todo), actor, kwargs, batch_size, concurrency, num_gpus, engine=engine,
-                       address=address, rows_per_task=rows_per_task)
-        write(ds, sink)
-    else:
-        sink.on_write_complete([])
+    try:
+        todo = sink.prepare(resume=True) if resume else ranges
+        # everything above is checked without Ray: a mistake costs a second, not a start-up
+        if todo:  # (none: killed after its last range, before the commit)
+            ds = model_job(Remaining(src, todo), actor, kwargs, batch_size, concurrency, num_gpus, engine=engine,
+                           address=address, rows_per_task=rows_per_task)
+            write(ds, sink)
+        else:
+            sink.on_write_complete([])
+    finally:
+        sink.unlock()  # a resumed run locked OUT in prepare, before the job started
     if attrs.get("code_kind") == "bitstream":  # the rate the store really holds, for the summary line
         attrs["bits_per_pixel"] = stored_bits(out) / ((src.n_rows - len(sink.skipped)) * run.model.pixels)
     if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others

@@ -217,6 +217,10 @@ def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine
 
 def write(ds, sink, **write_args) -> None:
     """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
-    with user_errors():
-        target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
-        run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], **write_args)
+    sink.lock()  # first: a job refused here must not clear another writer's partial
+    try:
+        with user_errors(sink.final):
+            target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
+            run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], **write_args)
+    finally:
+        sink.unlock()  # committed, failed or interrupted: OUT is free for the next writer

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +169,7 @@ def write_rows(ds, out: Path, src: Source, run, meta: dict) -> list[dict]:
         write(ds, sink)
         return sink.skipped
     if out.suffix == ".npy":
-        with user_errors():
+        with user_errors(out):
             run_interruptibly(_write_npy, ds, out, src.n_rows, shape, partial=[out.with_name(out.name + ".partial")])
     elif out.suffix == ".zarr":
         arrays = {"data": ("x", shape, "float32"), "ids": ("id", (), id_dtype(src))}
@@ -187,9 +189,15 @@ def _write_npy(ds, out: Path, n: int, shape) -> None:
     """.npy is one file on the driver's disk: stream batches into a memory map, rename when full."""
     tmp = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)  # as the Zarr and Parquet writers do
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
-    seen = 0
+    arr, seen = None, 0
     try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
+        with open(tmp, "r+b") as f:  # the blocks now: a full disk is an OSError here, not a SIGBUS mid-write
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             arr[batch["row"]] = batch["x"]
             seen += len(batch["row"])

@@ -12,7 +12,7 @@ keeps it, and `open_source(..., fitted=...)` reads new data the same way.
     arrays.py   in-memory arrays, .npy files, Zarr arrays and the built-in sets
     parquet.py  Parquet files and folders
     csv.py      CSV files and folders (.csv, .csv.gz): numbers and one-hot categories
-    images.py   image folders (PNG, JPEG)
+    images.py   image folders (PNG, JPEG, GIF, TIFF, WebP)
 
 A row that cannot be read (a corrupt image) stops the job, naming it, or with --on-bad-row skip
 keeps its place, zeros for x and its id marked (mark_bad): rows are addressed by a global index
@@ -24,6 +24,7 @@ the store's metadata (pipeline/aepipe/stores/write.py); training leaves them out
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -97,9 +98,11 @@ class Source:
     labels: np.ndarray | None = None  # only built-in sets carry labels
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, x = self._read(start, stop)
-        x = np.asarray(x, dtype=np.float32).reshape((stop - start, *self.schema.shape))
-        _check_finite(x, start, self)
+        ids, raw = self._read(start, stop)
+        raw = np.asarray(raw)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range: _check_finite names it
+            x = raw.astype(np.float32, copy=False).reshape((stop - start, *self.schema.shape))
+        _check_finite(x, start, self, raw)
         return ids, x
 
     def _read(self, start: int, stop: int):
@@ -140,12 +143,17 @@ def skipped_rows(ids: np.ndarray) -> list[dict]:
     return [dict(zip(("id", "reason"), str(i)[1:].split(BAD, 1))) for i in ids[bad_rows(ids)]]
 
 
-def _check_finite(x: np.ndarray, start: int, src: Source) -> None:
+def _check_finite(x: np.ndarray, start: int, src: Source, raw: np.ndarray) -> None:
+    """Every value finite in float32; raw (the values as read) names one too big for float32."""
     flat = x.reshape(len(x), -1)
     bad = ~np.isfinite(flat)
     if bad.any():
         r, c = map(int, np.argwhere(bad)[0])
         col = src.schema.columns[c] if src.schema.tabular else f"{src.schema.columns[0]}[{c}]"
+        was = raw.reshape(len(x), -1)[r, c]
+        if np.isfinite(was):
+            raise AepipeError(f'{src.spec}: row {start + r} holds {was:g} in column "{col}", beyond float32\'s '
+                              f"range (±{np.finfo(np.float32).max:.1e}); aepipe computes in float32 (rescale it)")
         raise AepipeError(f'{src.spec}: row {start + r} holds {flat[r, c]} in column "{col}"; '
                           "aepipe needs finite numbers (drop or impute those rows first)")
 
@@ -171,6 +179,8 @@ class Location:
 
         if not self.is_dir:
             return [self.path]
+        if isinstance(self.fs, pafs.LocalFileSystem):  # pyarrow follows symlink loops: 2^40 paths
+            return sorted(p for p in _local_files(self.path) if p.lower().endswith(suffixes or ("",)))
         found = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True))
         return sorted(f.path for f in found if f.type == pafs.FileType.File
                       and (not suffixes or f.path.lower().endswith(suffixes)))
@@ -187,6 +197,28 @@ class Location:
     def open(self, path: str | None = None):
         """A seekable binary file (pyarrow NativeFile; numpy, PIL, pyarrow all read it)."""
         return self.fs.open_input_file(path or self.path)
+
+
+def _local_files(top: str) -> list[str]:
+    """Regular files under a local folder. A link to a folder inside it is passed over (its files
+    are listed by their own path); one outside is followed, each real folder entered once: a link
+    loop is never walked forever, nor a file listed twice."""
+    def refuse(e: OSError):
+        raise AepipeError(f"{e.filename}: cannot list it ({e.strerror})")
+
+    real_top, seen, found = os.path.realpath(top), set(), []
+    for root, dirs, files in os.walk(top, onerror=refuse, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        inside = {d for d in links
+                  if os.path.commonpath([os.path.realpath(os.path.join(root, d)), real_top]) == real_top}
+        dirs[:] = sorted(d for d in dirs if d not in inside)
+        found += [p for p in (os.path.join(root, f) for f in files) if os.path.isfile(p)]
+    return found
 
 
 def locate(spec: str) -> Location:
@@ -266,9 +298,11 @@ KINDS = {
     "arrays": lambda w: w.suffix == ".npy" or _is_zarr(w),
     "parquet": lambda w: w.suffix == ".parquet" or _holds(w, ".parquet"),
     "csv": lambda w: w.path.lower().endswith((".csv", ".csv.gz")) or _holds(w, ".csv", ".csv.gz"),
-    "images": lambda w: w.suffix in (".png", ".jpg", ".jpeg") or _holds(w, ".png", ".jpg", ".jpeg"),
+    "images": lambda w: w.suffix in IMAGES or _holds(w, *IMAGES),
 }
-FORMATS = ("Parquet or CSV (file or folder; also .csv.gz), .npy, a Zarr array (.zarr), image folders (PNG, JPEG), "
+IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".webp")  # what images.py reads
+FORMATS = ("Parquet or CSV (file or folder; also .csv.gz), .npy, a Zarr array (.zarr), image folders (PNG, JPEG, "
+           "GIF, TIFF, WebP), "
            "builtin:digits and builtin:photos")
 
 

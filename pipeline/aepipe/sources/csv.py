@@ -14,6 +14,12 @@ rows and throws the prefix away. Memory stays flat, but a file of B blocks costs
 decompressions over a whole job: fine up to a few hundred MB; split bigger data into several
 .csv.gz files (each decompresses only its own prefix) or decompress it first.
 
+The delimiter is the comma, or else the first of ";", tab and "|" found in the first file's
+header (a header with no comma in it: one column, or another delimiter); every file uses it. A
+header naming a column twice, bare-CR line ends and decimal commas ("1,5" in a ";" file) are
+refused by name rather than read as something else. Cells such as "NaN", "NA" and "null" are
+missing values, like empty ones; "inf" is refused where rows are read, by row and column.
+
 Categorical columns are one-hot encoded, one feature per training category, named "color=red".
 A category unseen in training becomes an all-zero block and is counted (notes()); so does an empty
 categorical cell under --fill-missing mean. Everything is read through Location, so s3:// works too.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +45,9 @@ SUFFIXES = (".csv", ".csv.gz")
 BLOCK_ROWS = 1024  # rows per indexed block: a task parses at most one block's worth it does not need
 READ_BYTES = 1 << 20  # bytes read at a time by the index pass
 MAX_CATEGORIES = 1000  # more distinct strings than this is an id or free text, not a category
+F32_MAX = float(np.finfo(np.float32).max)
+DELIMITERS = (",", ";", "\t", "|")  # the comma, else the first of the others a header holds
+DECIMAL_COMMA = re.compile(r"[+-]?[0-9]+,[0-9]+")
 
 
 def open(where: Location, id_column=None, fitted=None, columns=None, fill_missing=None) -> "CsvSource":
@@ -67,6 +77,7 @@ class CsvSource(Source):
         self.fill = fill_missing or fitted.get("fill_missing")
         self.blocks: list[Block] = []
         self.names: list[str] | None = None  # header of the first file; every file must repeat it
+        self.delimiter = ","  # or what the first file's header shows (_header)
         self.id_column = id_column
         learn = _Learner(fitted)
         for fi in range(len(self.files)):
@@ -104,10 +115,20 @@ class CsvSource(Source):
         return self.blocks[-1].start + self.blocks[-1].n if self.blocks else 0
 
     def _header(self, fi: int, line: bytes, columns, fitted: dict) -> None:
+        if b"\r" in line.rstrip(b"\r\n"):  # the index pass cuts rows at "\n" only
+            raise AepipeError(f"{self._name(fi)}: its lines end in a bare CR (classic Mac); aepipe reads LF or CRLF "
+                              "line ends (convert it, e.g. tr '\\r' '\\n')")
+        if self.names is None:
+            self.delimiter = next((d for d in DELIMITERS if d.encode() in line), ",")
         try:
-            names = pacsv.read_csv(pa.BufferReader(line)).column_names
+            names = pacsv.read_csv(pa.BufferReader(line),
+                                   parse_options=pacsv.ParseOptions(delimiter=self.delimiter)).column_names
         except (pa.ArrowInvalid, ValueError) as e:
             raise AepipeError(f"{self._name(fi)}: cannot read its header ({_first_line(e)})") from None
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise AepipeError(f'{self._name(fi)}: its header names column "{twice}" twice; '
+                              "every column needs its own name")
         if self.names is not None:
             if names != self.names:
                 raise AepipeError(f"{self._name(fi)}: its columns ({_short(names)}) differ from "
@@ -139,7 +160,7 @@ class CsvSource(Source):
             return pacsv.read_csv(
                 pa.BufferReader(data),
                 read_options=pacsv.ReadOptions(column_names=self.names),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                parse_options=pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in keep},
                                                      include_columns=keep, strings_can_be_null=True))
         except (pa.ArrowInvalid, ValueError) as e:
@@ -241,18 +262,22 @@ class _Learner:
             col = table.column(c)
             if col.null_count and src.fill != "mean":
                 r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-                raise AepipeError(f"{src.where_is(block, r, c)} is empty; fill it in, or pass --fill-missing mean "
+                raise AepipeError(f"{src.where_is(block, r, c)} is empty (or NaN, NA, null); fill it in, "
+                                  "or pass --fill-missing mean "
                                   "(numbers: the training mean; categories: an all-zero block)")
+            x = _floats(col)  # None: some cell is text
+            if x is not None:
+                _check_range(src, block, c, col, x)
             if self.fitted:
-                self._check(src, block, c, col)
+                self._check(src, block, c, col, x)
             else:
-                self._learn(c, col)
+                self._learn(c, col, x)
 
-    def _learn(self, c: str, col) -> None:
+    def _learn(self, c: str, col, x) -> None:
         values = col.drop_null()
         if not len(values):
             return
-        x = _floats(values)
+        x = None if x is None else x[~col.is_null().to_numpy(zero_copy_only=False)]
         if x is not None and self.kinds.get(c) != "categorical":
             self.kinds[c] = "numeric"
             self.sums[c] = self.sums.get(c, 0.0) + float(x.sum())
@@ -264,12 +289,12 @@ class _Learner:
             seen |= set(pc.unique(values).to_pylist())
             self.distinct[c] = seen if len(seen) <= MAX_CATEGORIES else None
 
-    def _check(self, src: CsvSource, block: Block, c: str, col) -> None:
+    def _check(self, src: CsvSource, block: Block, c: str, col, x) -> None:
         cats = self.fitted["categories"].get(c)
         if cats is not None:
             known = pc.is_in(col, value_set=pa.array(cats, pa.string())).to_numpy(zero_copy_only=False)
             self.unseen[c] += int((~known).sum()) - col.null_count
-        elif _floats(col) is None:
+        elif x is None:
             x = [v for v in col.to_pylist() if v is not None and _floats(pa.array([v])) is None]
             r = col.to_pylist().index(x[0])
             raise AepipeError(f'{src.where_is(block, r, c)} holds "{x[0][:40]}"; the model was trained on '
@@ -291,9 +316,22 @@ class _Learner:
                 raise AepipeError(f'{src.spec}: column "{c}" holds text with more than {MAX_CATEGORIES} distinct '
                                   "values: an id or free text, not a category (leave it out with --columns, "
                                   "or name it with --id-column)")
+            elif all(DECIMAL_COMMA.fullmatch(v) for v in self.distinct[c]):
+                raise AepipeError(f'{src.spec}: column "{c}" holds numbers with a decimal comma '
+                                  f'("{min(self.distinct[c])}"); aepipe reads a decimal point (1.5, not 1,5)')
             else:
                 out.append((c, sorted(self.distinct[c])))
         return out
+
+
+def _check_range(src: CsvSource, block: Block, c: str, col, x: np.ndarray) -> None:
+    """Numbers must be finite and fit float32 (what models compute in): "inf" or 1e300 is refused
+    by its cell at open time, never trained on as inf."""
+    bad = np.isinf(x) | (np.abs(x) > F32_MAX)  # NaN (an empty cell under --fill-missing) is neither
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise AepipeError(f'{src.where_is(block, r, c)} holds "{col[r].as_py()[:40]}"; aepipe needs finite numbers '
+                          f"within float32's range (±{F32_MAX:.1e})")
 
 
 def _ints_ok(ids) -> bool:

@@ -1,9 +1,11 @@
-"""Image folders: PNG and JPEG files (searched recursively) or one image file, one row per image.
+"""Image folders: PNG, JPEG, GIF, TIFF and WebP files (searched recursively) or one image file, one row per image.
 
 A row is the image converted to --mode (L: grayscale, shaped (H, W); RGB: (3, H, W), channels
 first as the conv family takes them), resized to cover --image-size and centre-cropped to it,
 with pixel values in [0, 255] like the digits' raw 0..16: the default "global" normaliser maps them
-to [0, 1]. Its id is the file's path relative to the folder. Every file is read through Location,
+to [0, 1]. Images are read as a viewer shows them: turned by their EXIF orientation, 16-bit
+grayscale scaled onto 0..255 (not clipped), CMYK and palettes converted, alpha dropped, and an
+animated GIF or a multi-page TIFF by its first frame. Its id is the file's path relative to the folder. Every file is read through Location,
 so a folder on S3 reads like a local one.
 
 Mode and size are what training fits (`fitted()`): encoding reads new images the same way.
@@ -16,11 +18,11 @@ import io
 import numpy as np
 
 from aepipe.errors import AepipeError
-from aepipe.sources import ROWS_PER_TASK, Location, Schema, Source, mark_bad
+from aepipe.sources import IMAGES, ROWS_PER_TASK, Location, Schema, Source, mark_bad
 
 WHAT = "an image folder"
 OPTIONS = ("mode", "image_size", "on_bad_row")
-SUFFIXES = (".png", ".jpg", ".jpeg")  # as KINDS in __init__.py tests them
+SUFFIXES = IMAGES  # as KINDS in __init__.py tests them
 MODES = ("L", "RGB")
 BAD_ROW = ("fail", "skip")
 TASK_BYTES = 2 ** 26  # a read task holds at most ~64 MiB of decoded pixels
@@ -67,7 +69,8 @@ class ImageSource(Source):
                 from PIL import Image
 
                 with Image.open(io.BytesIO(self._bytes(path))) as img:
-                    return img.height, img.width
+                    turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps H and W
+                    return (img.width, img.height) if turned else (img.height, img.width)
             except Exception as e:
                 if not self.skip:
                     raise AepipeError(f"{self._name(path)}: not a readable image ({_why(e)})") from None
@@ -81,11 +84,13 @@ class ImageSource(Source):
         from PIL import Image, ImageOps
 
         with Image.open(io.BytesIO(self._bytes(path))) as img:
-            img = img.convert(self.mode)  # decodes every pixel: a truncated file fails here
+            img = _as_shown(img, self.mode)  # decodes every pixel: a truncated file fails here
         h, w = self.size
         if img.size != (w, h):  # cover (H, W), keeping the aspect ratio, then crop the centre
             img = ImageOps.fit(img, (w, h), method=Image.Resampling.BILINEAR)
         x = np.asarray(img, dtype=np.float32)
+        if x.ndim == 2 and self.mode == "RGB":  # 16-bit grayscale, kept as floats: one plane three times
+            return np.repeat(x[None], 3, axis=0)
         return x if self.mode == "L" else x.transpose(2, 0, 1)
 
     def _read(self, start, stop):
@@ -104,6 +109,24 @@ class ImageSource(Source):
         # big images: fewer per task, so no read task holds gigabytes of pixels
         most = max(1, TASK_BYTES // (4 * self.schema.size))
         return super().ranges(min(rows_per_task, most))
+
+
+ORIENTATION = 0x0112  # the EXIF tag saying how a camera held the picture
+WIDE = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit grayscale (PNG, TIFF): 0..65535
+
+
+def _as_shown(img, mode: str):
+    """The image upright, in `mode`, as a viewer shows it: 16-bit grayscale as floats on 0..255
+    ("F": convert() would clip it at 255), a palette or alpha image through RGBA (its colours
+    exact, no warning about transparency), the alpha then dropped."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in WIDE:
+        return Image.fromarray(np.asarray(img, dtype=np.float32) * np.float32(255 / 65535), "F")
+    if img.mode in ("P", "PA", "LA", "RGBa", "La") or "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert(mode)
 
 
 def _why(e: Exception) -> str:

@@ -78,7 +78,8 @@ class ParquetSource(Source):
                 size = len(first[0]) if len(first) else 0
             return Schema((f.name,), (size,), tabular=False)
         for f in fields:
-            if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)):
+            if not (pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+                    or pa.types.is_decimal(f.type)):
                 raise AepipeError(f'{self.spec}: column "{f.name}" is {f.type}; aepipe reads numeric columns '
                                   "or a single list column (pass --id-column if it is the row id)")
         if not fields:
@@ -109,16 +110,20 @@ class ParquetSource(Source):
         missing = [c for c in s.columns if c not in table.column_names]
         if missing:
             raise AepipeError(f'{self.spec}: a file lacks column "{missing[0]}" that the first file has')
-        if s.tabular:  # nulls become NaN, which the finite check then names
-            return np.column_stack([numpy_of(table.column(c)).astype(np.float32)
-                                    for c in s.columns])
+        if s.tabular:  # nulls become NaN, which the finite check then names; float64 stays (its range is checked)
+            return np.column_stack([numpy_of(_number_column(table.column(c))) for c in s.columns])
         col = table.column(s.columns[0]).combine_chunks()
         lengths = numpy_of(pc.list_value_length(col))
         if (lengths != s.size).any():
             r = int(np.flatnonzero(lengths != s.size)[0])
             raise AepipeError(f'{self.spec}: row {start + r} of column "{s.columns[0]}" has '
                               f"{lengths[r]} values, the others {s.size}")
-        return numpy_of(pc.list_flatten(col)).astype(np.float32, copy=False)
+        return numpy_of(pc.list_flatten(col))
+
+
+def _number_column(col):
+    """A feature column as numbers numpy reads: decimals as float64 (they would come as objects)."""
+    return pc.cast(col, pa.float64()) if pa.types.is_decimal(col.type) else col
 
 
 def _same_columns(first: pa.Schema, other: pa.Schema, first_file, other_file) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -65,6 +66,41 @@ RESUME = "_aepipe_resume.json"  # in OUT.partial: the settings it was started wi
 DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
 
 
+_LOCKS: dict[str, int] = {}  # a local output's path -> the lock file this process holds for it
+
+
+def _lock(final: Path) -> None:
+    """One writer per local output: an exclusive lock on OUT.lock from prepare to the commit (or a
+    failure), so a second aepipe writing the same OUT at the same time refuses in one line instead
+    of interleaving chunks with the first. The OS drops a lock when its holder dies, SIGKILL
+    included: a lock file a killed run left never blocks the next. (Object stores have no locks:
+    two writers of one URI are the caller's to avoid.)"""
+    import fcntl
+
+    key = str(final.absolute())
+    if key in _LOCKS:  # this process holds it already (a retry after Ctrl-C in a notebook)
+        return
+    path = final.with_name(final.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise AepipeError(f"{final}: cannot write beside it ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AepipeError(f"{final} is being written by another aepipe right now; let it finish, or choose "
+                          "another --out") from None
+    _LOCKS[key] = fd
+
+
+def _unlock(final: Path) -> None:
+    fd = _LOCKS.pop(str(final.absolute()), None)
+    if fd is not None:
+        Path(str(final) + ".lock").unlink(missing_ok=True)
+        os.close(fd)
+
+
 class _Staged:
     """Shared by both sinks: write into OUT.partial, count rows, rename into place (a URI: in
     place, the completion marker last; see "URI outputs" below).
@@ -88,6 +124,14 @@ class _Staged:
 
     def prepare(self, resume: bool = False) -> list[tuple[int, int]]:
         self.prepared = True
+        self.lock()  # before anything is cleared: another writer's partial is not ours
+        try:
+            return self._prepare(resume)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _prepare(self, resume: bool) -> list[tuple[int, int]]:
         if not resume:
             self._clear()
             self._create()
@@ -133,6 +177,17 @@ class _Staged:
         elif self.final.exists():
             self.final.unlink()
         self.tmp.rename(self.final)
+        self.unlock()
+
+    def lock(self) -> None:
+        """Hold OUT against other writers (see _lock); refuses in one line while another holds it."""
+        if not self.remote:
+            _lock(self.final)
+
+    def unlock(self) -> None:
+        """Let another writer have OUT (after the commit, a failure or Ctrl-C; a no-op otherwise)."""
+        if not self.remote:
+            _unlock(self.final)
 
     def _note_skipped(self, skipped: list[dict]) -> None:
         self.skipped = sorted(skipped, key=lambda r: r["id"])
@@ -142,6 +197,7 @@ class _Staged:
 
     def on_write_failed(self, error: Exception) -> None:
         self._clear()
+        self.unlock()
 
     # ---- URI outputs (s3://, gs://): an object store has no rename, so the store is written in
     # place under OUT. What was there goes first (its marker with it); the completion marker (Zarr's
@@ -151,6 +207,8 @@ class _Staged:
     def _clear(self) -> None:
         if self.remote:
             remote.remove(self.tmp)
+        elif self.tmp.is_symlink() or self.tmp.is_file():  # left by something else: never removed through
+            self.tmp.unlink()
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
