@@ -277,7 +277,8 @@ class _Learner:
         values = col.drop_null()
         if not len(values):
             return
-        x = None if x is None else x[~col.is_null().to_numpy(zero_copy_only=False)]
+        if x is not None and col.null_count:  # (to_numpy imports pandas: only where there are nulls)
+            x = x[~col.is_null().to_numpy(zero_copy_only=False)]
         if x is not None and self.kinds.get(c) != "categorical":
             self.kinds[c] = "numeric"
             self.sums[c] = self.sums.get(c, 0.0) + float(x.sum())
