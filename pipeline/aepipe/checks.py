@@ -75,11 +75,24 @@ def typed_options(cls, opts: dict, source: str) -> dict:
     return out
 
 
+# Bounds on sizes no real fit asks for, so a typo of 10^9 is one line instead of an out-of-memory
+# kill (the epoch schedule is a list, a layer a matrix). The model as a whole is bounded too
+# (models.MAX_PARAMETERS).
+MAX_EPOCHS = 10 ** 6
+MAX_WIDTH = 2 ** 16  # units of one hidden layer, or of the code
+
+
+def at_most(name: str, value, hi: int, what: str) -> None:
+    if value is not None and value > hi:
+        raise AepipeError(f"{flag(name)} {value}: at most {hi} {what}")
+
+
 def train_options(mcfg, tcfg) -> None:
     """Every TrainConfig/ModelConfig value in range; the family-specific names are checked by
     build_model afterwards (it knows the registry)."""
     if tcfg.epochs is not None:  # None: the budget in steps decides
         positive("epochs", tcfg.epochs, hint="train for at least one epoch")
+        at_most("epochs", tcfg.epochs, MAX_EPOCHS, "epochs")
     positive("steps", tcfg.steps)
     at_least("weight_decay", tcfg.weight_decay, 0)
     if tcfg.schedule not in ("cosine", "constant"):
@@ -93,9 +106,13 @@ def train_options(mcfg, tcfg) -> None:
     at_least("seed", tcfg.seed, 0)
     fraction("val_fraction", tcfg.val_fraction)
     positive("code_dim", mcfg.code_dim)
+    at_most("code_dim", mcfg.code_dim, MAX_WIDTH, "code dimensions")
     positive("pretrain_epochs", mcfg.pretrain_epochs)
+    at_most("pretrain_epochs", mcfg.pretrain_epochs, MAX_EPOCHS, "epochs")
     if mcfg.hidden is not None and (not mcfg.hidden or any(h < 1 for h in mcfg.hidden)):
         raise AepipeError(f"--hidden {','.join(map(str, mcfg.hidden)) or '(empty)'}: widths must be positive integers")
+    if mcfg.hidden is not None and max(mcfg.hidden) > MAX_WIDTH:
+        raise AepipeError(f"--hidden {','.join(map(str, mcfg.hidden))}: at most {MAX_WIDTH} units a layer")
     for name in ("sparsity_weight", "contractive_weight", "noise_std", "beta"):
         at_least(name, getattr(mcfg, name), 0)
     fraction("rho", mcfg.rho)

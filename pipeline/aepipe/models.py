@@ -625,12 +625,36 @@ def check_config(cfg: ModelConfig) -> None:
         raise ValueError(f"lmbda {cfg.lmbda}: must be a positive, finite number")
 
 
+# The largest model aepipe builds: 2^30 parameters are 4 GiB of float32 weights (training holds
+# about four times that). A config asking for more (a code or hidden width of 10^9 in a hostile
+# aepipe.json) is refused before a byte of it is allocated.
+MAX_PARAMETERS = 2 ** 30
+
+
 def build_model(cfg: ModelConfig) -> Autoencoder:
     check_config(cfg)
     cls = REGISTRY[cfg.family]
     if cfg.init == "pca" and cls.pca_floor:  # the family with the PCA floor under it; its state dict adds pca_* and the gates
         cls = _floored(cls)
+    n = parameter_bound(cls, cfg)
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"model too large: code size {cfg.code_dim} and widths {cfg.widths()} on input "
+                         f"{tuple(cfg.input_shape)} make {n:,} parameters; aepipe builds at most {MAX_PARAMETERS:,}")
     return cls(cfg)
+
+
+def parameter_bound(cls: type[Autoencoder], cfg: ModelConfig) -> int:
+    """At least the model's parameter count: exact, from a copy built on the meta device (shapes
+    only, no memory), where it could pass MAX_PARAMETERS. A config whose sizes cannot come near
+    that is not built twice: its rough bound
+    (each layer at most the widest size squared, times 32 for a kernel) is returned instead, since
+    the meta device's first call imports torch._dynamo (1-5 s here) for some families."""
+    widest = max(cfg.code_dim, *cfg.widths())
+    rough = (len(cfg.widths()) + 2) * max(math.prod(cfg.input_shape), widest) * widest * 32
+    if rough <= MAX_PARAMETERS:
+        return rough
+    with torch.device("meta"):
+        return sum(p.numel() for p in cls(cfg).parameters())
 
 
 @functools.cache

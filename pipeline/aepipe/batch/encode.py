@@ -21,6 +21,9 @@ from aepipe.stores.read import DTYPES, chunk_rows_for, id_dtype, int8_scale, tas
 from aepipe.stores.write import ParquetSink, ZarrSink
 
 
+MAX_CHUNK_BYTES = 2 ** 30  # --chunk-rows: input rows (float32) or codes per chunk, whichever is more
+
+
 class Remaining(Source):
     """`src` read only over `todo`, the read ranges a resumed encode still has to run."""
 
@@ -79,6 +82,10 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
                        input_file_bytes=sum(size for _, size, _ in files) if files else None)
     # a bitstream's size is not known ahead: chunks are sized for one at about 1 bit per pixel
     row_bytes = run.schema.size // 8 if run.meta["family"] == "compress" else d * np.dtype(dtype).itemsize
+    if chunk_rows and chunk_rows * max(row_bytes, 4 * src.schema.size) > MAX_CHUNK_BYTES:
+        most = MAX_CHUNK_BYTES // max(row_bytes, 4 * src.schema.size)
+        raise AepipeError(f"--chunk-rows {chunk_rows}: a chunk that long holds more than {MAX_CHUNK_BYTES >> 30} GiB "
+                          f"(one task reads, encodes and writes a whole chunk); at most {most} rows here")
     chunk_rows = chunk_rows or chunk_rows_for(row_bytes)
     ids_kind = id_dtype(src)
     rows_per_task = task_rows(chunk_rows, 4 * src.schema.size, src.n_rows)

@@ -54,12 +54,13 @@ class Schema:
 
     def check_matches(self, expected: "Schema", where: str) -> None:
         """Refuse data the model was not trained on, naming the first column or dimension off."""
-        if expected.tabular:
-            missing = [c for c in expected.columns if c not in self.columns]
+        if expected.tabular:  # by set: tables may have tens of thousands of columns
+            mine, theirs = set(self.columns), set(expected.columns)
+            missing = [c for c in expected.columns if c not in mine]
             if missing:
                 raise AepipeError(f'{where} has no column "{missing[0]}", which the model was trained on '
                                   f"(it expects {len(expected.columns)} columns: {_short(expected.columns)})")
-            extra = [c for c in self.columns if c not in expected.columns]
+            extra = [c for c in self.columns if c not in theirs]
             if extra:
                 raise AepipeError(f'{where} has column "{extra[0]}", which the model was not trained on')
         if self.shape != expected.shape:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,11 @@ class NpySource(Source):
             raise AepipeError(f"{self.spec}: Fortran-ordered array; save it C-ordered (np.ascontiguousarray)")
         self.dtype, self.n_rows = dtype, shape[0]
         self.row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        size = where.fs.get_file_info(where.path).size
+        if size is not None and self.offset + self.n_rows * self.row_bytes > size:  # a lying or truncated header
+            raise AepipeError(f"{self.spec}: its header claims {self.n_rows} rows of shape {tuple(shape[1:])} "
+                              f"({self.n_rows * self.row_bytes} bytes) but the file holds "
+                              f"{max(size - self.offset, 0)} bytes of data (truncated, or a damaged header)")
         self.schema = Schema(("x",), tuple(shape[1:]), tabular=False)
 
     def _read(self, start, stop):
@@ -87,6 +93,32 @@ class ZarrSource(Source):
         _check_array(self.spec, arr.dtype, arr.shape)
         self.n_rows, self.chunk = arr.shape[0], max(1, arr.chunks[0])
         self.schema = Schema(("x",), tuple(arr.shape[1:]), tabular=False)
+        self._check_stored(arr)
+
+    def _check_stored(self, arr) -> None:
+        """Refuse an array whose metadata claims far more rows than its stored chunks reach (a
+        damaged or hostile shape of 10^12 rows): Zarr reads a chunk never written as its fill
+        value, so those rows would be made up, and there could be more than memory or time allow.
+        The chunk files are listed (not the chunk grid, which the claimed shape makes huge)."""
+        import pyarrow.fs as pafs
+
+        base = f"{self.where.path.rstrip('/')}/{self.name}" if self.name else self.where.path.rstrip("/")
+        try:
+            found = self.where.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        except Exception:  # not listable (a store that cannot list): leave it to the reads
+            return
+        unit = (arr.shards or arr.chunks)[0]  # a sharded array stores one file per shard
+        last = -1
+        for f in found:
+            parts = re.split(r"[./]", f.path[len(base) + 1:])
+            parts = parts[1:] if parts[0] == "c" else parts  # Zarr 3's default keys: c/0/0/0
+            if f.type == pafs.FileType.File and parts and parts[0].isdigit():
+                last = max(last, int(parts[0]))
+        reach = min(self.n_rows, (last + 1) * unit)
+        if self.n_rows > max(2 * reach, unit):
+            raise AepipeError(f"{self.spec}: its metadata claims {self.n_rows} rows but its stored chunks reach only "
+                              f"row {reach}; the rest would be made-up fill values (a damaged shape, or an array "
+                              "never written)")
 
     def _open(self):
         import zarr

@@ -44,6 +44,8 @@ OPTIONS = ("columns", "fill_missing")
 SUFFIXES = (".csv", ".csv.gz")
 BLOCK_ROWS = 1024  # rows per indexed block: a task parses at most one block's worth it does not need
 READ_BYTES = 1 << 20  # bytes read at a time by the index pass
+MAX_ROW_BYTES = 1 << 25  # a longer row (one 200 MB field, an unclosed quote) is refused, not held whole
+PARSE_BYTES = 2 * MAX_ROW_BYTES  # pyarrow's parse block: every row up to MAX_ROW_BYTES fits in one (its default, 1 MiB, fails longer rows)
 MAX_CATEGORIES = 1000  # more distinct strings than this is an id or free text, not a category
 F32_MAX = float(np.finfo(np.float32).max)
 DELIMITERS = (",", ";", "\t", "|")  # the comma, else the first of the others a header holds
@@ -96,7 +98,7 @@ class CsvSource(Source):
     def _index_file(self, fi: int, learn: "_Learner", columns, fitted: dict) -> None:
         row, header = 0, False
         with self._stream(fi) as f:
-            for offset, buf in _pieces(f):
+            for offset, buf in _pieces(f, self._name(fi)):
                 if offset == 0:  # every file's first piece starts with its header
                     header, end = True, _header_end(buf)
                     self._header(fi, buf[:end], columns, fitted)
@@ -121,7 +123,7 @@ class CsvSource(Source):
         if self.names is None:
             self.delimiter = next((d for d in DELIMITERS if d.encode() in line), ",")
         try:
-            names = pacsv.read_csv(pa.BufferReader(line),
+            names = pacsv.read_csv(pa.BufferReader(line), read_options=pacsv.ReadOptions(block_size=PARSE_BYTES),
                                    parse_options=pacsv.ParseOptions(delimiter=self.delimiter)).column_names
         except (pa.ArrowInvalid, ValueError) as e:
             raise AepipeError(f"{self._name(fi)}: cannot read its header ({_first_line(e)})") from None
@@ -159,7 +161,7 @@ class CsvSource(Source):
         try:
             return pacsv.read_csv(
                 pa.BufferReader(data),
-                read_options=pacsv.ReadOptions(column_names=self.names),
+                read_options=pacsv.ReadOptions(column_names=self.names, block_size=PARSE_BYTES),
                 parse_options=pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in keep},
                                                      include_columns=keep, strings_can_be_null=True))
@@ -354,9 +356,9 @@ def _row_ends(buf: bytes, inside: bool) -> tuple[np.ndarray, bool]:
     return nl[quotes[nl] % 2 == 0] + 1, bool(quotes[-1] % 2) if len(b) else inside
 
 
-def _pieces(f):
+def _pieces(f, name: str):
     """(offset, bytes) of a stream in consecutive pieces of about READ_BYTES, each ending at a row
-    end (the last at the end of the file)."""
+    end (the last at the end of the file). A row longer than MAX_ROW_BYTES is refused, naming `name`."""
     offset, carry, inside = 0, b"", False
     while piece := f.read(READ_BYTES):
         ends, inside = _row_ends(piece, inside)
@@ -367,6 +369,9 @@ def _pieces(f):
             offset, carry = offset + cut, buf[cut:]
         else:
             carry = buf
+        if len(carry) > MAX_ROW_BYTES:
+            raise AepipeError(f"{name}: a row longer than {MAX_ROW_BYTES >> 20} MiB starts at byte {offset} "
+                              "(one enormous field, or a quote never closed); aepipe reads rows up to that size")
     if carry:
         yield offset, carry
 

@@ -14,6 +14,7 @@ Mode and size are what training fits (`fitted()`): encoding reads new images the
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 
@@ -66,9 +67,7 @@ class ImageSource(Source):
         """(H, W) of the first image whose header reads (with skip, a bad first file is passed over)."""
         for path in self.paths:
             try:
-                from PIL import Image
-
-                with Image.open(io.BytesIO(self._bytes(path))) as img:
+                with _open_image(self._bytes(path)) as img:
                     turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps H and W
                     return (img.width, img.height) if turned else (img.height, img.width)
             except Exception as e:
@@ -83,7 +82,7 @@ class ImageSource(Source):
     def _pixels(self, path: str) -> np.ndarray:
         from PIL import Image, ImageOps
 
-        with Image.open(io.BytesIO(self._bytes(path))) as img:
+        with _open_image(self._bytes(path)) as img:
             img = _as_shown(img, self.mode)  # decodes every pixel: a truncated file fails here
         h, w = self.size
         if img.size != (w, h):  # cover (H, W), keeping the aspect ratio, then crop the centre
@@ -127,6 +126,17 @@ def _as_shown(img, mode: str):
     if img.mode in ("P", "PA", "LA", "RGBa", "La") or "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert(mode)
+
+
+def _open_image(data: bytes):
+    """PIL's Image.open, with its decompression-bomb warning (a header claiming more than
+    Image.MAX_IMAGE_PIXELS, about 89 million pixels) raised as the error it gives past twice that:
+    a file claiming that many pixels is refused before they are decoded, whatever it really holds."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
 
 
 def _why(e: Exception) -> str:

@@ -66,7 +66,8 @@ class ParquetSource(Source):
         return {"columns": list(self.only)} if self.only else {}
 
     def _feature_schema(self, arrow_schema: pa.Schema) -> Schema:
-        fields = [f for f in arrow_schema if f.name != self.id_column and (not self.only or f.name in self.only)]
+        only = set(self.only or ())  # sets throughout: a table may have tens of thousands of columns
+        fields = [f for f in arrow_schema if f.name != self.id_column and (not only or f.name in only)]
         lists = [f for f in fields if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
                  or pa.types.is_large_list(f.type)]
         if len(lists) == 1 and len(fields) == 1:
@@ -107,7 +108,8 @@ class ParquetSource(Source):
 
     def _features(self, table: pa.Table, start: int) -> np.ndarray:
         s = self.schema
-        missing = [c for c in s.columns if c not in table.column_names]
+        have = set(table.column_names)
+        missing = [c for c in s.columns if c not in have]
         if missing:
             raise AepipeError(f'{self.spec}: a file lacks column "{missing[0]}" that the first file has')
         if s.tabular:  # nulls become NaN, which the finite check then names; float64 stays (its range is checked)
@@ -131,14 +133,15 @@ def _same_columns(first: pa.Schema, other: pa.Schema, first_file, other_file) ->
     from the footers before any row is read (else a row would show up as "holds nan" later)."""
     if other_file == first_file:
         return
+    have, had = set(other.names), set(first.names)
     for f in first:
-        if f.name not in other.names:
+        if f.name not in have:
             raise AepipeError(f'{other_file}: no column "{f.name}", which {first_file} has; '
                               "every file of a Parquet folder needs the same columns")
         t = other.field(f.name).type
         if t != f.type and not (pa.types.is_floating(t) and pa.types.is_floating(f.type)):
             raise AepipeError(f'{other_file}: column "{f.name}" is {t}, but {f.type} in {first_file}')
-    extra = [n for n in other.names if n not in first.names]
+    extra = [n for n in other.names if n not in had]
     if extra:
         raise AepipeError(f'{other_file}: has column "{extra[0]}", which {first_file} lacks')
 

@@ -86,13 +86,18 @@ class BitstreamSource(Source):
             problem = (f"holds {len(s)} bytes, {c['nbytes'][i]} were written (truncated or padded)"
                        if len(s) != c["nbytes"][i] else
                        "fails its CRC32 check (damaged)" if crc32(s) != c["crc32"][i] else
-                       f"has latent shape {tuple(c['latent_shape'][i])}, the model makes {self.latent_shape}"
-                       if tuple(c["latent_shape"][i]) != self.latent_shape else None)
+                       f"has latent shape {_ints(c['latent_shape'][i])}, the model makes {self.latent_shape}"
+                       if _ints(c["latent_shape"][i]) != self.latent_shape else None)
             if problem:
                 raise AepipeError(f'{self.spec}: the bitstream of image "{c["id"][i]}" {problem}; not decoding it')
         streams = np.empty(len(c["bitstream"]), dtype=object)  # bytes objects as they are, not a fixed-width S array
         streams[:] = [bytes(s) for s in c["bitstream"]]
         return np.asarray(c["id"]), streams
+
+
+def _ints(shape) -> tuple[int, ...]:
+    """A stored latent shape as plain ints, as the model's is (and as a message shows it)."""
+    return tuple(int(v) for v in shape)
 
 
 def _zarr_rows(path: str) -> int:
