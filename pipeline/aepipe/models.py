@@ -70,6 +70,13 @@ def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def image_chw(family: str, shape) -> tuple[int, int, int]:
+    """(C, H, W) of an image family's input, shaped (H, W) or (C, H, W)."""
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{family} needs images shaped (H, W) or (C, H, W), got {shape}")
+    return (1, *shape) if len(shape) == 2 else tuple(shape)
+
+
 class Autoencoder(nn.Module):
     """Shared plumbing: reconstruction loss, output squashing for bce, the forward dict."""
 
@@ -283,10 +290,7 @@ class Conv(Autoencoder):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        shape = cfg.input_shape
-        if len(shape) not in (2, 3):
-            raise ValueError(f"conv needs images shaped (H, W) or (C, H, W), got {shape}")
-        self.chw = (1, *shape) if len(shape) == 2 else tuple(shape)
+        self.chw = image_chw("conv", cfg.input_shape)
         chans = [self.chw[0], *cfg.widths()]
         sizes = [self.chw[1:]]
         down = []
@@ -512,10 +516,7 @@ class Compress(Autoencoder):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        shape = cfg.input_shape
-        if len(shape) not in (2, 3):
-            raise ValueError(f"compress needs images shaped (H, W) or (C, H, W), got {shape}")
-        self.chw = (1, *shape) if len(shape) == 2 else tuple(shape)
+        self.chw = image_chw("compress", cfg.input_shape)
         n, c = cfg.widths()[0], self.chw[0]
         self.floor = cfg.init == "pca"
         self.factor = 8 if self.floor else 16  # the analysis transform's downsampling: images are padded to it

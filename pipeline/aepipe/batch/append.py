@@ -21,9 +21,10 @@ from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import auto_threshold
 from aepipe.sources import Source, input_files, locate, open_for_run
-from aepipe.stores import JSON_MANIFEST, MANIFEST, manifest_table, read_manifest
 from aepipe.sources.parquet import parquet_files
+from aepipe.stores import read_manifest
 from aepipe.stores.read import dequantize, quant_scale, read_metadata
+from aepipe.stores.write import write_manifest
 
 FILES = "encoded_files"  # in the manifest: {path: [bytes, mtime_ns]} of every input file it holds
 
@@ -170,24 +171,6 @@ def _path_in_fs(spec) -> str:
     return pafs.FileSystem.from_uri(spec)[1] if "://" in spec else str(Path(spec).absolute())
 
 
-def _write_manifest(store, manifest: dict) -> None:
-    """The manifest last: until it lands the store is the one before this run (moved parts that it
-    does not list are removed by the next --append). It carries the parts' schema, read from one."""
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    spec = str(store)
-    fs, path = (pafs.FileSystem.from_uri(spec) if "://" in spec else (pafs.LocalFileSystem(), _path_in_fs(spec)))
-    table = manifest_table(pq.read_schema(f"{path}/{min(manifest['files'])}", filesystem=fs), manifest)
-    if "://" in spec and not spec.startswith("file://"):
-        pq.write_table(table, f"{path}/{MANIFEST}", filesystem=fs)  # one PUT: atomic on object stores
-    else:
-        pq.write_table(table, f"{path}/{MANIFEST}.tmp", filesystem=fs)
-        fs.move(f"{path}/{MANIFEST}.tmp", f"{path}/{MANIFEST}")  # a rename: atomic on disk
-    if fs.get_file_info(f"{path}/{JSON_MANIFEST}").type == pafs.FileType.File:
-        fs.delete_file(f"{path}/{JSON_MANIFEST}")  # a store from before the Parquet manifest: now superseded
-
-
 def _drop_unlisted(store, manifest: dict) -> None:
     """Parts of a killed --append that the manifest never listed."""
     where = locate(str(store))
@@ -246,7 +229,9 @@ def append(data: str, model: str, store: str, dtype: str = "float32", scores: bo
     skipped = [*(old or {}).get("skipped", []), *staged_manifest.get("skipped", [])]
     if skipped:
         manifest["skipped"] = skipped
-    _write_manifest(store, manifest)
+    # last: until it lands the store is the one before this run (moved parts it does not list are
+    # removed by the next --append)
+    write_manifest(store, manifest)
     _remove(staged)
     summary.update(rows=staged_manifest["n_rows"], store_rows=manifest["n_rows"], drift=drift)
     return summary

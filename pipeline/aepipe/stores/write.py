@@ -459,16 +459,27 @@ class ParquetSink(_Staged):
         # skipped rows are listed there too, since the parts' metadata was written before they were known
         manifest = {"n_rows": sum(files.values()), "files": dict(sorted(files.items())),
                     **({"skipped": self.skipped} if skipped else {})}
-        table = manifest_table(self._read_schema(min(files)), manifest)
-        self._put_file(MANIFEST, lambda p, fs: pq.write_table(table, p, filesystem=fs))
+        write_manifest(self.tmp, manifest)
         self._commit()
 
-    def _read_schema(self, name: str) -> pa.Schema:
-        """A written part's schema (the parts are written in other processes: the driver reads one)."""
-        if self.remote:
-            fs, path = remote.resolve(self.tmp / name)
-            return pq.read_schema(path, filesystem=fs)
-        return pq.read_schema(self.tmp / name)
+
+def write_manifest(store, manifest: dict) -> None:
+    """A Parquet store's manifest (the commit of a store at a URI, and of an --append), with the
+    parts' schema read from one of them: they were written in other processes. Locally through a
+    .tmp and a rename, at a URI in one PUT: atomic either way. A JSON manifest of a store from
+    before the Parquet one is removed once this one is in place."""
+    import pyarrow.fs as pafs
+
+    spec = str(store)
+    fs, path = remote.resolve(spec) if "://" in spec else (pafs.LocalFileSystem(), str(Path(spec).absolute()))
+    table = manifest_table(pq.read_schema(f"{path}/{min(manifest['files'])}", filesystem=fs), manifest)
+    if remote.is_uri(spec):
+        pq.write_table(table, f"{path}/{MANIFEST}", filesystem=fs)
+    else:
+        pq.write_table(table, f"{path}/{MANIFEST}.tmp", filesystem=fs)
+        fs.move(f"{path}/{MANIFEST}.tmp", f"{path}/{MANIFEST}")
+    if fs.get_file_info(f"{path}/{JSON_MANIFEST}").type == pafs.FileType.File:
+        fs.delete_file(f"{path}/{JSON_MANIFEST}")
 
 
 class PngSink(_Staged):
