@@ -11,6 +11,7 @@ Python class of the model), and the same file feeds AOTInductor for C++ serving.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -59,7 +60,9 @@ def export(model: str | Path, out: str | Path, overwrite: bool = False) -> dict:
                           f"({type(e).__name__}: {str(e).splitlines()[0][:160]})", exit_code=1) from None
     about = {"aepipe": META, "family": run.meta["family"], "model_fingerprint": run.fingerprint,
              "features": run.schema.size, "code_dim": run.code_dim, "input_shape": list(run.schema.shape)}
+    buffer = io.BytesIO()  # (torch.export warns about a file whose name does not end in .pt2: OUT.partial)
+    torch.export.save(program, buffer, extra_files={"aepipe.json": json.dumps(about)})
     partial = out.with_name(out.name + ".partial")
-    torch.export.save(program, str(partial), extra_files={"aepipe.json": json.dumps(about)})
+    partial.write_bytes(buffer.getbuffer())
     os.replace(partial, out)  # whole or not at all
     return {**about, "out": str(out), "bytes": out.stat().st_size}
