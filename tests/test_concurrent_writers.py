@@ -1,13 +1,19 @@
 """Two writers of one output: the second refuses in one line while the first holds OUT, the first's
-store ends whole, and a lock that a killed writer left behind blocks nobody."""
+store ends whole, and a lock that a killed writer left behind blocks nobody. A writer and readers:
+a store replaced (--overwrite) while another process reads it is read whole, old or new, or refused
+in one line; never rows of both."""
 
+import json
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 
 import aepipe
+from aepipe.errors import AepipeError
+from aepipe.stores.read import open_codes
 from tests.conftest import AEPIPE, run_aepipe
 
 HOLD = """
@@ -60,3 +66,72 @@ def test_two_encodes_started_together_one_store_whole(digits_run, tmp_path):
     ids, _ = aepipe.load_codes(out)
     assert sorted(ids.tolist()) == list(range(60_000))  # every row once: nothing interleaved
     assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.parquet", "x.npy"]
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".parquet"])
+def test_a_store_replaced_between_two_reads_is_refused_not_mixed(digits_run, tmp_path, suffix):
+    """A reader reads a store range by range; another run replaces the store between two ranges:
+    the next read says so, where it used to return the new store's rows as the old one's."""
+    out = tmp_path / f"codes{suffix}"
+    run_aepipe("encode", "builtin:digits", "--model", digits_run, "--out", out, "--engine", "local",
+               "--chunk-rows", "256")
+    src, _ = open_codes(out)
+    ranges = src.ranges(256)
+    assert len(ranges) > 2
+    first = src.read(*ranges[0])
+    run_aepipe("encode", "builtin:digits", "--model", digits_run, "--out", out, "--engine", "local",
+               "--dtype", "int8", "--overwrite", "--chunk-rows", "256")
+    with pytest.raises(AepipeError, match="replaced by another aepipe run .--overwrite. while this one read it"):
+        src.read(*ranges[1])
+    with pytest.raises(AepipeError, match="replaced"):
+        src.read(*ranges[0])  # even rows already read once: they may be another store's by now
+    again, attrs = open_codes(out)  # opened anew: the new store, whole
+    assert attrs["dtype"] == "int8" and np.array_equal(again.read(*ranges[0])[0], first[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # the old store went, nothing beside
+
+
+READ_LOOP = """
+import json, sys, time, numpy as np, aepipe
+from aepipe.errors import AepipeError
+refs = [np.load(p) for p in sys.argv[2:4]]
+whole, refused, deadline = [0, 0], [], time.time() + float(sys.argv[4])
+while time.time() < deadline:
+    try:
+        ids, codes = aepipe.load_codes(sys.argv[1])
+    except AepipeError as e:
+        refused.append(str(e).splitlines()[0])
+        continue
+    codes = codes[np.argsort(ids)]
+    hits = [k for k, ref in enumerate(refs) if np.array_equal(codes, ref)]
+    if not hits:
+        sys.exit("MIXED: a read matched neither store")
+    whole[hits[0]] += 1
+print(json.dumps({"whole": whole, "refused": sorted(set(m.split(": ", 1)[1] for m in refused))}))
+"""
+
+
+def test_overwrites_while_another_process_reads_each_read_whole_or_refused(digits_run, tmp_path):
+    """A reader process loads the store again and again while this test replaces it, float32 and
+    int8 by turns: each load is one of the two stores, whole, or one AepipeError."""
+    out = tmp_path / "codes.zarr"
+    refs = []
+    for dtype in ("float32", "int8"):
+        run_aepipe("encode", "builtin:digits", "--model", digits_run, "--out", out, "--engine", "local",
+                   "--dtype", dtype, "--overwrite", "--chunk-rows", "256")
+        ids, codes = aepipe.load_codes(out)
+        np.save(tmp_path / f"{dtype}.npy", codes[np.argsort(ids)])
+        refs.append(tmp_path / f"{dtype}.npy")
+    reader = subprocess.Popen([sys.executable, "-c", READ_LOOP, out, *refs, "10"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    rounds = 0
+    while reader.poll() is None and rounds < 12:
+        dtype = ("float32", "int8")[rounds % 2]
+        run_aepipe("encode", "builtin:digits", "--model", digits_run, "--out", out, "--engine", "local",
+                   "--dtype", dtype, "--overwrite", "--chunk-rows", "256")
+        rounds += 1
+    stdout, stderr = reader.communicate(timeout=120)
+    assert reader.returncode == 0, stderr  # "MIXED": a load returned rows of two stores
+    seen = json.loads(stdout)
+    assert rounds >= 4 and sum(seen["whole"]) > 0, seen
+    # the refusals: the store swapped under a read, or absent for the instant between two renames
+    assert all("replaced by another aepipe run" in m or "no such file" in m for m in seen["refused"]), seen

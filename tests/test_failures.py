@@ -1,5 +1,6 @@
 """Failures on a multi-node Ray on this machine (ray.cluster_utils.Cluster: a head and worker
-nodes, each its own raylet): a node killed mid-encode, a node killed mid-training. Ray retries the
+nodes, each its own raylet): a node killed mid-encode, a worker process killed mid-encode, a node
+killed mid-training. Ray retries the
 lost work; aepipe must end with a complete store / a finished run. Each cluster has its own temp
 dir and is never connected to from this process, so the session's Ray (conftest) is untouched."""
 
@@ -120,6 +121,44 @@ def test_node_killed_mid_encode_store_complete(cluster, tmp_path, monkeypatch):
     assert np.array_equal(np.sort(ids), np.arange(rows))  # every id exactly once
     ref = aepipe.AutoencoderFeatures(str(tmp_path / "run")).transform(x)
     np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_worker_process_killed_mid_encode_every_id_once(cluster, tmp_path, monkeypatch):
+    """SIGKILL one Ray worker process while it runs an encode task (the OOM killer's way): Ray
+    starts another and reruns the task; the store holds every id exactly once, the right codes."""
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
+    rows = 200_000
+    x = np.random.default_rng(1).random((rows, 16), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "small.npy", x[:5000])
+    subprocess.run([AEPIPE, "train", tmp_path / "small.npy", "--code-dim", "4", "--hidden", "16", "--epochs", "1",
+                    "--out", tmp_path / "run"], check=True, capture_output=True)
+    node = add_node(cluster, 2)
+    cluster.wait_for_nodes()
+    proc = start("encode", tmp_path / "x.npy", "--model", tmp_path / "run", "--out", tmp_path / "codes.parquet",
+                 "--engine", "ray", "--address", cluster.address)
+    done = tmp_path / "codes.parquet.partial"
+    wait_for(proc, lambda: done.exists() and any(p.suffix == ".parquet" for p in done.iterdir()), "a first part")
+
+    def encoding_worker():
+        raylet = node.all_processes["raylet"][0].process.pid
+        for kid in psutil.Process(raylet).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "MapBatches" in kid.name():
+                    return kid
+        return None
+
+    victim = wait_for(proc, encoding_worker, "a worker inside an encode task", timeout=60)
+    victim.kill()
+    out, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert f"encoded {rows} rows" in out
+    ids, codes = aepipe.load_codes(tmp_path / "codes.parquet")
+    assert np.array_equal(np.sort(ids), np.arange(rows))  # every id exactly once
+    ref = aepipe.AutoencoderFeatures(str(tmp_path / "run")).transform(x)
+    np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-6)
+    assert not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE
 
 
 @pytest.mark.slow

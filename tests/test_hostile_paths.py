@@ -15,6 +15,7 @@ one line, exit 1 or 2, and no partial left. None of these start Ray.
 """
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import aepipe
 from aepipe.errors import AepipeError
 from aepipe.stores.read import load_codes
 from aepipe.submit import load_spec
@@ -390,3 +392,54 @@ def test_a_full_or_read_only_filesystem_is_one_line_and_nothing_left(digits_run,
     assert "Traceback" not in stderr
     assert eval(left) == []  # noqa: S307 - nothing left on the full disk: no output, no .partial
     assert not any(mnt.iterdir())  # the namespace's mount is gone with it; nothing under it here
+
+
+RESUME_SCRIPT = r"""
+import json, os, shutil, subprocess, sys
+mnt, copy, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt], check=True)
+full = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+kept = sorted(os.listdir(mnt))
+subprocess.run(["mount", "-o", "remount,size=16m", mnt], check=True)  # space freed
+again = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=120)
+out = argv[argv.index("--out") + 1]
+if os.path.isdir(out):
+    shutil.copytree(out, copy)
+print(json.dumps({"full": [full.returncode, full.stderr], "kept": kept, "resumed": [again.returncode, again.stderr],
+                  "left": sorted(os.listdir(mnt))}))
+"""
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".parquet"])
+def test_encode_on_a_full_disk_keeps_its_finished_part_for_resume(digits_run, tmp_path, suffix):
+    """encode into a 1 MiB tmpfs that fills up half way: one line saying what is kept; with space
+    freed, the same command with --resume finishes the store, every row once, the right codes."""
+    if not _namespace_ok():
+        pytest.skip("no user and mount namespace here (unshare -rm), so no tmpfs can be mounted")
+    x = np.random.default_rng(0).random((60_000, 8, 8), dtype=np.float32)  # 2.4 MB of codes and ids
+    np.save(tmp_path / "x.npy", x)
+    mnt, copy = tmp_path / "mnt", tmp_path / f"copy{suffix}"
+    mnt.mkdir()
+    out = mnt / f"codes{suffix}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "AEPIPE_TASK_ROWS": "4096"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", RESUME_SCRIPT, str(mnt), str(copy),
+                           AEPIPE, "encode", str(tmp_path / "x.npy"), "--model", str(digits_run), "--out", str(out),
+                           "--engine", "local", "--chunk-rows", "4096"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    code, stderr = seen["full"]
+    assert code == 1 and "Traceback" not in stderr, stderr
+    ours = [line for line in stderr.splitlines() if line.startswith("aepipe: error:")]
+    assert len(ours) == 1 and ours[0] == (
+        f"aepipe: error: --out {out}: cannot write it (No space left on device); what was written is kept in "
+        f"{out}.partial: free some space and run the same command with --resume to finish it"), stderr
+    assert seen["kept"] == [f"codes{suffix}.partial"]  # no store that looks complete, no lock file
+    code, stderr = seen["resumed"]
+    assert code == 0, stderr
+    assert seen["left"] == [f"codes{suffix}"]
+    ids, codes = aepipe.load_codes(copy)
+    assert np.array_equal(np.sort(ids), np.arange(len(x)))
+    ref = aepipe.AutoencoderFeatures(str(digits_run)).transform(x.reshape(len(x), -1))
+    np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-5)

@@ -4,7 +4,6 @@ stopping cleanly on Ctrl-C, and turning errors raised inside Ray workers back in
 from __future__ import annotations
 
 import contextlib
-import errno
 import faulthandler
 import io
 import os
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 from aepipe import remote
-from aepipe.errors import AepipeError
+from aepipe.errors import AepipeError, disk_error
 from aepipe.ray_workarounds import (GLOG_LINE, recording_started_processes, keeping_sigterm_handler, shorten_data_wait,
                                      stop_started_ray, train_env)
 
@@ -199,30 +198,19 @@ def find_user_error(e: BaseException) -> AepipeError | None:
     return None
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the output's disk is full or read-only
-
-
-def _disk_error(e: BaseException | None) -> OSError | None:
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in DISK_FULL:
-            return e
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
-    return None
-
-
 @contextlib.contextmanager
-def user_errors(out=None):
+def user_errors(out=None, kept=lambda: None):
     """Re-raise an AepipeError hidden in a Ray exception as itself, without Ray's traceback; with
-    out, a full or read-only disk under it as one line naming it (the writers remove the partial)."""
+    out, a full or read-only disk under it as one line naming it. The writers remove the partial,
+    except that a resumable job on a full disk keeps its finished part: kept() names it."""
     try:
         yield
     except Exception as e:
         err = find_user_error(e)
-        if err is None and out is not None and (disk := _disk_error(e)) is not None:
-            err = AepipeError(f"--out {out}: cannot write it ({os.strerror(disk.errno)}); the partial "
-                              "output was removed", exit_code=1)
+        if err is None and out is not None and (disk := disk_error(e)) is not None:
+            err = AepipeError(f"--out {out}: cannot write it ({os.strerror(disk.errno)}); " + (
+                f"what was written is kept in {kept()}: free some space and run the same command with "
+                "--resume to finish it" if kept() else "the partial output was removed"), exit_code=1)
         if err is None:
             raise
         raise err from None
@@ -233,11 +221,12 @@ class Interrupted(AepipeError):
         super().__init__(message, exit_code=130)
 
 
-def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
+def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, kept=lambda: None, **kwargs):
     """Run a Ray job so that Ctrl-C stops it. The driver's main thread would sit in a blocking Ray
     call that only notices SIGINT when the job is done; here the job runs in a thread and the main
     thread waits in short, interruptible steps (calling `poll()` at each, e.g. to print progress).
-    On Ctrl-C the job's work is stopped (ray_workarounds.stop_started_ray) and the `partial` outputs are removed."""
+    On Ctrl-C the job's work is stopped (ray_workarounds.stop_started_ray) and the `partial` outputs are removed;
+    on a failure too, except the one kept() names (kept for --resume, see stores.write)."""
     box = {}
 
     def target():
@@ -263,7 +252,7 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, **kwargs):
     if "error" in box:
         # a failed job leaves no output: the sink removed its partial, but a write task still running
         # then may have written into it again (or the job failed before the sink was called)
-        _keep_removed(partial, quiet_s=0.5)
+        _keep_removed([p for p in partial if p != kept()], quiet_s=0.5)
         raise box["error"]
     return box.get("value")
 

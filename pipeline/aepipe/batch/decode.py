@@ -14,7 +14,8 @@ from aepipe.batch.engine import check_job_options, model_job, provenance
 from aepipe.batch.rows import png_range, select, write_rows
 from aepipe.run import load_run
 from aepipe.stores.bitstreams import BitstreamSource
-from aepipe.stores.read import open_codes, quant_scale, read_metadata
+from aepipe.sources import locate
+from aepipe.stores.read import StoreGuard, open_codes, quant_scale, read_metadata
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB
@@ -27,6 +28,7 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
     Small selections run in this process (aepipe.batch.engine.model_job), large ones on Ray."""
     check_job_options(batch_size, concurrency, num_gpus, engine)
     run = load_run(model)
+    guard = StoreGuard(locate(str(codes)))  # before the metadata: a store replaced from here on is refused
     kind, attrs = read_metadata(codes)
     out = output_path(out, overwrite, (".zarr", ".parquet", ".npy", ""), inputs=(codes, model))
     if out.suffix == "":  # a folder of PNG images: only for image models, refused before Ray starts
@@ -38,7 +40,7 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         src = _bitstream_rows(codes, kind, attrs, run.model, rows, ids)
         actor, kwargs = BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
     else:
-        src, attrs = open_codes(codes, (kind, attrs))
+        src, attrs = open_codes(codes, (kind, attrs), guard)
         src = select(src, rows, ids)
         actor, kwargs = Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], scale=quant_scale(attrs),
                                       num_gpus=num_gpus)

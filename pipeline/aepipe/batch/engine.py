@@ -219,8 +219,8 @@ def write(ds, sink, **write_args) -> None:
     """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
     sink.lock()  # first: a job refused here must not clear another writer's partial
     try:
-        with user_errors(sink.final):
+        with user_errors(sink.final, kept=lambda: sink.kept):
             target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
-            run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], **write_args)
+            run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], kept=lambda: sink.kept, **write_args)
     finally:
         sink.unlock()  # committed, failed or interrupted: OUT is free for the next writer

@@ -6,6 +6,7 @@ Stores are written by the datasinks in pipeline/aepipe/stores/write.py; everythi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from aepipe import remote
 from aepipe.errors import AepipeError
 from aepipe.sources import Location, Schema, Source, locate
 from aepipe.sources.parquet import ParquetSource, parquet_files
-from aepipe.stores import MANIFEST, open_zarr, read_manifest
+from aepipe.stores import JSON_MANIFEST, MANIFEST, open_zarr, read_manifest
 
 DTYPES = ("float32", "float16", "int8")
 
@@ -166,22 +167,77 @@ def verify_store(path: str | Path) -> None:
         except Exception as e:
             raise AepipeError(f"{where.show(f)}: damaged ({str(e).splitlines()[0][:160]})") from None
 
+class StoreGuard:
+    """Which write of a store a reader started on, so that a store replaced under it (another
+    process's encode --overwrite) is an error, never rows of two stores read as one. A store is
+    read in many steps (one per row range, by path); its writer swaps a whole store for a whole
+    store (stores.write), so if the store's root metadata (Zarr's zarr.json, a Parquet store's
+    manifest, written anew by every commit) is unchanged after a step, the step read the store
+    the reader started on."""
+
+    def __init__(self, where: Location):
+        self.where = where
+        self.token = self._generation()
+
+    def _generation(self) -> str | None:
+        if not self.where.is_dir:  # a single Parquet file: replaced as a whole, by a rename
+            info = self.where.fs.get_file_info(self.where.path)
+            return f"{info.size}:{info.mtime_ns}"
+        for name in ("zarr.json",) if self.where.suffix == ".zarr" else (MANIFEST, JSON_MANIFEST):
+            try:
+                with self.where.open(f"{self.where.path}/{name}") as f:
+                    return hashlib.sha256(f.read()).hexdigest()
+            except OSError:  # FileNotFoundError among them: the store is gone, or was never whole
+                continue
+        return None
+
+    def check(self) -> None:
+        if self._generation() != self.token:
+            raise AepipeError(f"{self.where.spec}: replaced by another aepipe run (--overwrite) while this one "
+                              "read it; run again to read the new store", exit_code=1)
+
+    def read(self, fn, start: int, stop: int):
+        """fn(start, stop), checked after: a read that failed because the store was swapped away
+        mid-read says so instead of naming a missing chunk."""
+        try:
+            rows = fn(start, stop)
+        except Exception:
+            self.check()
+            raise
+        self.check()
+        return rows
+
+
 class ZarrCodesSource(Source):
     """A Zarr codes store read back as a source of (ids, codes)."""
 
-    def __init__(self, path: str, attrs: dict):  # a local path or a URI: zarr opens both
-        self.spec, self.path, self.attrs = str(path), str(path), attrs
+    def __init__(self, path: str, attrs: dict, guard: StoreGuard):  # a local path or a URI: zarr opens both
+        self.spec, self.path, self.attrs, self.guard = str(path), str(path), attrs, guard
         g = open_zarr(self.path)
         self.n_rows, d = g["codes"].shape
         self.schema = Schema(("codes",), (d,), tabular=False)
         self.chunk_rows = g["codes"].chunks[0]
 
     def _read(self, start, stop):
+        return self.guard.read(self._rows, start, stop)
+
+    def _rows(self, start, stop):
         g = open_zarr(self.path)
         return read_rows(g, "ids", start, stop, self.spec), read_rows(g, "codes", start, stop, self.spec)
 
     def ranges(self, rows_per_task=None):
         return super().ranges(task_rows(self.chunk_rows, 4 * self.schema.size, self.n_rows))
+
+
+class ParquetCodesSource(ParquetSource):
+    """A Parquet codes store read back as a source of (ids, codes)."""
+
+    def __init__(self, where: Location, guard: StoreGuard):
+        super().__init__(where, id_column="id", columns=("code",))
+        self.guard = guard
+
+    def _read(self, start, stop):
+        return self.guard.read(super()._read, start, stop)
 
 
 def read_metadata(path: str | Path) -> tuple[str, dict]:
@@ -238,16 +294,22 @@ def read_metadata(path: str | Path) -> tuple[str, dict]:
     return kind, attrs
 
 
-def open_codes(path: str | Path, known: tuple[str, dict] | None = None) -> tuple[Source, dict]:
+def open_codes(path: str | Path, known: tuple[str, dict] | None = None,
+               guard: StoreGuard | None = None) -> tuple[Source, dict]:
     """A codes store as a Source of (ids, codes as stored), plus its provenance (`known`: what
-    read_metadata(path) already returned, not read twice)."""
-    kind, attrs = known or read_metadata(path)
-    if "code_dim" not in attrs:
-        raise AepipeError(f"{path}: holds decoded data, not codes")
-    if kind == "zarr":
-        return ZarrCodesSource(str(path), attrs), attrs
-
-    return ParquetSource(locate(str(path)), id_column="id", columns=("code",)), attrs
+    read_metadata(path) already returned, not read twice; `guard`: taken before that read)."""
+    guard = guard or StoreGuard(locate(str(path)))  # first: what is read next belongs to this write
+    try:
+        kind, attrs = known or read_metadata(path)
+        if "code_dim" not in attrs:
+            raise AepipeError(f"{path}: holds decoded data, not codes")
+        src = (ZarrCodesSource(str(path), attrs, guard) if kind == "zarr"
+               else ParquetCodesSource(locate(str(path)), guard))
+    except Exception:
+        guard.check()  # a store swapped away mid-open says so, rather than looking damaged
+        raise
+    guard.check()  # the metadata and the source's shape came from one write
+    return src, attrs
 
 
 def compression(size: int, attrs: dict) -> list[tuple[str, str]]:

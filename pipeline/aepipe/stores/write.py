@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aepipe import remote
-from aepipe.errors import AepipeError
+from aepipe.errors import FULL, AepipeError, disk_error
 from aepipe.sources import bad_rows, skipped_rows
 from aepipe.stores import JSON_MANIFEST, MANIFEST, manifest_table, open_zarr
 
@@ -121,6 +121,7 @@ class _Staged:
         self.done: set[int] = set()  # finished units, skipped by every write
         self.prepared = False
         self.skipped: list[dict] = []  # bad rows left out, known once the write completes
+        self.kept: Path | None = None  # OUT.partial, kept for --resume after a full disk
 
     def prepare(self, resume: bool = False) -> list[tuple[int, int]]:
         self.prepared = True
@@ -172,11 +173,15 @@ class _Staged:
         if self.remote:
             return  # the completion marker, just written, is the commit
         (self.tmp / RESUME).unlink(missing_ok=True)
-        if self.final.is_dir():
-            shutil.rmtree(self.final)
-        elif self.final.exists():
-            self.final.unlink()
+        # --overwrite: the old store is renamed aside before the new one takes its name and removed
+        # after, so OUT is at every moment the whole old store, nothing, or the whole new one, never
+        # an old store half removed (a reader's check, stores.read.StoreGuard, relies on this)
+        old = self.final.with_name(self.final.name + ".replaced")
+        _remove(old)  # left by a run killed between the two renames
+        if self.final.is_dir() or self.final.exists() or self.final.is_symlink():
+            self.final.rename(old)
         self.tmp.rename(self.final)
+        _remove(old)
         self.unlock()
 
     def lock(self) -> None:
@@ -196,8 +201,19 @@ class _Staged:
             raise AepipeError(f"every row was bad and skipped (the first, {first['id']}: {first['reason']})")
 
     def on_write_failed(self, error: Exception) -> None:
-        self._clear()
+        if self.keeps(error):
+            self.kept = self.tmp
+            for half in self.tmp.rglob("*.tmp"):  # a part cut short by the full disk (see _put_file)
+                half.unlink()
+        else:
+            self._clear()
         self.unlock()
+
+    def keeps(self, error: Exception) -> bool:
+        """A full disk: a resumable job (encode) keeps its finished units for --resume, since what
+        it lacks is space, not a fix; any other failure removes the partial."""
+        return (not self.remote and bool(self.settings) and disk_error(error, FULL) is not None
+                and (self.tmp / RESUME).is_file())
 
     # ---- URI outputs (s3://, gs://): an object store has no rename, so the store is written in
     # place under OUT. What was there goes first (its marker with it); the completion marker (Zarr's
@@ -222,6 +238,13 @@ class _Staged:
             dest = self.tmp / name
             write(str(dest) + ".tmp", None)
             Path(str(dest) + ".tmp").replace(dest)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def dimension_names(name: str, shape: tuple) -> tuple[str, ...]:
