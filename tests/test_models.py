@@ -25,7 +25,7 @@ def small(family, **kw):
 def test_builds_from_its_name_and_reloads_to_the_same_outputs(family, tmp_path):
     cls = REGISTRY[family]
     model = build_model(small(family)).eval()
-    assert isinstance(model, cls)  # --init pca: the family with PCAFloor mixed in
+    assert isinstance(model, cls)  # --init pca: the family itself, the PCA floor inside it
     x = torch.rand(5, 8, 8)
     z = model.encode(x)
     assert z.shape == (5, 4) and model.decode(z).shape == (5, 8, 8)

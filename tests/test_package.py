@@ -42,6 +42,8 @@ LAYERS = {
                "aepipe.runtime"},
     "parts": {"aepipe.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.write", "aepipe.stores.raydata",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
+              "aepipe.models.base", "aepipe.models.dense", "aepipe.models.vae", "aepipe.models.conv",
+              "aepipe.models.recurrent", "aepipe.models.compress",
               "aepipe.run", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
               "aepipe.sources.parquet", "aepipe.evaluate"},

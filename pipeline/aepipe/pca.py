@@ -2,7 +2,7 @@
 pass, and its reconstruction loss on the validation rows (the baseline every run reports).
 
 PCA is the best linear autoencoder for mean squared error: a model that starts from it
-(--init pca, see models.PCAFloor) and keeps its best validation weights never ends worse.
+(--init pca, see models.base.Autoencoder) and keeps its best validation weights never ends worse.
 This module knows torch only; `reduce` sums a tensor over Ray Train workers (identity on one).
 """
 

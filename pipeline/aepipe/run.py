@@ -26,16 +26,17 @@ from aepipe.sources import Schema
 if TYPE_CHECKING:  # annotations only
     import torch
 
-    from aepipe.models import ModelConfig
+    from aepipe.models.base import ModelConfig
 
 # torch and aepipe.models are imported where used: `aepipe info RUN_DIR` reads JSON only, in well under 1 s
+# (from aepipe.models.base, what a run dir needs: importing it registers every family all the same)
 
 META = "aepipe.json"
 WEIGHTS = "model.pt"
 
 
 def model_config_from_json(d: dict) -> ModelConfig:
-    from aepipe.models import ModelConfig
+    from aepipe.models.base import ModelConfig
 
     d = dict(d)
     d["input_shape"] = tuple(d["input_shape"])
@@ -74,8 +75,8 @@ class Run:
         return self.meta["model_fingerprint"]
 
     def __getstate__(self) -> dict:
-        # pickled as aepipe.json's dict and the weights, rebuilt on load: a model's class may be
-        # made at run time (the PCA floor), which pickle cannot name
+        # pickled as aepipe.json's dict and the weights, rebuilt on load: a pickle never names a
+        # model's class, so it loads whatever module the class lives in
         return {"path": self.path, "meta": self.meta, "weights": self.model.state_dict()}
 
     def __setstate__(self, state: dict) -> None:
@@ -149,7 +150,7 @@ def _load_local(path: Path) -> Run:
 
 def _assemble(path, meta: dict, state: dict) -> Run:
     """A Run from aepipe.json's dict and checked weights."""
-    from aepipe.models import build_model
+    from aepipe.models.base import build_model
 
     try:
         model = build_model(model_config_from_json(meta["model"]))

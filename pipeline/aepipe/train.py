@@ -188,7 +188,7 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: dict, aft
     schedule = _schedule(mcfg, tcfg)
     _floor(inner, batches, mcfg, st)
     # the floor is a promise about reconstruction: with it, penalties shape the path, not the pick
-    monitor = "recon" if hasattr(inner, "set_pca") else "loss"
+    monitor = "recon" if inner.has_pca_floor else "loss"
     while st["step"] < len(schedule) and not (tcfg.patience and st["bad"] >= tcfg.patience):
         stage, t0 = schedule[st["step"]], time.time()
         whole = st["step"] - (len(schedule) - tcfg.epochs)  # the whole model's epoch, < 0 in layer-wise stages
@@ -227,7 +227,7 @@ def _floor(inner, batches, mcfg: ModelConfig, st: dict) -> None:
     reduce = lambda t: _all_reduce(t, inner)  # noqa: E731
     st["pca"] = fit_pca(batches("train", None), inner.n_in, mcfg.code_dim, reduce, rank)
     st["pca_val"] = pca_val_loss(st["pca"], batches("val", None), mcfg.loss, reduce)
-    if hasattr(inner, "set_pca") and st["step"] == 0:
+    if inner.has_pca_floor and st["step"] == 0:
         inner.set_pca({k: v.to(inner.pca_mean.device) for k, v in st["pca"].items()})
         va = _epoch(inner, batches("val", None))
         st.update(best_val=va["recon"], best_recon=va["recon"], best_epoch=-1, init_val=va["recon"],
