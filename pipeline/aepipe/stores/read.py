@@ -211,8 +211,9 @@ class StoreGuard:
 class ZarrCodesSource(Source):
     """A Zarr codes store read back as a source of (ids, codes)."""
 
-    def __init__(self, path: str, attrs: dict, guard: StoreGuard):  # a local path or a URI: zarr opens both
-        self.spec, self.path, self.attrs, self.guard = str(path), str(path), attrs, guard
+    def __init__(self, path: str, attrs: dict, guard: StoreGuard | None = None):  # a local path or a URI
+        self.spec, self.path, self.attrs = str(path), str(path), attrs
+        self.guard = guard or StoreGuard(locate(self.path))
         g = open_zarr(self.path)
         self.n_rows, d = g["codes"].shape
         self.schema = Schema(("codes",), (d,), tabular=False)
@@ -232,9 +233,9 @@ class ZarrCodesSource(Source):
 class ParquetCodesSource(ParquetSource):
     """A Parquet codes store read back as a source of (ids, codes)."""
 
-    def __init__(self, where: Location, guard: StoreGuard):
+    def __init__(self, where: Location, guard: StoreGuard | None = None):
         super().__init__(where, id_column="id", columns=("code",))
-        self.guard = guard
+        self.guard = guard or StoreGuard(where)
 
     def _read(self, start, stop):
         return self.guard.read(super()._read, start, stop)
