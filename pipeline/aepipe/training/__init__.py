@@ -32,7 +32,7 @@ from aepipe import remote
 from aepipe.checks import run_dir_output, train_options
 from aepipe.errors import AepipeError
 from aepipe.models import ModelConfig, build_model
-from aepipe.normalize import fingerprint
+from aepipe.normalize import Normalizer, fingerprint
 from aepipe.run import META, save_run
 from aepipe.runtime import Interrupted, user_errors
 from aepipe.sources import open_source
@@ -53,7 +53,7 @@ class Fitted:
     """What either path hands the run dir: the data's statistics and normaliser, the fit's final
     state, where the time went, and how."""
     stats: dict
-    norm: object  # aepipe.normalize.Normalizer
+    norm: Normalizer
     st: FitState
     timings: dict
     path: str  # "process" or "ray train"

@@ -27,6 +27,8 @@ FETCH_BATCHES = 16
 
 def start_ray(address: str | None, tcfg: TrainConfig) -> None:
     """Ray started or joined, and refused at once if it cannot hold the workers asked for."""
+    import ray.train.torch  # noqa: F401 - here, so the metrics' "ray_start" counts importing Ray Train too
+
     init_ray(address)
     require(cpus=tcfg.workers, gpus=tcfg.workers * tcfg.gpus_per_worker,
             what=f"--workers {tcfg.workers}" + (f" --gpus-per-worker {tcfg.gpus_per_worker:g}" if tcfg.gpus_per_worker else ""))
