@@ -30,7 +30,7 @@ def main():
     from aepipe.evaluate import digits_split, format_table
     from aepipe.models import ModelConfig
     from aepipe.normalize import in_validation
-    from aepipe.train import TrainConfig, fit_local
+    from aepipe.training import TrainConfig, fit_local
 
     torch.set_num_threads(1)
     xtr, _, idtr, xte, _, _ = digits_split()
@@ -46,8 +46,8 @@ def main():
         with torch.no_grad():
             te = torch.from_numpy(xte.reshape(-1, 8, 8).astype(np.float32))
             mse = float((model.decode(model.encode(te)) - te).pow(2).mean())
-        rows.append([family, st.get("init_val", "-"), st["pca_val"], st["best_recon"],
-                     f"{st['best_epoch'] + 1}/{len(st['history'])}", mse, pca_test, f"{time.time() - t0:.0f}"])
+        rows.append([family, "-" if st.init_val is None else st.init_val, st.pca_val, st.best_recon,
+                     f"{st.best_epoch + 1}/{len(st.history)}", mse, pca_test, f"{time.time() - t0:.0f}"])
         print(rows[-1], flush=True)
     table = format_table(["family", "epoch-0 val", "PCA val", "best val", "best/run epochs", "test MSE",
                           f"PCA {args.code_dim} test MSE", "s"], rows)

@@ -185,7 +185,7 @@ def bare(data: str, model: str, out: str) -> None:
 def train_model(folder: Path, make, file_name: str) -> Path:
     """A dense 784-256-32 model fitted for one epoch on 2k-20k rows of the source's kind, in this process."""
     from aepipe.models import ModelConfig
-    from aepipe.train import TrainConfig, train
+    from aepipe.training import TrainConfig, train
 
     rows = 20_000 if make is make_parquet else 2_000
     small = make(folder / ("train-" + file_name.format(rows)), rows, seed=1)

@@ -10,7 +10,7 @@ the codes. Prints one table:
   denoise     PSNR (dB) of the code-16 model's output on test digits + Gaussian noise sigma 0.25,
               clipped to [0, 1], against the clean digits
 
-Models are fitted in this process with aepipe.train.fit_local: the same models, epoch loop,
+Models are fitted in this process with aepipe.training.fit_local: the same models, epoch loop,
 validation split, early stopping and default budget (3000 optimiser steps, cosine schedule) as
 `aepipe train`, and by default its --init pca (every family starts as PCA with its code size),
 without Ray Train's start-up per fit.
@@ -35,7 +35,7 @@ from results import record  # bench/results.py: this script's section of bench/R
 from aepipe.normalize import in_validation
 from aepipe.evaluate import digits_split, format_table, probe_accuracy, psnr
 from aepipe.models import REGISTRY, ModelConfig
-from aepipe.train import TrainConfig, fit_local
+from aepipe.training import TrainConfig, fit_local
 
 # Per-family settings for digits; everything else is ModelConfig's default.
 SETTINGS = {

@@ -133,7 +133,7 @@ def main() -> None:
     if args.plain:
         return plain(args.plain[0], int(args.plain[1]), int(args.plain[2]))
     from aepipe.evaluate import format_table
-    from aepipe.train import TrainConfig
+    from aepipe.training import TrainConfig
 
     batch = TrainConfig().batch_size
     with tempfile.TemporaryDirectory() as tmp:

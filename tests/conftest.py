@@ -16,7 +16,7 @@ import pytest
 
 from aepipe.cli import main
 from aepipe.models import ModelConfig
-from aepipe.train import TrainConfig, train
+from aepipe.training import TrainConfig, train
 
 AEPIPE = str(Path(sys.executable).with_name("aepipe"))
 # Fixtures that start a Ray (or a server): a test that uses one is end-to-end, and `make check`

@@ -8,7 +8,7 @@ import zarr
 
 from aepipe.bitstream import LatentCoder
 from aepipe.models import ModelConfig, build_model
-from aepipe.train import TrainConfig, fit_local
+from aepipe.training import TrainConfig, fit_local
 from tests.conftest import run_aepipe
 
 

@@ -25,7 +25,7 @@ from aepipe.evaluate import digits_split, fixed_split, probe_scores, psnr
 from aepipe.models import ModelConfig
 from aepipe.scores import row_errors
 from aepipe.run import load_run
-from aepipe.train import TrainConfig, train
+from aepipe.training import TrainConfig, train
 from tests.conftest import run_aepipe
 from tests.test_cli import fails_cleanly
 

@@ -7,7 +7,7 @@ import zarr
 
 from aepipe.batch.encode import encode
 from aepipe.models import ModelConfig
-from aepipe.train import TrainConfig, train
+from aepipe.training import TrainConfig, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -17,7 +17,7 @@ what the input claims fails its case with a MemoryError instead of taking the ma
                     refused by its shape)
     options         --chunk-rows 10^12, --epochs 10^9, --code-dim 10^6, --hidden 10^9, a model
                     of 10^10 parameters: refused before any work; --batch-size 10^9 and
-                    --steps 10^12 are bounded (by the rows there are, by train.MAX_EPOCHS)
+                    --steps 10^12 are bounded (by the rows there are, by training.config.MAX_EPOCHS)
 """
 
 import json
@@ -252,7 +252,7 @@ def test_bomb_refused_in_bounded_memory(case, world, tmp_path):
 
 
 # id, setup, arguments, what stdout says: sizes that are bounded rather than refused (a batch is
-# never more rows than there are, a step budget never more than train.MAX_EPOCHS epochs), and
+# never more rows than there are, a step budget never more than training.config.MAX_EPOCHS epochs), and
 # near-bombs that are valid data, read right
 BOUNDED = [
     ("image-bomb-skipped", image_folder("bomb.png", good=1),

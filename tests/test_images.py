@@ -16,7 +16,7 @@ from aepipe.batch.encode import encode
 from aepipe.normalize import Normalizer, combine_stats
 from aepipe.sources import bad_rows, open_source, skipped_rows, to_dataset
 from aepipe.stores.read import read_metadata
-from aepipe.train import _datasets, _skipped, _stats
+from aepipe.training.data import batch_stats, datasets, skipped
 from tests.conftest import run_aepipe
 from tests.test_cli import fails_cleanly
 
@@ -95,11 +95,11 @@ def test_train_encode_decode_an_image_folder(ray_local, folder, tmp_path):
 
     # Ray Train's data path skips it too: the statistics pass and the materialised splits
     src = open_source(str(folder), image_size=(8, 8), on_bad_row="skip")
-    parts = to_dataset(src, rows_per_task=4).map_batches(_stats, batch_size=None).take_all()
-    stats = {**combine_stats(parts), "skipped": _skipped(parts)}
+    parts = to_dataset(src, rows_per_task=4).map_batches(batch_stats, batch_size=None).take_all()
+    stats = {**combine_stats(parts), "skipped": skipped(parts)}
     assert stats["count"] == len(GOOD) and [s["id"] for s in stats["skipped"]] == [BAD]
     for stream in (False, True):  # materialised, and streamed (reread every epoch)
-        splits = _datasets(src, Normalizer.fit("global", stats), 0.3, {"train": stream, "val": stream})
+        splits = datasets(src, Normalizer.fit("global", stats), 0.3, {"train": stream, "val": stream})
         assert splits["train"].count() + splits["val"].count() == len(GOOD)
 
     # the corrupt file stops encoding by default: one line naming it, exit 2, nothing left behind

@@ -37,14 +37,16 @@ LAYERS = {
     # a job that runs others (append runs encode; demo, train/encode/decode; tune, train) is handed them
     # by the command line, so no job module imports another
     "jobs": {"aepipe.batch.encode", "aepipe.batch.decode", "aepipe.batch.reconstruct", "aepipe.batch.append",
-             "aepipe.train", "aepipe.report", "aepipe.submit", "aepipe.demo", "aepipe.tune", "aepipe.export"},
+             "aepipe.training", "aepipe.report", "aepipe.submit", "aepipe.demo", "aepipe.tune", "aepipe.export"},
+    # what the jobs stand on; the train job (aepipe.training) on its own loop, drivers and run dir
     "engine": {"aepipe.batch", "aepipe.batch.engine", "aepipe.batch.actors", "aepipe.batch.rows",
-               "aepipe.runtime"},
+               "aepipe.runtime", "aepipe.training.config", "aepipe.training.state", "aepipe.training.loop",
+               "aepipe.training.data", "aepipe.training.local", "aepipe.training.on_ray", "aepipe.training.rundir"},
     "parts": {"aepipe.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.write", "aepipe.stores.raydata",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.models.base", "aepipe.models.dense", "aepipe.models.vae", "aepipe.models.conv",
               "aepipe.models.recurrent", "aepipe.models.compress",
-              "aepipe.run", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
+              "aepipe.run", "aepipe.statefile", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
               "aepipe.sources.parquet", "aepipe.evaluate"},
     "base": {"aepipe.errors", "aepipe.version"},
@@ -117,7 +119,7 @@ def test_imports_go_down_the_layers_and_never_round():
     assert set(graph) == set(MODULES) | {"aepipe"}
     assert layer_problems(graph) == []
     assert cycles(graph) == []
-    assert {d for d in graph["aepipe.train"] if RANK.get(d) == RANK["aepipe.batch.encode"]} == set()  # no batch job
+    assert {d for d in graph["aepipe.training"] if RANK.get(d) == RANK["aepipe.batch.encode"]} == set()  # no batch job
 
 
 def longest_chain(graph) -> list[str]:

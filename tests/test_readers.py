@@ -18,7 +18,7 @@ import zarr
 from aepipe.batch.encode import encode
 from aepipe.models import ModelConfig
 from aepipe.stores.read import load_codes
-from aepipe.train import TrainConfig, train
+from aepipe.training import TrainConfig, train
 
 KINDS = [("float32", True), ("float16", False), ("int8", True)]
 

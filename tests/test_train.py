@@ -4,16 +4,22 @@ determinism and resume across them. Naming the session's Ray (address=) sends a 
 import contextlib
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from aepipe import AepipeError
+from aepipe import AepipeError, load_codes
+from aepipe.batch.encode import encode
 from aepipe.sources import open_source
 from aepipe.models import ModelConfig
 from aepipe.run import load_run
-from aepipe.train import TrainConfig, fit_path, train
+from aepipe.training import TrainConfig, fit_path, train
+from aepipe.training.rundir import latest_checkpoint, point_at, point_at_newest
 
 PATH_LINES = {"process": "fitting in this process (1 worker, data in memory)", "ray train": "fitting with Ray Train ("}
 
@@ -109,7 +115,7 @@ def test_fit_path_rules(monkeypatch):
     assert fit_path(src, TrainConfig(ray_train=True)) == "--ray-train"
     with pytest.raises(AepipeError, match="--in-process fits with one CPU worker"):
         fit_path(src, TrainConfig(workers=2, ray_train=False))
-    monkeypatch.setattr("aepipe.train.MEMORY_SHARE", 0.0)
+    monkeypatch.setattr("aepipe.training.data.MEMORY_SHARE", 0.0)
     assert "past memory" in fit_path(src, TrainConfig())
     assert fit_path(src, TrainConfig(ray_train=False)) == ""  # --in-process: the user's call
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
@@ -129,3 +135,43 @@ def test_cli_fits_in_process_without_importing_ray(tmp_path):
     ckpt = tmp_path / "r" / "checkpoints" / "process" / "checkpoint_latest"
     assert [f.name for f in ckpt.iterdir()] == ["state.pt"]  # written whole: no .tmp left beside it
 
+
+
+# `aepipe train builtin:digits --code-dim 2 --hidden 8 --epochs 2 --in-process`, run by the code
+# before the fit state was a dataclass and checkpoints/latest.txt named the latest checkpoint
+RUN_BEFORE_29 = Path(__file__).parent / "fixtures" / "run_before_29"
+
+
+def test_a_run_dir_from_before_the_latest_pointer_encodes_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(RUN_BEFORE_29, run)
+    old = json.loads((run / "aepipe.json").read_text())
+    assert not (run / "checkpoints" / "latest.txt").exists()
+    encode("builtin:digits", str(run), tmp_path / "codes.zarr", engine="local")
+    ids, codes = load_codes(tmp_path / "codes.zarr")
+    assert codes.shape == (1797, 2) and np.isfinite(codes).all()
+    meta = train("builtin:digits", run, ModelConfig(code_dim=2, hidden=(8,)), TrainConfig(epochs=3, ray_train=False),
+                 resume=True)
+    hist = meta["metrics"]["history"]
+    assert len(hist) == 3 and hist[:2] == old["metrics"]["history"]  # epochs 1-2 from its checkpoint
+    assert meta["metrics"]["pca"] == old["metrics"]["pca"]  # the floor it fitted, not fitted again
+    assert (run / "checkpoints" / "latest.txt").read_text().strip() == "process/checkpoint_latest"
+    assert load_run(run).code_dim == 2
+
+
+def test_latest_txt_names_the_checkpoint_to_resume_whatever_the_file_times(tmp_path):
+    storage = tmp_path / "checkpoints"
+    here, ray = storage / "process" / "checkpoint_latest", storage / "train-1" / "checkpoint_000001"
+    for d in (here, ray):
+        d.mkdir(parents=True)
+        (d / "state.pt").write_bytes(b"")
+    os.utime(ray / "state.pt", (1, 1))
+    assert latest_checkpoint(storage) == str(here)  # no latest.txt (a run dir from before it): the newest file
+    point_at(storage, ray)
+    assert latest_checkpoint(storage) == str(ray)
+    (storage / "latest.txt").write_text("../../elsewhere")
+    assert latest_checkpoint(storage) == str(here)  # a name outside checkpoints/ is ignored
+    (ray.parent / "checkpoint_000002").mkdir()
+    (ray.parent / "checkpoint_000002" / "state.pt").write_bytes(b"")
+    point_at_newest(storage, ray.parent)  # what the Ray Train driver does while it waits
+    assert latest_checkpoint(storage) == str(ray.parent / "checkpoint_000002")

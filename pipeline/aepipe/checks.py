@@ -195,7 +195,7 @@ def _uri_output(out, overwrite: bool, suffixes: tuple[str, ...], inputs: tuple):
 
 def run_dir_output(out: str | Path, data: str, resume: bool) -> Path:
     """train --out: a run dir, never the data folder nor inside it."""
-    if remote.is_uri(out):  # train writes a local run dir and uploads it (train.train)
+    if remote.is_uri(out):  # train writes a local run dir and uploads it (aepipe.training.train)
         if remote.is_uri(data) and _uri_overlaps(str(out), str(data)):
             raise AepipeError(f"--out {out} overlaps the training data {data}; choose a run dir outside it")
         remote.check_writable(out)

@@ -26,7 +26,7 @@ from aepipe.runtime import exit_now, leave, quiet_native_logs
 from aepipe.stores.read import describe_store, verify_store
 from aepipe.submit import submit as submit_fn
 
-# The jobs (aepipe.train, aepipe.batch.*, aepipe.report, aepipe.tune) and aepipe.models are imported
+# The jobs (aepipe.training, aepipe.batch.*, aepipe.report, aepipe.tune) and aepipe.models are imported
 # inside the commands that run them: they bring torch (1-1.5 s), which `--help`, `info` and every
 # refused option need not wait for.
 
@@ -219,7 +219,7 @@ def train(
     """Fit an autoencoder (in this process, or with Ray Train) and write a self-describing run dir."""
     given = {k: v for k, v in locals().items() if v is not None}  # flags given here beat --config
     from aepipe.models import ModelConfig
-    from aepipe.train import TrainConfig, train as train_fn
+    from aepipe.training import TrainConfig, train as train_fn
 
     def build():
         opts = {**_config_file(config), **given}
@@ -276,7 +276,7 @@ def tune(
     validation reconstruction loss over PCA's with the same code size and loss ("vs PCA" < 1: better
     than PCA); prints the table of trials and writes the best as a run dir that encode/decode take."""
     from aepipe.models import ModelConfig
-    from aepipe.train import TrainConfig, train as train_fn
+    from aepipe.training import TrainConfig, train as train_fn
     from aepipe.tune import tune as tune_fn
 
     def setup():
@@ -439,7 +439,7 @@ def demo(
     from aepipe.batch.decode import decode as decode_fn
     from aepipe.batch.encode import encode as encode_fn
     from aepipe.models import ModelConfig
-    from aepipe.train import TrainConfig, train as train_fn
+    from aepipe.training import TrainConfig, train as train_fn
 
     def fit(data, run_dir):
         train_fn(data, run_dir, ModelConfig(family="dense", code_dim=code_dim), TrainConfig(epochs=epochs),

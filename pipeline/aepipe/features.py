@@ -83,7 +83,7 @@ class AutoencoderFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _train(self, X: np.ndarray):
         """aepipe train on X, in a run dir that lives only as long as the fit."""
         from aepipe.models import ModelConfig
-        from aepipe.train import TrainConfig, train
+        from aepipe.training import TrainConfig, train
 
         mcfg = ModelConfig(family=self.family, code_dim=self.code_dim,
                            **({"hidden": tuple(self.hidden)} if self.hidden is not None else {}))

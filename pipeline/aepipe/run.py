@@ -4,7 +4,8 @@
     runs/NAME/aepipe.json      family, hyper-parameters, input schema, normalisation, code range,
                                metrics per epoch, data fingerprint, aepipe version
     runs/NAME/loss_curve.png   train and validation loss per epoch
-    runs/NAME/checkpoints/     Ray Train checkpoints, one per epoch (the last two kept), for --resume
+    runs/NAME/checkpoints/     the fit's checkpoints and latest.txt naming the latest, for --resume
+                               (see aepipe.training.rundir)
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from aepipe import remote
 from aepipe.errors import AepipeError
 from aepipe.normalize import Normalizer
 from aepipe.sources import Schema
+from aepipe.statefile import load_state
 
 if TYPE_CHECKING:  # annotations only
     import torch
@@ -85,21 +86,6 @@ class Run:
     def code_range(self) -> tuple[np.ndarray, np.ndarray]:
         r = self.meta["code_range"]
         return np.asarray(r["lo"], np.float32), np.asarray(r["hi"], np.float32)
-
-
-def load_state(path: str | Path) -> dict:
-    """A checkpoint or weights file, read as tensors, numbers and plain containers only: a pickle
-    that would build any other object (and so could run code) is refused, never executed."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "unsupported object"
-        raise AepipeError(f"{path}: holds more than tensors and plain values, refusing to load it "
-                          f"(a file from elsewhere must not run code: {reason})") from None
-    except Exception as e:
-        raise AepipeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 
 def save_run(path: Path, meta: dict, state: dict) -> dict:

@@ -30,7 +30,7 @@ def _trial(config: dict, *, train, data, root, mcfg, tcfg, id_column, read):
 
     def on_epoch(row, st):
         recon = row["val_parts"].get("recon", row["val_loss"])
-        tune.report({"vs_pca": recon / st["pca_val"], "val_recon": recon, "pca_val": st["pca_val"]})
+        tune.report({"vs_pca": recon / st.pca_val, "val_recon": recon, "pca_val": st.pca_val})
 
     meta = train(data, out, m, dataclasses.replace(tcfg, ray_train=False), id_column, read=read, on_epoch=on_epoch)
     tune.report({"vs_pca": meta["metrics"]["val_recon"] / meta["metrics"]["pca"]["val_loss"],
@@ -43,7 +43,7 @@ def tune(data: str, out: str | Path, mcfg: ModelConfig, tcfg, space: dict, trial
     """Search `space` ({"code_dim": [...], "depth": [...], "width": [...], "loss": [...]}) with
     `trials` samples; returns (rows of the trial table, the best run dir's aepipe.json dict).
 
-    `train` is aepipe.train.train with `tcfg` its TrainConfig, handed in by the command line (a job
+    `train` is aepipe.training.train with `tcfg` its TrainConfig, handed in by the command line (a job
     module imports no other); every trial calls it in its own Ray worker."""
     import ray
     from ray import tune as rt

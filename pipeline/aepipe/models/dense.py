@@ -33,7 +33,7 @@ class Dense(Autoencoder):
 @register("stacked")
 class Stacked(Autoencoder):
     """A deep symmetric MLP. tied: decoder layer i is the transpose of encoder layer i.
-    layerwise: train.py first fits each (encoder layer, decoder layer) pair on the previous
+    layerwise: training first fits each (encoder layer, decoder layer) pair on the previous
     layer's codes via forward(x, stage=i), then fine-tunes the whole stack with stage=None."""
 
     options = ("tied", "layerwise", "pretrain_epochs")

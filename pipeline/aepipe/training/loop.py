@@ -1,0 +1,213 @@
+"""The fit: one epoch loop (`fit`) that the in-process driver and Ray Train's workers share, with
+the learning-rate schedule, validation, early stopping and the best weights; the PCA floor before
+it (`floor`) and the code statistics after it (`finish`). Nothing here knows where it runs: DDP's
+reductions are no-ops on one worker, and batches(split, seed) comes from the driver."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from aepipe.errors import AepipeError
+from aepipe.models import ModelConfig, build_model
+from aepipe.pca import fit_pca, val_loss as pca_val_loss
+from aepipe.scores import training_quantiles
+from aepipe.training.config import TrainConfig, budget, set_lr
+from aepipe.training.state import FitState
+
+# Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
+# memory (FitState.best_state), a checkpoint is written when this much time passed since the last,
+# and at the end. Read where the fit runs (a Ray Train worker's environment): tests that kill a
+# worker set it low.
+CHECKPOINT_EVERY_S = float(os.environ.get("AEPIPE_CHECKPOINT_EVERY_S", 30))
+
+
+def schedule(mcfg: ModelConfig, tcfg: TrainConfig) -> list:
+    """Epochs in order: layer-wise stages first (stacked --layerwise), then the whole model (None)."""
+    n_stages = len(mcfg.widths()) + 1 if mcfg.family == "stacked" and mcfg.layerwise else 0
+    return [s for s in range(n_stages) for _ in range(mcfg.pretrain_epochs)] + [None] * tcfg.epochs
+
+
+def start(mcfg: ModelConfig, tcfg: TrainConfig, saved: dict | None, prepare=lambda m: m):
+    """Model, optimiser and fit state: fresh for the seed, or continued from a checkpoint's dict."""
+    torch.manual_seed(tcfg.seed)
+    model = prepare(build_model(mcfg))
+    inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
+    opt = torch.optim.AdamW(inner.param_groups(tcfg.lr), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    st = FitState()
+    if saved:
+        inner.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        st = FitState.from_dict(saved["st"])
+    st.timings = {"epochs": 0.0, "checkpoints": 0.0}  # this call's, not an earlier fit's
+    return model, inner, opt, st
+
+
+def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: FitState, after_epoch=None) -> FitState:
+    """The epoch loop: the schedule, validation, early stopping, the best weights kept and restored
+    at the end. batches(split, seed) yields x tensors of "train" (shuffled by seed) or "val";
+    after_epoch(row, st) reports and checkpoints."""
+    inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
+    epochs = schedule(mcfg, tcfg)
+    floor(inner, batches, mcfg, st)
+    # the floor is a promise about reconstruction: with it, penalties shape the path, not the pick
+    monitor = "recon" if inner.has_pca_floor else "loss"
+    while st.step < len(epochs) and not (tcfg.patience and st.bad >= tcfg.patience):
+        stage, t0 = epochs[st.step], time.time()
+        whole = st.step - (len(epochs) - tcfg.epochs)  # the whole model's epoch, < 0 in layer-wise stages
+        set_lr(opt, tcfg, max(whole, 0))
+        tr = epoch(model, batches("train", tcfg.seed * 100003 + st.step), opt, stage)
+        va = epoch(model, batches("val", None), None, stage)
+        row = {"epoch": st.step, "stage": stage, "train_loss": tr["loss"], "val_loss": va["loss"],
+               "val_parts": {k: v for k, v in va.items() if k != "loss"}, "seconds": time.time() - t0}
+        st.history.append(row)
+        st.step += 1
+        if stage is None:  # early stopping and best weights only count on the whole model
+            if va[monitor] < st.best_val:
+                st.keep_best(va[monitor], va.get("recon"), row["epoch"], inner)
+            else:
+                st.bad += 1
+        if not math.isfinite(tr["loss"]):
+            raise AepipeError(f"training loss became {tr['loss']} at epoch {row['epoch'] + 1}; "
+                              "try a lower --lr or --normalize standard")
+        if after_epoch:
+            after_epoch(row, st)
+    if st.best_state is None:
+        # train() refuses --epochs 0, so only a validation loss that was never finite lands here
+        raise AepipeError("the validation loss was never finite; try a lower --lr or --normalize standard")
+    inner.load_state_dict(st.best_state)
+    return st
+
+
+def epoch(model, batches, opt=None, stage=None) -> dict:
+    """One pass over `batches` (x tensors); returns the loss parts averaged over all workers."""
+    sums, n = {}, 0
+    model.train(opt is not None)
+    for x in batches:
+        with torch.set_grad_enabled(opt is not None):
+            out = model(x) if stage is None else model(x, stage=stage)
+        if opt is not None:
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        for k, v in {"loss": out["loss"], **out["loss_parts"]}.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
+        n += len(x)
+    keys = sorted(sums)
+    t = all_reduce(torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64), model)
+    return {k: float(v / max(t[-1], 1)) for k, v in zip(keys, t[:-1])}
+
+
+def all_reduce(t: torch.Tensor, model, op=None) -> torch.Tensor:
+    """Sum (or op) over workers; a no-op on one. NCCL only reduces tensors on the GPU."""
+    if not torch.distributed.is_initialized():
+        return t
+    t = t.to(next(model.parameters()).device)
+    torch.distributed.all_reduce(t, op=op or torch.distributed.ReduceOp.SUM)
+    return t.cpu()
+
+
+def floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
+    """Before the first epoch: PCA with the code size on the training rows (kept in st, so the run
+    dir gets pca.npz), its loss on the validation rows, and, under --init pca, the model set to it
+    and scored as epoch 0, its weights the best so far. A resumed fit has all of these already."""
+    if st.pca is not None or not inner.pca_floor:  # resumed, or a family PCA means nothing to (compress)
+        return
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    reduce = lambda t: all_reduce(t, inner)  # noqa: E731
+    st.pca = fit_pca(batches("train", None), inner.n_in, mcfg.code_dim, reduce, rank)
+    st.pca_val = pca_val_loss(st.pca, batches("val", None), mcfg.loss, reduce)
+    if inner.has_pca_floor and st.step == 0:
+        inner.set_pca({k: v.to(inner.pca_mean.device) for k, v in st.pca.items()})
+        va = epoch(inner, batches("val", None))
+        st.init_val = va["recon"]
+        st.keep_best(va["recon"], va["recon"], -1, inner)
+
+
+def finish(inner, batches, st: FitState, device) -> None:
+    """After the fit, on either path, with the best weights: the codes' range (int8 quantisation's
+    scale), their moments (what `encode --append` measures drift against) and the score quantiles,
+    all over the training rows."""
+    st.code_lo, st.code_hi = code_range(inner, batches("train", None))
+    st.code_mean, st.code_std = code_moments(inner, batches("train", None))
+    st.score_quantiles = training_quantiles(inner, batches("train", None))
+    st.device = str(device)
+
+
+def code_range(model, batches):
+    """Per-dimension min/max of the codes over the training rows."""
+    lo, hi = None, None
+    model.eval()
+    with torch.no_grad():
+        for x in batches:
+            z = model.encode(x)
+            lo = z.min(0).values if lo is None else torch.minimum(lo, z.min(0).values)
+            hi = z.max(0).values if hi is None else torch.maximum(hi, z.max(0).values)
+    t = all_reduce(torch.stack([-lo, hi]).cpu().double(), model, torch.distributed.ReduceOp.MAX)
+    return (-t[0]).tolist(), t[1].tolist()
+
+
+def code_moments(model, batches):
+    """Per-dimension mean and standard deviation of the codes over the training rows."""
+    n, total, squares = 0, 0.0, 0.0
+    model.eval()
+    with torch.no_grad():
+        for x in batches:
+            z = model.encode(x).double()
+            n, total, squares = n + len(z), total + z.sum(0), squares + z.pow(2).sum(0)
+    t = all_reduce(torch.cat([torch.tensor([float(n)]), torch.as_tensor(total).cpu().double().reshape(-1),
+                              torch.as_tensor(squares).cpu().double().reshape(-1)]), model)
+    n, d = t[0], (len(t) - 1) // 2
+    mean = t[1:1 + d] / n
+    std = (t[1 + d:] / n - mean.pow(2)).clamp(min=0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def after_epoch(n_epochs: int, save, say=print):
+    """fit's after_epoch on both paths: say the epoch's line, then save(row, st, due), where due
+    says a checkpoint is wanted (CHECKPOINT_EVERY_S since the last); time both for the metrics."""
+    last = [time.time()]
+
+    def report(row, st: FitState):
+        if say:
+            say(epoch_line(row, n_epochs))
+        t0 = time.time()
+        due = t0 - last[0] >= CHECKPOINT_EVERY_S
+        save(row, st, due)
+        if due:
+            last[0] = time.time()
+        st.timings["epochs"] += row["seconds"]
+        st.timings["checkpoints"] += time.time() - t0
+
+    return report
+
+
+def epoch_line(row: dict, n_epochs: int) -> str:
+    stage = "" if row["stage"] is None else f" (layer {row['stage']})"
+    return f"epoch {row['epoch'] + 1}/{n_epochs}{stage}  train {row['train_loss']:.5f}  val {row['val_loss']:.5f}"
+
+
+def array_batches(arrays: dict, batch_size: int):
+    """fit's batches(split, seed) over in-memory arrays: train shuffled by seed, val in order."""
+    data = {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+    def batches(split, seed):
+        x = data[split]
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) if seed is not None else None
+        for i in range(0, len(x), batch_size):
+            yield x[order[i:i + batch_size]] if order is not None else x[i:i + batch_size]
+
+    return batches
+
+
+def fit_local(mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_val: np.ndarray):
+    """The same fit in this process, on arrays already normalised, writing nothing: for benchmarks
+    that train a hundred small models. Returns the model (eval mode) and its FitState."""
+    tcfg = budget(tcfg, len(x_train))
+    model, _, opt, st = start(mcfg, tcfg, None)
+    st = fit(model, opt, array_batches({"train": x_train, "val": x_val}, tcfg.batch_size), mcfg, tcfg, st)
+    return model.eval(), st
