@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import typing
 from typing import Optional
 
 import typer
@@ -60,22 +61,28 @@ def ints(text: str, name: str) -> tuple[int, ...]:
         raise AepipeError(f'{name} "{text}": expected comma-separated integers, e.g. 256,64') from None
 
 
+def _shown_as(option) -> dataclasses.Field:
+    """A JobOptions field that the command line shows as this typer option."""
+    return dataclasses.field(metadata={"option": option})
+
+
 @dataclasses.dataclass(frozen=True)
 class JobOptions:
     """The job block: how a model job runs (rows per call, copies, GPUs, engine, cluster), whether
-    it may replace OUT, and how DATA is read (all None for decode, which reads a codes store)."""
+    it may replace OUT, and how DATA is read (all None for decode, which reads a codes store).
+    The command line shows the fields in this order, after each command's own options."""
 
-    batch_size: int
-    concurrency: Optional[int]
-    gpus: float
-    overwrite: bool
-    columns: Optional[str]
-    mode: Optional[str]
-    image_size: Optional[str]
-    on_bad_row: Optional[str]
-    fill_missing: Optional[str]
-    engine: str
-    address: Optional[str]
+    batch_size: int = _shown_as(BATCH_SIZE)
+    concurrency: Optional[int] = _shown_as(CONCURRENCY)
+    gpus: float = _shown_as(GPUS)
+    overwrite: bool = _shown_as(OVERWRITE)
+    columns: Optional[str] = _shown_as(COLUMNS)
+    mode: Optional[str] = _shown_as(MODE)
+    image_size: Optional[str] = _shown_as(IMAGE_SIZE)
+    on_bad_row: Optional[str] = _shown_as(ON_BAD_ROW)
+    fill_missing: Optional[str] = _shown_as(FILL_MISSING)
+    engine: str = _shown_as(ENGINE)
+    address: Optional[str] = _shown_as(ADDRESS)
 
     def kwargs(self) -> dict:
         """The keywords every model job of aepipe.batch takes for these options."""
@@ -87,15 +94,9 @@ class JobOptions:
         return read_options(**{name: getattr(self, name) for name in READ_OPTIONS})
 
 
-# JobOptions' fields as the command line shows them, in this order after each command's own options
-_JOB_PARAMETERS = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-              for name, kind, option in [
-                  ("batch_size", int, BATCH_SIZE), ("concurrency", Optional[int], CONCURRENCY), ("gpus", float, GPUS),
-                  ("overwrite", bool, OVERWRITE), ("columns", Optional[str], COLUMNS), ("mode", Optional[str], MODE),
-                  ("image_size", Optional[str], IMAGE_SIZE), ("on_bad_row", Optional[str], ON_BAD_ROW),
-                  ("fill_missing", Optional[str], FILL_MISSING), ("engine", str, ENGINE),
-                  ("address", Optional[str], ADDRESS)]]
-
+_TYPES = typing.get_type_hints(JobOptions)
+_JOB_PARAMETERS = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.metadata["option"],
+                                     annotation=_TYPES[f.name]) for f in dataclasses.fields(JobOptions)]
 
 JOB_BLOCK = object()  # a command's `job: JobOptions = JOB_BLOCK`: job_options shows the block there
 
