@@ -1,13 +1,19 @@
 """The command line: bad input gives one line and exit 2 and leaves no store; help and info teach."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from aepipe.cli import app
+from aepipe.models import ModelConfig
 from aepipe.run import load_run
+from aepipe.training import TrainConfig
 from tests.conftest import run_installed, write_table
 
 runner = CliRunner()
@@ -100,3 +106,52 @@ def test_help_info_and_models_through_the_installed_command(digits_run):
         assert family in listed
     bad = run_installed("info", digits_run / "nothing", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("aepipe: error:") and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------ defaults: one source of truth
+
+def shown_defaults(command: str) -> dict[str, tuple[str, str]]:
+    """option name (as the dataclass field) -> (its flags, the default its help shows), parsed from
+    `aepipe COMMAND --help` written one option a line."""
+    result = runner.invoke(app, [command, "--help"], terminal_width=1000)
+    assert result.exit_code == 0, result.output
+    found = {}
+    for line in result.output.splitlines():
+        m = re.match(r"\s+(--[a-z-]+(?: / --[a-z-]+)?)(?: <\w+>)?\s+(.*)$", line)
+        if m:
+            default = re.search(r"\[default: ([^\]]+)\]", m.group(2))
+            name = m.group(1).split(" / ")[0].removeprefix("--").replace("-", "_")
+            found[name] = (m.group(1), default.group(1) if default else None)
+    return found
+
+
+def as_shown(flags: str, text: str, want):
+    """The default a help line shows, as the dataclass would hold it."""
+    if isinstance(want, bool):
+        return text == flags.split(" / ")[0]
+    return type(want)(text)
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "demo"])
+def test_help_shows_the_config_dataclasses_defaults(command):
+    """train takes every ModelConfig and TrainConfig field, and each help shows the field's own
+    default: the CLI restates none of them, so one changed in the dataclass changes here too."""
+    shown = shown_defaults(command)
+    fields = [f for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls) if f.name != "input_shape"]
+    if command == "train":
+        assert {f.name for f in fields} <= set(shown)
+    own = {"tune": {"code_dim", "epochs"}, "demo": {"epochs"}}.get(command, set())  # grids and budgets of their own
+    checked = [f for f in fields if f.name in shown and f.name not in own and f.default is not None]
+    assert checked
+    for f in checked:
+        flags, text = shown[f.name]
+        assert text is not None, f"{command} --{f.name}: no default shown"
+        assert as_shown(flags, text, f.default) == f.default, f"{command} {flags}: [default: {text}], {f.default!r}"
+
+
+def test_a_changed_dataclass_default_shows_in_the_help(monkeypatch):
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    monkeypatch.setattr(fields["code_dim"], "default", 17)
+    monkeypatch.setattr(fields["tied"], "default", True)
+    shown = shown_defaults("train")
+    assert shown["code_dim"][1] == "17" and shown["tied"][1] == "--tied"
