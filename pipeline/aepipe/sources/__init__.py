@@ -18,7 +18,7 @@ A row that cannot be read (a corrupt image) stops the job, naming it, or with --
 keeps its place, zeros for x and its id marked (mark_bad): rows are addressed by a global index
 fixed at open, and the sinks count every one. The mark rides in the id because every model job
 passes ids through untouched, so it reaches the sinks, which drop marked rows and list them in
-the store's metadata (pipeline/aepipe/stores/write.py); training leaves them out of statistics and fit.
+the store's metadata (pipeline/aepipe/stores/staging.py); training leaves them out of statistics and fit.
 """
 
 from __future__ import annotations
