@@ -45,7 +45,7 @@ LAYERS = {
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.run", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
-              "aepipe.sources.parquet", "aepipe.evaluate"},
+              "aepipe.sources.parquet", "aepipe.sources.csv_rows", "aepipe.sources.dataset", "aepipe.evaluate"},
     "base": {"aepipe.errors", "aepipe.version"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
