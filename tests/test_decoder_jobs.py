@@ -353,7 +353,7 @@ def test_small_asks_import_no_ray_zarr_or_pandas(tmp_path):
     (tmp_path / "t.csv").write_text("id,a,b\n1,0.5,2\n2,1.5,3\n")
     code = ("import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
             "import aepipe.cli, aepipe.batch.decode, aepipe.batch.reconstruct, aepipe.batch.encode\n"
-            "from aepipe.stores.write import arrow_array\n"
+            "from aepipe.stores.parquet_sink import arrow_array\n"
             "from aepipe.sources import open_source\n"
             f"d = {str(tmp_path)!r}\n"
             "pq.write_table(pa.table({'id': arrow_array(np.arange(2)), 'a': arrow_array(np.ones(2)),"
@@ -383,7 +383,7 @@ def test_numpy_of_equals_to_numpy(col):
                                np.ones(5, np.float16), np.array([1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1], bool),
                                np.arange(20, dtype=np.float32).reshape(4, 5)[:, 2], np.array(["a", "bc"])])
 def test_arrow_array_equals_pa_array(v):
-    from aepipe.stores.write import arrow_array
+    from aepipe.stores.parquet_sink import arrow_array
 
     got = arrow_array(v)
     assert got.equals(pa.array(v)) and got.type == pa.array(v).type

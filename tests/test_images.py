@@ -174,7 +174,7 @@ def test_png_folder_output_from_decode_and_denoise(ray_local, folder, tmp_path, 
     pixels the .npy output's values on the training images' 0..255 range; on Ray and in-process.
     A model whose rows are not images is refused before anything runs."""
     from aepipe.run import load_run
-    from aepipe.stores.write import PngSink
+    from aepipe.stores.png_sink import PngSink
 
     run = tmp_path / "run"
     run_aepipe("train", folder, "--out", run, "--hidden", "16", "--code-dim", 4, "--epochs", 1, "--image-size", 8,

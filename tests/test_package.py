@@ -44,13 +44,14 @@ LAYERS = {
     "engine": {"aepipe.batch", "aepipe.batch.engine", "aepipe.batch.actors", "aepipe.batch.rows",
                "aepipe.runtime", "aepipe.training.config", "aepipe.training.state", "aepipe.training.loop",
                "aepipe.training.data", "aepipe.training.local", "aepipe.training.on_ray", "aepipe.training.rundir"},
-    "parts": {"aepipe.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.write", "aepipe.stores.raydata",
+    "parts": {"aepipe.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.staging", "aepipe.stores.raydata",
+              "aepipe.stores.zarr_sink", "aepipe.stores.parquet_sink", "aepipe.stores.png_sink",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.models.base", "aepipe.models.dense", "aepipe.models.vae", "aepipe.models.conv",
               "aepipe.models.recurrent", "aepipe.models.compress",
               "aepipe.run", "aepipe.statefile", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
-              "aepipe.sources.parquet", "aepipe.evaluate"},
+              "aepipe.sources.parquet", "aepipe.sources.csv_rows", "aepipe.sources.dataset", "aepipe.evaluate"},
     "base": {"aepipe.errors", "aepipe.version"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}

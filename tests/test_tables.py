@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from aepipe import AepipeError
-from aepipe.sources import csv as csv_kind
+from aepipe.sources import csv_rows
 from aepipe.sources import open_source
 from tests.conftest import run_aepipe
 from tests.test_cli import fails_cleanly
@@ -50,8 +50,8 @@ def test_csv_reads_the_same_rows_whatever_the_blocks(tmp_path, monkeypatch):
 
     write_csv(tmp_path / "a.csv", n=50)
     whole = open_source(str(tmp_path / "a.csv"), fill_missing="mean").read(0, 50)
-    monkeypatch.setattr(csv_kind, "BLOCK_ROWS", 7)
-    monkeypatch.setattr(csv_kind, "READ_BYTES", 64)
+    monkeypatch.setattr(csv_rows, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(csv_rows, "READ_BYTES", 64)
     write_csv(tmp_path / "a.csv.gz", n=50)
     for name in ("a.csv", "a.csv.gz"):
         src = open_source(str(tmp_path / name))

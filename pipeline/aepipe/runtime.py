@@ -226,7 +226,7 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, kept=lambd
     call that only notices SIGINT when the job is done; here the job runs in a thread and the main
     thread waits in short, interruptible steps (calling `poll()` at each, e.g. to print progress).
     On Ctrl-C the job's work is stopped (ray_workarounds.stop_started_ray) and the `partial` outputs are removed;
-    on a failure too, except the one kept() names (kept for --resume, see stores.write)."""
+    on a failure too, except the one kept() names (kept for --resume, see stores.staging)."""
     box = {}
 
     def target():

@@ -18,7 +18,8 @@ from aepipe.run import load_run
 from aepipe.sources import Source, input_files, open_for_run
 from aepipe.stores.bitstreams import encode_sink, stored_bits
 from aepipe.stores.read import DTYPES, chunk_rows_for, id_dtype, int8_scale, task_rows
-from aepipe.stores.write import ParquetSink, ZarrSink
+from aepipe.stores.parquet_sink import ParquetSink
+from aepipe.stores.zarr_sink import ZarrSink
 
 
 MAX_CHUNK_BYTES = 2 ** 30  # --chunk-rows: input rows (float32) or codes per chunk, whichever is more

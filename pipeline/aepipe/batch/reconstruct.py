@@ -23,7 +23,8 @@ from aepipe.run import load_run
 from aepipe.scores import auto_threshold
 from aepipe.sources import open_matching
 from aepipe.stores.read import chunk_rows_for, id_dtype, task_rows
-from aepipe.stores.write import ParquetSink, ZarrSink
+from aepipe.stores.parquet_sink import ParquetSink
+from aepipe.stores.zarr_sink import ZarrSink
 
 
 def parse_threshold(text: str | None, run, contamination: float) -> float | None:

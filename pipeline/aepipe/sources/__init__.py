@@ -1,9 +1,9 @@
 """Data sources: where rows come from, one module per kind behind one contract.
 
 Every source answers three things: how many rows it has, their Schema, and `read(start, stop)`
-giving rows [start, stop) as (ids, x). `to_dataset` turns that into a Ray Dataset whose read
-tasks each own a fixed row range, so every row carries its global index (`row`) whichever
-worker reads it and whatever order blocks finish in.
+giving rows [start, stop) as (ids, x). `to_dataset` (dataset.py) turns that into a Ray Dataset
+whose read tasks each own a fixed row range, so every row carries its global index (`row`)
+whichever worker reads it and whatever order blocks finish in.
 
 A source may learn something from the training data that encoding must reuse (a table's
 categories, an image folder's size and mode): `fitted()` returns it as plain JSON, the run dir
@@ -11,14 +11,15 @@ keeps it, and `open_source(..., fitted=...)` reads new data the same way.
 
     arrays.py   in-memory arrays, .npy files, Zarr arrays and the built-in sets
     parquet.py  Parquet files and folders
-    csv.py      CSV files and folders (.csv, .csv.gz): numbers and one-hot categories
+    csv.py      CSV files and folders (.csv, .csv.gz): numbers and one-hot categories (csv_rows.py:
+                cutting their bytes at row ends)
     images.py   image folders (PNG, JPEG, GIF, TIFF, WebP)
 
 A row that cannot be read (a corrupt image) stops the job, naming it, or with --on-bad-row skip
 keeps its place, zeros for x and its id marked (mark_bad): rows are addressed by a global index
 fixed at open, and the sinks count every one. The mark rides in the id because every model job
 passes ids through untouched, so it reaches the sinks, which drop marked rows and list them in
-the store's metadata (pipeline/aepipe/stores/write.py); training leaves them out of statistics and fit.
+the store's metadata (pipeline/aepipe/stores/staging.py); training leaves them out of statistics and fit.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import numpy as np
 from pathlib import Path
 
 from aepipe.errors import AepipeError
+from aepipe.sources.dataset import ROWS_PER_TASK, read_block as read_block, to_dataset as to_dataset
 
-ROWS_PER_TASK = 4096  # big enough to amortise a Ray task, small enough to stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,38 +311,6 @@ FORMATS = ("Parquet or CSV (file or folder; also .csv.gz), .npy, a Zarr array (.
 def open_for_run(spec: str, meta: dict, id_column: str | None = None, **options) -> Source:
     """Open new data the way a run's training data was read (its id column, what it fitted)."""
     return open_source(spec, id_column or meta.get("id_column"), fitted=meta.get("reader"), **options)
-
-
-def read_block(src: Source, start: int, stop: int) -> dict:
-    """Rows [start, stop) as one block: row (global index), id and x. Ray Datasets and the
-    in-process fit both read through this, so both see the same rows and the same split."""
-    ids, x = src.read(start, stop)
-    return {"row": np.arange(start, stop, dtype=np.int64), "id": ids, "x": x}
-
-
-def to_dataset(src: Source, rows_per_task: int = ROWS_PER_TASK):
-    """A Ray Dataset with columns row (global index), id and x (float32, schema shape)."""
-    import ray.data
-    from ray.data.block import BlockAccessor, BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    def read(a, b):
-        return [BlockAccessor.batch_to_block(read_block(src, a, b))]
-
-    class RowRanges(Datasource):
-        def estimate_inmemory_data_size(self):
-            return src.n_rows * (src.schema.size * 4 + 16)
-
-        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-            return [ReadTask(lambda a=a, b=b: read(a, b),
-                             BlockMetadata(num_rows=b - a, size_bytes=(b - a) * src.schema.size * 4,
-                                           input_files=None, exec_stats=None))
-                    for a, b in ranges]
-
-    ranges = src.ranges(rows_per_task)
-    # exactly one block per range: left to itself Ray splits small reads into more blocks, and
-    # blocks that straddle Zarr chunks would send their rows through the driver
-    return ray.data.read_datasource(RowRanges(), override_num_blocks=len(ranges))
 
 
 def input_files(src: Source) -> list[tuple[str, int, int]]:

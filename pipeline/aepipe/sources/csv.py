@@ -38,14 +38,12 @@ import pyarrow.csv as pacsv
 
 from aepipe.errors import AepipeError
 from aepipe.sources import Location, Schema, Source, _short, numpy_of
+from aepipe.sources import csv_rows
 
 WHAT = "CSV"
 OPTIONS = ("columns", "fill_missing")
 SUFFIXES = (".csv", ".csv.gz")
-BLOCK_ROWS = 1024  # rows per indexed block: a task parses at most one block's worth it does not need
-READ_BYTES = 1 << 20  # bytes read at a time by the index pass
-MAX_ROW_BYTES = 1 << 25  # a longer row (one 200 MB field, an unclosed quote) is refused, not held whole
-PARSE_BYTES = 2 * MAX_ROW_BYTES  # pyarrow's parse block: every row up to MAX_ROW_BYTES fits in one (its default, 1 MiB, fails longer rows)
+PARSE_BYTES = 2 * csv_rows.MAX_ROW_BYTES  # pyarrow's parse block: every row up to MAX_ROW_BYTES fits in one (its default, 1 MiB, fails longer rows)
 MAX_CATEGORIES = 1000  # more distinct strings than this is an id or free text, not a category
 F32_MAX = float(np.finfo(np.float32).max)
 DELIMITERS = (",", ";", "\t", "|")  # the comma, else the first of the others a header holds
@@ -98,12 +96,12 @@ class CsvSource(Source):
     def _index_file(self, fi: int, learn: "_Learner", columns, fitted: dict) -> None:
         row, header = 0, False
         with self._stream(fi) as f:
-            for offset, buf in _pieces(f, self._name(fi)):
+            for offset, buf in csv_rows.pieces(f, self._name(fi)):
                 if offset == 0:  # every file's first piece starts with its header
-                    header, end = True, _header_end(buf)
+                    header, end = True, csv_rows.header_end(buf)
                     self._header(fi, buf[:end], columns, fitted)
                     offset, buf = offset + end, buf[end:]
-                for a, b in _cuts(buf):
+                for a, b in csv_rows.cuts(buf):
                     table = self._parse(fi, buf[a:b])
                     block = Block(fi, offset + a, b - a, self._rows_so_far(), row, table.num_rows)
                     learn.see(self, block, table)
@@ -211,7 +209,7 @@ class CsvSource(Source):
                 return f.read(b - a)
             skip = a
             while skip > 0:  # no seeking in gzip: decompress and drop the prefix (see the module's doc)
-                got = len(f.read(min(skip, READ_BYTES)))
+                got = len(f.read(min(skip, csv_rows.READ_BYTES)))
                 if not got:
                     raise AepipeError(f"{self._name(fi)}: shorter than when it was indexed (did it change?)")
                 skip -= got
@@ -343,53 +341,6 @@ def _ints_ok(ids) -> bool:
         return True
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
-
-
-# ---------------------------------------------------------------- finding row ends in bytes
-
-def _row_ends(buf: bytes, inside: bool) -> tuple[np.ndarray, bool]:
-    """Offsets just past each newline that ends a row (one outside quotes: an even number of '"'
-    before it, which also holds for "" escapes), and whether buf ends inside quotes."""
-    b = np.frombuffer(buf, np.uint8)
-    quotes = np.cumsum(b == ord('"')) + int(inside)
-    nl = np.flatnonzero(b == ord("\n"))
-    return nl[quotes[nl] % 2 == 0] + 1, bool(quotes[-1] % 2) if len(b) else inside
-
-
-def _pieces(f, name: str):
-    """(offset, bytes) of a stream in consecutive pieces of about READ_BYTES, each ending at a row
-    end (the last at the end of the file). A row longer than MAX_ROW_BYTES is refused, naming `name`."""
-    offset, carry, inside = 0, b"", False
-    while piece := f.read(READ_BYTES):
-        ends, inside = _row_ends(piece, inside)
-        buf = carry + piece
-        if len(ends):
-            cut = len(carry) + int(ends[-1])
-            yield offset, buf[:cut]
-            offset, carry = offset + cut, buf[cut:]
-        else:
-            carry = buf
-        if len(carry) > MAX_ROW_BYTES:
-            raise AepipeError(f"{name}: a row longer than {MAX_ROW_BYTES >> 20} MiB starts at byte {offset} "
-                              "(one enormous field, or a quote never closed); aepipe reads rows up to that size")
-    if carry:
-        yield offset, carry
-
-
-def _header_end(buf: bytes) -> int:
-    ends, _ = _row_ends(buf, False)
-    return int(ends[0]) if len(ends) else len(buf)
-
-
-def _cuts(buf: bytes) -> list[tuple[int, int]]:
-    """buf split at row ends into spans of at most BLOCK_ROWS lines."""
-    ends, _ = _row_ends(buf, False)
-    if not len(ends) or ends[-1] != len(buf):
-        ends = np.append(ends, len(buf))  # the file's last row, without a newline
-    bounds = [0] + [int(e) for e in ends[BLOCK_ROWS - 1::BLOCK_ROWS]]
-    if bounds[-1] != len(buf):
-        bounds.append(len(buf))
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def _first_line(e: Exception) -> str:

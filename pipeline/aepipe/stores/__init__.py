@@ -1,6 +1,7 @@
 """Codes stores and outputs: reading them (read: readers, quantisation, integrity, info), writing
-them all-or-nothing (write: Zarr, Parquet and PNG-folder writers), the bitstream store of compress
-models (bitstreams), and the adapter that lets Ray Data drive a writer (raydata).
+them all-or-nothing (staging, shared by the Zarr, Parquet and PNG-folder writers zarr_sink,
+parquet_sink and png_sink), the bitstream store of compress models (bitstreams), and the adapter
+that lets Ray Data drive a writer (raydata).
 
 What both readers and writers know of a store's layout lives here, so writing needs no reader."""
 

@@ -19,7 +19,8 @@ from aepipe.errors import AepipeError
 from aepipe.sources import Schema, Source, locate
 from aepipe.sources.parquet import parquet_files
 from aepipe.stores.read import open_zarr, read_metadata, read_rows
-from aepipe.stores.write import ParquetSink, ZarrSink
+from aepipe.stores.parquet_sink import ParquetSink
+from aepipe.stores.zarr_sink import ZarrSink
 
 KIND = "bitstream"
 

@@ -1,4 +1,4 @@
-"""The one module that knows Ray Data's Datasink: a store writer (aepipe.stores.write) wrapped so
+"""The one module that knows Ray Data's Datasink: a store writer (a sink of aepipe.stores.staging) wrapped so
 that Ray's write tasks and its driver-side calls reach it. The writers themselves take blocks of
 numpy arrays and a plain list of write results, as the in-process engine hands them."""
 

@@ -1,6 +1,6 @@
 """Codes stores: quantisation, chunk sizes, reading stores back, and checking them whole.
 
-Stores are written by the datasinks in pipeline/aepipe/stores/write.py; everything here reads without Ray, so
+Stores are written by the sinks (pipeline/aepipe/stores/staging.py and its *_sink.py); everything here reads without Ray, so
 `aepipe info` and the checks before a job start in a fraction of a second.
 """
 
@@ -171,7 +171,7 @@ class StoreGuard:
     """Which write of a store a reader started on, so that a store replaced under it (another
     process's encode --overwrite) is an error, never rows of two stores read as one. A store is
     read in many steps (one per row range, by path); its writer swaps a whole store for a whole
-    store (stores.write), so if the store's root metadata (Zarr's zarr.json, a Parquet store's
+    store (stores.staging), so if the store's root metadata (Zarr's zarr.json, a Parquet store's
     manifest, written anew by every commit) is unchanged after a step, the step read the store
     the reader started on."""
 
