@@ -37,6 +37,7 @@ from aepipe import remote
 from aepipe.errors import FULL, AepipeError, disk_error
 from aepipe.sources import bad_rows, skipped_rows
 from aepipe.stores import JSON_MANIFEST, MANIFEST, manifest_table, open_zarr
+from aepipe.stores.ids_index import index_zarr
 
 
 def _to_numpy(blocks) -> dict:
@@ -335,6 +336,8 @@ class ZarrSink(_Staged):
         self._note_skipped([s for r in results for s in r.get("skipped", [])])
         if self.skipped:
             g.attrs.update({"n_rows": self._drop_marked(g), "skipped": self.skipped})
+        if "ids" in self.arrays:
+            index_zarr(g)  # where the ids are out of order: decode --ids reads a few chunks
         g.attrs["complete"] = True
         self._consolidate()
         self._commit()
