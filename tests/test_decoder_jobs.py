@@ -322,10 +322,12 @@ def test_readme_python_example_runs(digits_run, digits_codes, tmp_path, monkeypa
     assert np.load(tmp_path / "first.npy").shape == (10, 8, 8)  # the decode it runs through aepipe.cli.main
 
 
-def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path):
+def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path, monkeypatch):
     """--ids in a Zarr store: sorted ids are found by bisection over chunks (each read once), an
-    unsorted ids array falls back to scanning it, and both give store positions in the asked order."""
-    from aepipe.batch.rows import _bisect_ids, find_ids
+    unsorted ids array falls back to scanning it (a store written before the ids index), and both
+    give store positions in the asked order."""
+    from aepipe.batch.rows import find_ids
+    from aepipe.stores.ids_index import bisect
     from aepipe.stores.read import ZarrCodesSource
 
     rng = np.random.default_rng(0)
@@ -337,9 +339,56 @@ def test_ids_are_bisected_across_many_chunks_and_scanned_when_unsorted(tmp_path)
         want = [int(ids[p]) for p in (9_999, 0, 5_000, 255, 256, 4_321)]
         assert list(find_ids(src, [str(i) for i in want])) == [int(np.flatnonzero(ids == i)[0]) for i in want]
         if name == "sorted":  # found by bisection alone, not by the scan behind it
-            assert _bisect_ids(src, [str(i) for i in want]) == {str(i): i // 3 for i in want}
+            assert bisect(g["ids"], [str(i) for i in want]) == {str(i): i // 3 for i in want}
         with pytest.raises(aepipe.AepipeError, match='no row with id "1"'):
             find_ids(src, ["3", "1"])
+
+
+@pytest.mark.parametrize("kind", ["int64", "str"])
+def test_unsorted_ids_are_found_through_the_index_without_a_scan(tmp_path, monkeypatch, kind):
+    """A table whose own ids are shuffled, encoded to Zarr: the store gets an ids index at commit,
+    and decode --ids finds rows through it alone (the scan is made to fail here), a missing id
+    included; the rows decoded are the asked ones. A store in order gets no index."""
+    from aepipe.batch import rows as rows_module
+    from aepipe.stores.ids_index import INDEX_GROUP
+
+    rng = np.random.default_rng(1)
+    n = 20_000
+    ids = rng.permutation(n) * 7 + 5
+    ids = ids if kind == "int64" else np.array([f"item-{i}" for i in ids])
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    pq.write_table(pa.table({"key": ids, **{f"f{j}": x[:, j] for j in range(4)}}), tmp_path / "t.parquet")
+    pq.write_table(pa.table({f"f{j}": x[:500, j] for j in range(4)}), tmp_path / "small.parquet")
+    run_aepipe("train", tmp_path / "small.parquet", "--code-dim", "2", "--hidden", "8", "--epochs", "1",
+               "--out", tmp_path / "run")
+    run_aepipe("encode", tmp_path / "t.parquet", "--id-column", "key", "--model", tmp_path / "run",
+               "--out", tmp_path / "c.zarr", "--engine", "local", "--chunk-rows", "1024")
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert INDEX_GROUP in g and np.array_equal(g[INDEX_GROUP]["ids"][:], np.sort(ids))
+    assert xr_variables(tmp_path / "c.zarr") == {"codes", "ids"}  # xarray sees no index arrays
+
+    def no_scan(*args):
+        raise AssertionError("scanned the ids: the index was not used")
+
+    monkeypatch.setattr(rows_module, "_id_blocks", no_scan)
+    asked = [ids[p] for p in (19_999, 3, 10_000)]
+    run_aepipe("decode", tmp_path / "c.zarr", "--model", tmp_path / "run", "--out", tmp_path / "picked.parquet",
+               "--ids", ",".join(map(str, asked)), "--engine", "local")
+    got = pq.read_table(tmp_path / "picked.parquet")
+    assert [str(v) for v in got.column("id").to_pylist()] == [str(v) for v in asked]
+    missing = run_aepipe("decode", tmp_path / "c.zarr", "--model", tmp_path / "run", "--out", tmp_path / "no.npy",
+                         "--ids", f"{asked[0]},nope", "--engine", "local", check=False)
+    assert missing.returncode == 2 and 'no row with id "nope"' in missing.stderr
+    run_aepipe("encode", tmp_path / "small.parquet", "--model", tmp_path / "run", "--out", tmp_path / "in_order.zarr",
+               "--engine", "local")
+    assert INDEX_GROUP not in zarr.open_group(str(tmp_path / "in_order.zarr"), mode="r")
+
+
+def xr_variables(store) -> set[str]:
+    import xarray as xr
+
+    with xr.open_zarr(store) as ds:
+        return set(ds.variables)
 
 
 def test_small_asks_import_no_ray_zarr_or_pandas(tmp_path):

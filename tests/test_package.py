@@ -45,7 +45,7 @@ LAYERS = {
                "aepipe.runtime", "aepipe.training.config", "aepipe.training.state", "aepipe.training.loop",
                "aepipe.training.data", "aepipe.training.local", "aepipe.training.on_ray", "aepipe.training.rundir"},
     "parts": {"aepipe.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.staging", "aepipe.stores.raydata",
-              "aepipe.stores.zarr_sink", "aepipe.stores.parquet_sink", "aepipe.stores.png_sink",
+              "aepipe.stores.zarr_sink", "aepipe.stores.parquet_sink", "aepipe.stores.png_sink", "aepipe.stores.ids_index",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.models.base", "aepipe.models.dense", "aepipe.models.vae", "aepipe.models.conv",
               "aepipe.models.recurrent", "aepipe.models.compress",

@@ -14,6 +14,7 @@ from aepipe.errors import AepipeError
 from aepipe.runtime import run_interruptibly, user_errors
 from aepipe.sources import Source, numpy_of
 from aepipe.sources.parquet import ParquetSource
+from aepipe.stores.ids_index import bisect, lookup_zarr
 from aepipe.stores.read import ZarrCodesSource, chunk_rows_for, id_dtype, open_zarr
 from aepipe.stores.parquet_sink import ParquetSink
 from aepipe.stores.png_sink import PngSink
@@ -61,15 +62,20 @@ def select(src: Source, rows: str | None, ids: list[str] | None) -> Source:
 
 
 def find_ids(src: Source, ids: list[str]) -> np.ndarray:
-    """Store positions of `ids` (given as text), without reading the codes: a few ids in a Zarr
-    store are looked up by bisection (ids written in order, as row indices are, need ~log2(N) reads
-    each), Parquet row groups whose id statistics cannot hold them are skipped; else the ids alone
-    are scanned."""
-    found = {}
-    if _zarr_ids(src) and len(ids) <= 64:
-        found = _bisect_ids(src, ids)
+    """Store positions of `ids` (given as text), without reading the codes: through the store's
+    ids index where it has one (ids out of order, see aepipe.stores.ids_index), else a few ids in
+    a Zarr store by bisection (ids written in order, as row indices are, need ~log2(N) reads each)
+    and Parquet row groups whose id statistics cannot hold them skipped; else the ids alone are
+    scanned."""
+    found, indexed = {}, None
+    if len(ids) <= 64:
+        indexed = _indexed(src, ids)
+    if indexed is not None:  # the index holds every id of the store: what it lacks is not there
+        found = indexed
+    elif _zarr_ids(src) and len(ids) <= 64:
+        found = bisect(open_zarr(src.path)["ids"], ids)  # trusting only exact hits: unsorted finds fewer
     rest = [i for i in ids if i not in found]
-    if rest:
+    if rest and indexed is None:
         for start, values in _id_blocks(src, rest):
             where = {v: start + k for k, v in enumerate(values.astype(str))}
             found.update({i: where[i] for i in rest if i in where and i not in found})
@@ -84,33 +90,9 @@ def _zarr_ids(src: Source) -> bool:
     return isinstance(src, ZarrCodesSource) or getattr(src, "kind", None) == "zarr"
 
 
-def _bisect_ids(src, ids: list[str]) -> dict:
-    """Bisection over the ids array, trusting only exact hits: an unsorted store just finds fewer."""
-    arr = open_zarr(src.path)["ids"]
-    step, chunks = arr.chunks[0], {}
-
-    def at(i: int):  # a read costs a whole chunk (~1.4 ms here), so each chunk is read once
-        c = i // step
-        if c not in chunks:
-            chunks[c] = arr[c * step:(c + 1) * step]
-        v = chunks[c][i - c * step]
-        return v.item() if hasattr(v, "item") else v
-
-    found = {}
-    for text in ids:
-        try:
-            want = int(text) if arr.dtype.kind in "iu" else text
-        except ValueError:
-            continue
-        lo, hi = 0, arr.shape[0]
-        while lo < hi:
-            mid = (lo + hi) // 2
-            v = at(mid)
-            if v == want:
-                found[text] = mid
-                break
-            lo, hi = (mid + 1, hi) if v < want else (lo, mid)
-    return found
+def _indexed(src: Source, ids: list[str]) -> dict | None:
+    """Positions of ids through a Zarr store's ids index; None where it has none."""
+    return lookup_zarr(open_zarr(src.path), ids) if _zarr_ids(src) else None
 
 
 def _id_blocks(src: Source, wanted: list[str]):

@@ -15,6 +15,7 @@ import numpy as np
 
 from aepipe.sources import bad_rows, skipped_rows
 from aepipe.stores import open_zarr
+from aepipe.stores.ids_index import index_zarr
 from aepipe.stores.staging import _Staged, _to_numpy
 
 DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
@@ -123,6 +124,8 @@ class ZarrSink(_Staged):
         self._note_skipped([s for r in results for s in r.get("skipped", [])])
         if self.skipped:
             g.attrs.update({"n_rows": self._drop_marked(g), "skipped": self.skipped})
+        if "ids" in self.arrays:
+            index_zarr(g)  # where the ids are out of order: decode --ids reads a few chunks
         g.attrs["complete"] = True
         self._consolidate()
         self._commit()
