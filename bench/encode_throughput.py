@@ -154,7 +154,7 @@ def bare(data: str, model: str, out: str) -> None:
     import zarr
 
     from aepipe.run import load_run
-    from aepipe.stores.read import chunk_rows_for
+    from aepipe.stores import chunk_rows_for
 
     run = load_run(model)
     images = Path(data).is_dir()

@@ -10,7 +10,8 @@ from aepipe.batch.decode import decode
 from aepipe.batch.encode import encode
 from aepipe.run import load_run
 from aepipe.sources import open_source
-from aepipe.stores.read import dequantize, load_codes
+from aepipe.stores.quantize import dequantize
+from aepipe.stores.read import load_codes
 from tests.conftest import run_aepipe, run_installed
 
 
@@ -92,7 +93,7 @@ def test_digits_encode_int8_and_decode_by_ids(digits_run, tmp_path):
 
 
 def test_dequantize_inverts_quantize_within_a_step():
-    from aepipe.stores.read import int8_scale, quantize
+    from aepipe.stores.quantize import int8_scale, quantize
 
     z = np.random.default_rng(0).uniform(-3, 5, size=(100, 4)).astype(np.float32)
     scale = int8_scale(z.min(0), z.max(0))
@@ -102,7 +103,7 @@ def test_dequantize_inverts_quantize_within_a_step():
 
 def test_int8_stores_of_the_per_dimension_layout_read_as_before():
     """Stores written before the one-scale layout record a range per dimension (lo, hi)."""
-    from aepipe.stores.read import quant_scale
+    from aepipe.stores.quantize import quant_scale
 
     lo, hi = np.array([-1.0, 0.0, 2.0]), np.array([1.0, 0.5, 2.0])  # the last dimension never varied
     q = np.array([[-127, 0, 127], [127, -127, 5]], np.int8)

@@ -45,14 +45,14 @@ LAYERS = {
                "aepipe.runtime", "aepipe.training.config", "aepipe.training.state", "aepipe.training.loop",
                "aepipe.training.data", "aepipe.training.local", "aepipe.training.on_ray", "aepipe.training.rundir"},
     "parts": {"aepipe.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.staging", "aepipe.stores.raydata",
-              "aepipe.stores.zarr_sink", "aepipe.stores.parquet_sink", "aepipe.stores.png_sink", "aepipe.stores.ids_index",
+              "aepipe.stores.zarr_sink", "aepipe.stores.parquet_sink", "aepipe.stores.png_sink", "aepipe.stores.ids_index", "aepipe.stores.quantize",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.models.base", "aepipe.models.dense", "aepipe.models.vae", "aepipe.models.conv",
               "aepipe.models.recurrent", "aepipe.models.compress",
               "aepipe.run", "aepipe.statefile", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
               "aepipe.sources.parquet", "aepipe.sources.csv_rows", "aepipe.sources.dataset", "aepipe.evaluate"},
-    "base": {"aepipe.errors", "aepipe.version"},
+    "base": {"aepipe.errors", "aepipe.version", "aepipe.config"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 
@@ -141,9 +141,11 @@ def longest_chain(graph) -> list[str]:
     return max((down(m) for m in graph), key=len)
 
 
-def test_no_import_chain_is_longer_than_nine_modules():
-    chain = longest_chain(package_imports())
-    assert len(chain) <= 9, " -> ".join(chain)
+def test_no_import_chain_is_longer_than_eight_modules():
+    """`python -m aepipe.cli` (aepipe/cli/__main__.py) is an entry point no module imports: not counted."""
+    graph = {m: deps for m, deps in package_imports().items() if not m.endswith(".__main__")}
+    chain = longest_chain(graph)
+    assert len(chain) <= 8, " -> ".join(chain)
 
 
 def test_the_layer_check_catches_an_upward_import_and_a_cycle():

@@ -21,7 +21,7 @@ from aepipe.evaluate import read_labels
 from aepipe.run import load_run
 from aepipe.scores import auto_threshold, row_errors
 from aepipe.sources import open_matching
-from aepipe.stores.read import dequantize, int8_scale, quantize
+from aepipe.stores.quantize import dequantize, int8_scale, quantize
 
 DTYPE_COLORS = {"float32": "#4c72b0", "float16": "#55a868", "int8": "#c44e52"}
 

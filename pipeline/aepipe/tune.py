@@ -15,7 +15,8 @@ from pathlib import Path
 
 from aepipe.checks import run_dir_output
 from aepipe.errors import AepipeError
-from aepipe.models import ModelConfig, build_model
+from aepipe.config import ModelConfig
+from aepipe.models.base import build_model
 from aepipe.run import META, read_meta
 from aepipe.runtime import init_ray, user_errors
 

@@ -20,7 +20,7 @@ from aepipe.bitstream import BitstreamError, LatentCoder, crc32
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import row_errors
-from aepipe.stores.read import dequantize, int8_scale, quantize
+from aepipe.stores.quantize import dequantize, int8_scale, quantize
 
 
 class ModelActor:

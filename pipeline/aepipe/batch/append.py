@@ -23,7 +23,8 @@ from aepipe.scores import auto_threshold
 from aepipe.sources import Source, input_files, locate, open_for_run
 from aepipe.sources.parquet import parquet_files
 from aepipe.stores import read_manifest
-from aepipe.stores.read import dequantize, quant_scale, read_metadata
+from aepipe.stores.quantize import dequantize, quant_scale
+from aepipe.stores.read import read_metadata
 from aepipe.stores.parquet_sink import write_manifest
 
 FILES = "encoded_files"  # in the manifest: {path: [bytes, mtime_ns]} of every input file it holds

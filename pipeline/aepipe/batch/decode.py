@@ -15,7 +15,8 @@ from aepipe.batch.rows import png_range, select, write_rows
 from aepipe.run import load_run
 from aepipe.stores.bitstreams import BitstreamSource
 from aepipe.sources import locate
-from aepipe.stores.read import StoreGuard, open_codes, quant_scale, read_metadata
+from aepipe.stores.quantize import quant_scale
+from aepipe.stores.read import StoreGuard, open_codes, read_metadata
 
 
 SAMPLE_MAX_BYTES = 2 ** 30  # sample draws in memory on the driver: keep one call under 1 GiB

@@ -17,7 +17,9 @@ from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.sources import Source, input_files, open_for_run
 from aepipe.stores.bitstreams import encode_sink, stored_bits
-from aepipe.stores.read import DTYPES, chunk_rows_for, id_dtype, int8_scale, task_rows
+from aepipe.stores import chunk_rows_for, task_rows
+from aepipe.stores.quantize import DTYPES, int8_scale
+from aepipe.stores.read import id_dtype
 from aepipe.stores.parquet_sink import ParquetSink
 from aepipe.stores.zarr_sink import ZarrSink
 

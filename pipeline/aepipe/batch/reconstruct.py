@@ -22,7 +22,8 @@ from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import auto_threshold
 from aepipe.sources import open_matching
-from aepipe.stores.read import chunk_rows_for, id_dtype, task_rows
+from aepipe.stores import chunk_rows_for, task_rows
+from aepipe.stores.read import id_dtype
 from aepipe.stores.parquet_sink import ParquetSink
 from aepipe.stores.zarr_sink import ZarrSink
 

@@ -15,7 +15,8 @@ from aepipe.runtime import run_interruptibly, user_errors
 from aepipe.sources import Source, numpy_of
 from aepipe.sources.parquet import ParquetSource
 from aepipe.stores.ids_index import bisect, lookup_zarr
-from aepipe.stores.read import ZarrCodesSource, chunk_rows_for, id_dtype, open_zarr
+from aepipe.stores import chunk_rows_for
+from aepipe.stores.read import ZarrCodesSource, id_dtype, open_zarr
 from aepipe.stores.parquet_sink import ParquetSink
 from aepipe.stores.png_sink import PngSink
 from aepipe.stores.zarr_sink import ZarrSink

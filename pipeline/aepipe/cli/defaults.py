@@ -3,9 +3,8 @@ only place they are written down. train's options default to None (not given, so
 can set them) and each help text ends with the dataclass field's default instead; tune and demo
 do the same for the settings they share with train.
 
-The dataclasses live with torch (aepipe.models, aepipe.training), so the defaults are filled in when
-a command's help is shown, not when the command line is built: `aepipe --help`, `info` and a
-refused option never wait for torch."""
+The dataclasses live in aepipe.config, which imports nothing heavy: a help page shows them
+without waiting for torch."""
 
 from __future__ import annotations
 
@@ -13,12 +12,11 @@ import dataclasses
 
 from typer.core import TyperCommand
 
+from aepipe.config import ModelConfig, TrainConfig
+
 
 def config_defaults() -> dict:
     """Field name -> default, for every field of ModelConfig and TrainConfig."""
-    from aepipe.models import ModelConfig
-    from aepipe.training import TrainConfig
-
     return {f.name: f.default for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
 
 

@@ -19,7 +19,7 @@ files beyond a state dict.
 """
 
 from aepipe.models.base import (CHOICES, LOSSES, MAX_PARAMETERS, REGISTRY, Autoencoder, ModelConfig, build_model,
-                                check_config, image_chw, mlp, parameter_bound, register)
+                                check_config, image_chw, mlp, parameter_bound, register, widths)
 # isort: off  (the families register as imported: this order is the listing's)
 from aepipe.models.dense import Contractive, Dense, Denoising, Sparse, Stacked, jacobian_frobenius, kl_sparsity
 from aepipe.models.vae import VAE
@@ -31,4 +31,4 @@ from aepipe.models.compress import YCBCR, GDN, Compress, FactorizedDensity, dct_
 __all__ = ["CHOICES", "LOSSES", "MAX_PARAMETERS", "REGISTRY", "YCBCR", "GDN", "VAE", "Autoencoder", "Compress",
            "Contractive", "Conv", "Dense", "Denoising", "FactorizedDensity", "ModelConfig", "Recurrent", "Sparse",
            "Stacked", "build_model", "check_config", "dct_basis", "dct_step", "floor_basis", "image_chw",
-           "jacobian_frobenius", "kl_sparsity", "mlp", "parameter_bound", "register"]
+           "jacobian_frobenius", "kl_sparsity", "mlp", "parameter_bound", "register", "widths"]

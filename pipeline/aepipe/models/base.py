@@ -9,53 +9,14 @@ This module knows torch only: no Ray, no files beyond a state dict.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aepipe.config import LOSSES, ModelConfig
 from aepipe.pca import project, reconstruct
-
-LOSSES = ("mse", "l1", "bce")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    family: str = "dense"
-    input_shape: tuple[int, ...] = (64,)
-    code_dim: int = 16  # the compression knob: 16 floats for 64 pixels is 4x
-    hidden: tuple[int, ...] | None = None  # widths, outermost first; None: the family's default
-    loss: str = "mse"
-    # "pca": start as PCA with this code size plus learned corrections that start at zero (the PCA floor)
-    init: str = "pca"
-    # stacked
-    tied: bool = False  # decoder reuses the encoder's transposed weights: half the parameters
-    layerwise: bool = False  # greedy layer-wise pretraining before fine-tuning the stack
-    pretrain_epochs: int = 5  # epochs per layer when layerwise
-    # sparse
-    sparsity: str = "l1"  # l1 on the code, or kl toward a mean activation rho
-    sparsity_weight: float = 1e-3
-    rho: float = 0.05
-    # contractive
-    contractive_weight: float = 1e-3  # weight of ||d code / d x||_F^2
-    # denoising
-    noise: str = "gaussian"  # gaussian or mask
-    noise_std: float = 0.25
-    mask_prob: float = 0.25
-    # variational
-    beta: float = 1.0  # 1 is the plain ELBO; >1 trades reconstruction for a smoother code
-    # convolutional
-    up: str = "transpose"  # transpose convolutions or nearest upsampling + convolution
-    down: str = "stride"  # strided convolutions or max pooling
-    # recurrent
-    cell: str = "gru"  # gru or lstm
-    # compress (learned compression): loss = bits per pixel + lmbda * 255^2 * MSE, as CompressAI
-    lmbda: float = 0.01  # larger: more bits, higher PSNR
-
-    def widths(self) -> tuple[int, ...]:
-        return tuple(self.hidden) if self.hidden else REGISTRY[self.family].default_hidden
 
 
 def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
@@ -65,6 +26,11 @@ def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
         if last_act or i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def widths(cfg: ModelConfig) -> tuple[int, ...]:
+    """The hidden widths, outermost first: the config's, or its family's default."""
+    return tuple(cfg.hidden) if cfg.hidden else REGISTRY[cfg.family].default_hidden
 
 
 def image_chw(family: str, shape) -> tuple[int, int, int]:
@@ -218,8 +184,8 @@ def check_config(cfg: ModelConfig) -> None:
     for field, allowed in CHOICES.items():
         if getattr(cfg, field) not in allowed:
             raise ValueError(f'unknown {field} "{getattr(cfg, field)}"; choose one of {", ".join(allowed)}')
-    if cfg.code_dim < 1 or any(w < 1 for w in cfg.widths()):
-        raise ValueError(f"code size and widths must be positive, got {cfg.code_dim} and {cfg.widths()}")
+    if cfg.code_dim < 1 or any(w < 1 for w in widths(cfg)):
+        raise ValueError(f"code size and widths must be positive, got {cfg.code_dim} and {widths(cfg)}")
     REGISTRY[cfg.family].check_options(cfg)
     if not (cfg.lmbda > 0 and math.isfinite(cfg.lmbda)):
         raise ValueError(f"lmbda {cfg.lmbda}: must be a positive, finite number")
@@ -236,7 +202,7 @@ def build_model(cfg: ModelConfig) -> Autoencoder:
     cls = REGISTRY[cfg.family]
     n = parameter_bound(cls, cfg)
     if n > MAX_PARAMETERS:
-        raise ValueError(f"model too large: code size {cfg.code_dim} and widths {cfg.widths()} on input "
+        raise ValueError(f"model too large: code size {cfg.code_dim} and widths {widths(cfg)} on input "
                          f"{tuple(cfg.input_shape)} make {n:,} parameters; aepipe builds at most {MAX_PARAMETERS:,}")
     return cls(cfg)
 
@@ -247,8 +213,8 @@ def parameter_bound(cls: type[Autoencoder], cfg: ModelConfig) -> int:
     that is not built twice: its rough bound
     (each layer at most the widest size squared, times 32 for a kernel) is returned instead, since
     the meta device's first call imports torch._dynamo (1-5 s here) for some families."""
-    widest = max(cfg.code_dim, *cfg.widths())
-    rough = (len(cfg.widths()) + 2) * max(math.prod(cfg.input_shape), widest) * widest * 32
+    widest = max(cfg.code_dim, *widths(cfg))
+    rough = (len(widths(cfg)) + 2) * max(math.prod(cfg.input_shape), widest) * widest * 32
     if rough <= MAX_PARAMETERS:
         return rough
     with torch.device("meta"):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aepipe.models.base import Autoencoder, ModelConfig, image_chw, register
+from aepipe.models.base import Autoencoder, ModelConfig, image_chw, register, widths
 
 class GDN(nn.Module):
     """Generalised divisive normalisation (Balle et al. 2016): y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2);
@@ -119,7 +119,7 @@ class Compress(Autoencoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.chw = image_chw("compress", cfg.input_shape)
-        n, c = cfg.widths()[0], self.chw[0]
+        n, c = widths(cfg)[0], self.chw[0]
         self.floor = cfg.init == "pca"
         self.factor = 8 if self.floor else 16  # the analysis transform's downsampling: images are padded to it
         m = self.latent_channels = (64 if c == 1 else 96) if self.floor else cfg.code_dim

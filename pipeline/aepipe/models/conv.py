@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from aepipe.models.base import Autoencoder, ModelConfig, image_chw, register
+from aepipe.models.base import Autoencoder, ModelConfig, image_chw, register, widths
 
 
 @register("conv")
@@ -20,7 +20,7 @@ class Conv(Autoencoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.chw = image_chw("conv", cfg.input_shape)
-        chans = [self.chw[0], *cfg.widths()]
+        chans = [self.chw[0], *widths(cfg)]
         sizes = [self.chw[1:]]
         down = []
         for a, b in zip(chans, chans[1:]):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aepipe.models.base import Autoencoder, ModelConfig, mlp, register
+from aepipe.models.base import Autoencoder, ModelConfig, mlp, register, widths
 
 
 @register("dense")
@@ -18,7 +18,7 @@ class Dense(Autoencoder):
 
     def __init__(self, cfg: ModelConfig, code_act: nn.Module | None = None):
         super().__init__(cfg)
-        sizes = [self.n_in, *cfg.widths(), cfg.code_dim]
+        sizes = [self.n_in, *widths(cfg), cfg.code_dim]
         self.encoder = mlp(sizes)
         self.code_act = code_act or nn.Identity()
         self.decoder = mlp(sizes[::-1])
@@ -40,7 +40,7 @@ class Stacked(Autoencoder):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        sizes = [self.n_in, *cfg.widths(), cfg.code_dim]
+        sizes = [self.n_in, *widths(cfg), cfg.code_dim]
         self.enc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         if cfg.tied:  # only biases are the decoder's own
             self.dec_bias = nn.ParameterList(nn.Parameter(torch.zeros(a)) for a in sizes[:-1])

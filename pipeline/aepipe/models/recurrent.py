@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from aepipe.models.base import Autoencoder, ModelConfig, register
+from aepipe.models.base import Autoencoder, ModelConfig, register, widths
 
 
 @register("recurrent")
@@ -21,12 +21,12 @@ class Recurrent(Autoencoder):
         if len(shape) not in (1, 2):
             raise ValueError(f"recurrent needs sequences shaped (T,) or (T, F), got {shape}")
         self.t, self.f = shape[0], (shape[1] if len(shape) == 2 else 1)
-        widths = cfg.widths()
+        hidden = widths(cfg)
         rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
-        self.enc_rnn = rnn(self.f, max(widths), num_layers=len(widths), batch_first=True)
-        self.to_code = nn.Linear(max(widths), cfg.code_dim)
-        self.dec_rnn = rnn(cfg.code_dim, max(widths), num_layers=len(widths), batch_first=True)
-        self.out = nn.Linear(max(widths), self.f)
+        self.enc_rnn = rnn(self.f, max(hidden), num_layers=len(hidden), batch_first=True)
+        self.to_code = nn.Linear(max(hidden), cfg.code_dim)
+        self.dec_rnn = rnn(cfg.code_dim, max(hidden), num_layers=len(hidden), batch_first=True)
+        self.out = nn.Linear(max(hidden), self.f)
 
     def own_code(self, x):  # (B, T, F) -> (B, code_dim)
         _, h = self.enc_rnn(x.reshape(-1, self.t, self.f))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aepipe.models.base import Autoencoder, ModelConfig, mlp, register
+from aepipe.models.base import Autoencoder, ModelConfig, mlp, register, widths
 
 
 @register("vae")
@@ -17,11 +17,11 @@ class VAE(Autoencoder):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        widths = cfg.widths()
-        self.trunk = mlp([self.n_in, *widths], last_act=True)
-        self.mu = nn.Linear(widths[-1], cfg.code_dim)
-        self.logvar = nn.Linear(widths[-1], cfg.code_dim)
-        self.decoder = mlp([cfg.code_dim, *widths[::-1], self.n_in])
+        hidden = widths(cfg)
+        self.trunk = mlp([self.n_in, *hidden], last_act=True)
+        self.mu = nn.Linear(hidden[-1], cfg.code_dim)
+        self.logvar = nn.Linear(hidden[-1], cfg.code_dim)
+        self.decoder = mlp([cfg.code_dim, *hidden[::-1], self.n_in])
         self._kl = None
 
     def own_code(self, x):

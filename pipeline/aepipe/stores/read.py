@@ -1,4 +1,5 @@
-"""Codes stores: quantisation, chunk sizes, reading stores back, and checking them whole.
+"""Codes stores: reading them back, and checking them whole (quantisation: stores.quantize; chunk
+sizes: aepipe.stores).
 
 Stores are written by the sinks (pipeline/aepipe/stores/staging.py and its *_sink.py); everything here reads without Ray, so
 `aepipe info` and the checks before a job start in a fraction of a second.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,70 +18,8 @@ from aepipe import remote
 from aepipe.errors import AepipeError
 from aepipe.sources import Location, Schema, Source, locate
 from aepipe.sources.parquet import ParquetSource, parquet_files
-from aepipe.stores import JSON_MANIFEST, MANIFEST, open_zarr, read_manifest
-
-DTYPES = ("float32", "float16", "int8")
-
-
-# ---------------------------------------------------------------- quantisation
-
-def int8_scale(lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
-    """int8 codes: one affine map for the whole store, the training codes' overall [min lo, max hi]
-    onto [-127, 127], as CF's (scale_factor, add_offset): code = q * scale_factor + add_offset. One
-    number each, because that is what CF readers (xarray, netCDF tools) apply by themselves; against
-    a scale per dimension it cost 0.0004 dB on digits (dense 16: 19.3849 -> 19.3845 dB)."""
-    lo, hi = float(np.min(lo)), float(np.max(hi))
-    scale = (hi - lo) / 254 if hi > lo else 1 / 254
-    return scale, lo + 127 * scale
-
-
-def quantize(z: np.ndarray, dtype: str, scale: tuple) -> np.ndarray:
-    """Codes as stored: int8 through `scale` (scale_factor, add_offset); float16 and float32 cast."""
-    if dtype == "int8":
-        sf, ao = (np.asarray(v, np.float64) for v in scale)
-        return np.clip(np.round((z - ao) / sf), -127, 127).astype(np.int8)
-    return z.astype(dtype)
-
-
-def dequantize(q: np.ndarray, dtype: str, scale: tuple) -> np.ndarray:
-    """Stored codes as float32: int8 as CF readers decode scale_factor and add_offset (xarray: in
-    float64), rounded to float32."""
-    if dtype == "int8":
-        sf, ao = (np.asarray(v, np.float64) for v in scale)
-        return (q.astype(np.float64) * sf + ao).astype(np.float32)
-    return q.astype(np.float32)
-
-
-def chunk_rows_for(row_bytes: int) -> int:
-    """About 1 MiB per chunk: large enough for fast I/O, small enough to spread over workers."""
-    return int(max(256, min(65536, 2 ** 20 // max(row_bytes, 1))))
-
-
-TASK_BYTES = 96 * 2 ** 20  # input per model-job task (large images: fewer rows a task)
-
-
-def task_rows(chunk_rows: int, input_row_bytes: int, n_rows: int | None = None) -> int:
-    """Rows per model-job task: whole output chunks, up to TASK_BYTES of input and
-    AEPIPE_TASK_ROWS rows (default 32768), and at least 4 tasks where n_rows allows (images decode
-    slowly: one big task would run alone). Ray Data launches tasks one at a time from its scheduling
-    loop: tasks of 8192 784-wide rows (140 ms each) kept ~1.1 of 2 CPUs busy here, tasks of 32768
-    rows ~1.6 (measured 2026-11-24). Smaller tasks lose less to a killed node or an interrupt."""
-    cap = int(os.environ.get("AEPIPE_TASK_ROWS", 32768))
-    quarter = -(-(n_rows or 4 * cap) // 4)
-    most = max(1, min(cap, TASK_BYTES // max(input_row_bytes, 1), quarter))
-    return chunk_rows * max(1, most // chunk_rows)
-
-
-def quant_scale(attrs: dict) -> tuple:
-    """A store's int8 (scale_factor, add_offset); a placeholder for float stores. Stores written before
-    the one-scale layout hold per-dimension ranges (lo, hi): the same map, one per dimension."""
-    q = attrs.get("quantization") or {"scale_factor": 1.0, "add_offset": 0.0}
-    if "scale_factor" in q:
-        return q["scale_factor"], q["add_offset"]
-    lo, hi = np.asarray(q["lo"], np.float64), np.asarray(q["hi"], np.float64)
-    sf = np.where(hi > lo, hi - lo, 1.0) / 254
-    return sf, lo + 127 * sf
-
+from aepipe.stores import JSON_MANIFEST, MANIFEST, open_zarr, read_manifest, task_rows
+from aepipe.stores.quantize import dequantize, quant_scale
 
 def id_dtype(src: Source) -> str:
     """Zarr dtype for a source's ids: strings stay strings, anything else int64."""

@@ -31,7 +31,8 @@ import numpy as np
 from aepipe import remote
 from aepipe.checks import run_dir_output, train_options
 from aepipe.errors import AepipeError
-from aepipe.models import ModelConfig, build_model
+from aepipe.config import ModelConfig
+from aepipe.models.base import build_model
 from aepipe.normalize import Normalizer, fingerprint
 from aepipe.run import META, save_run
 from aepipe.runtime import Interrupted, user_errors

@@ -1,28 +1,12 @@
-"""What a fit is asked for (TrainConfig), made concrete for the data (budget), and the learning
-rate each epoch gets (set_lr)."""
+"""What a fit is asked for (TrainConfig, in aepipe.config), made concrete for the data (budget),
+and the learning rate each epoch gets (set_lr)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    epochs: int | None = None  # None: enough epochs for `steps` optimiser steps (see budget)
-    steps: int = 3000  # the default budget in optimiser steps: small data get more epochs
-    batch_size: int = 64  # small data, small batches: more steps per epoch
-    lr: float = 1e-3  # Adam's usual default; the peak of the cosine schedule
-    schedule: str = "cosine"  # cosine: lr decays to LR_FLOOR * lr over the epochs; constant: lr throughout
-    weight_decay: float = 0.0  # AdamW's decoupled decay (0: plain Adam)
-    seed: int = 0
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    val_fraction: float = 0.1  # rows held out by a fixed hash of their index
-    patience: int | None = None  # epochs without a better val loss before stopping; 0: never; None: see budget
-    normalize: str | None = None  # None: "global" for arrays/images, "feature" for tables
-    ray_train: bool | None = None  # None: choose (see fit_path); True/False: force Ray Train / this process
-    stream: bool | None = None  # None: choose (see data.streams); True: reread every epoch; False: materialise
+from aepipe.config import TrainConfig
 
 
 # The default budget: at least MIN_EPOCHS, at most MAX_EPOCHS epochs, enough for TrainConfig.steps

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from aepipe.errors import AepipeError
-from aepipe.models import ModelConfig
+from aepipe.config import ModelConfig
 from aepipe.normalize import Normalizer, block_stats, combine_stats, default_normalizer, in_validation
 from aepipe.sources import bad_rows, read_block, skipped_rows, to_dataset
 from aepipe.training.config import TrainConfig

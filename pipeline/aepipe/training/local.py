@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from aepipe.models import ModelConfig
+from aepipe.config import ModelConfig
 from aepipe.training.config import TrainConfig
 from aepipe.training.loop import after_epoch, array_batches, finish, fit, schedule, start
 from aepipe.training.rundir import save_checkpoint

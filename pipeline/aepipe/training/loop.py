@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from aepipe.errors import AepipeError
-from aepipe.models import ModelConfig, build_model
+from aepipe.config import ModelConfig
+from aepipe.models.base import build_model, widths
 from aepipe.pca import fit_pca, val_loss as pca_val_loss
 from aepipe.scores import training_quantiles
 from aepipe.training.config import TrainConfig, budget, set_lr
@@ -28,7 +29,7 @@ CHECKPOINT_EVERY_S = float(os.environ.get("AEPIPE_CHECKPOINT_EVERY_S", 30))
 
 def schedule(mcfg: ModelConfig, tcfg: TrainConfig) -> list:
     """Epochs in order: layer-wise stages first (stacked --layerwise), then the whole model (None)."""
-    n_stages = len(mcfg.widths()) + 1 if mcfg.family == "stacked" and mcfg.layerwise else 0
+    n_stages = len(widths(mcfg)) + 1 if mcfg.family == "stacked" and mcfg.layerwise else 0
     return [s for s in range(n_stages) for _ in range(mcfg.pretrain_epochs)] + [None] * tcfg.epochs
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from aepipe.models import ModelConfig
+from aepipe.config import ModelConfig
 from aepipe.runtime import init_ray, require, run_interruptibly, user_errors
 from aepipe.training.config import TrainConfig
 from aepipe.training.loop import after_epoch, finish, fit, schedule, start
