@@ -196,3 +196,80 @@ def test_encode_in_process_writes_what_ray_writes(ray_local, digits_run, digits_
     np.testing.assert_array_equal(here["codes"][:], ray_["codes"][:])
     a, b = (pads.dataset(str(tmp_path / f"{k}.parquet")).to_table().sort_by("id") for k in ("here", "ray"))
     assert a.column("id").to_pylist() == list(range(N)) and a.column("code").equals(b.column("code"))
+
+
+def test_tasks_are_planned_on_part_edges_from_the_sources_own_steps():
+    """sources.plan: steps (a source's own ranges, uneven as row groups are) grouped into tasks whose
+    edges fall on multiples of part_rows, a step across an edge cut there; every row once, in order."""
+    from aepipe.sources import plan
+
+    class Steps:
+        n_rows = 1000
+
+        def ranges(self, rows_per_task=None):
+            return [(0, 130), (130, 400), (400, 410), (410, 999), (999, 1000)]
+
+    tasks = plan(Steps(), 300, part_rows=256)
+    assert [t[0][0] for t in tasks] == [0, 256, 512, 768]
+    assert tasks[0] == [(0, 130), (130, 256)] and tasks[1] == [(256, 400), (400, 410), (410, 512)]
+    flat = [r for t in tasks for r in t]
+    assert flat[0][0] == 0 and flat[-1][1] == 1000 and all(a[1] == b[0] for a, b in zip(flat, flat[1:]))
+    assert plan(Steps(), 300) == [[r] for r in Steps().ranges()]  # no part size: a task per step
+
+
+def test_part_rows_aims_at_the_part_size_in_whole_units(monkeypatch):
+    from aepipe.stores import PART_BYTES, part_rows
+
+    monkeypatch.delenv("AEPIPE_TASK_ROWS", raising=False)
+    row = 32 * 4 + 8  # a 32-d float32 code and its id
+    big = part_rows(1024, row, 10 ** 9)
+    assert big % 1024 == 0 and PART_BYTES - 1024 * row < big * row <= PART_BYTES  # 128 MiB parts
+    assert part_rows(1024, row, 100_000) == 25 * 1024  # small data: 4 tasks at least, whole chunks
+    assert part_rows(1024, row, 1000) == 1024  # never less than one chunk
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
+    assert part_rows(256, row, 10 ** 9) == 4096
+
+
+def test_parquet_parts_are_of_the_part_size(digits_run, digits_npy, tmp_path, monkeypatch):
+    """--part-mb: one part per task, each about that many MiB of codes (here 1 MiB / 40 B a row =
+    26,214 rows, fewer: N / 4 so that every CPU has a task), read back whole and in order."""
+    monkeypatch.delenv("AEPIPE_TASK_ROWS", raising=False)
+    out = tmp_path / "codes.parquet"
+    run_aepipe("encode", digits_npy, "--model", digits_run, "--out", out, "--engine", "local", "--part-mb", "1")
+    import pyarrow.parquet as pq
+
+    rows = [pq.ParquetFile(p).metadata.num_rows for p in sorted(out.glob("part-*.parquet"))]
+    assert rows == [7500] * 4, rows
+    ids, codes = aepipe_load(out)
+    assert np.array_equal(ids, np.arange(N))
+
+
+def aepipe_load(store):
+    import aepipe
+
+    return aepipe.load_codes(store)
+
+
+def test_zarr_shards_hold_many_chunks_per_object_and_read_the_same(digits_run, digits_npy, tmp_path, monkeypatch):
+    """--shards: each array's chunks of 256 rows stored as shards of whole tasks (one object each);
+    the codes equal an unsharded store's, load_codes, xarray and `info --verify` read it."""
+    import xarray as xr
+
+    monkeypatch.delenv("AEPIPE_TASK_ROWS", raising=False)
+    plain, sharded = tmp_path / "plain.zarr", tmp_path / "sharded.zarr"
+    common = ["--model", digits_run, "--engine", "local", "--chunk-rows", "256"]
+    run_aepipe("encode", digits_npy, "--out", plain, *common)
+    run_aepipe("encode", digits_npy, "--out", sharded, *common, "--shards")
+    g = zarr.open_group(str(sharded), mode="r")
+    assert g["codes"].chunks == (256, 8) and g["codes"].shards == (7680, 8)  # N / 4, in whole chunks
+    assert len(list((sharded / "codes" / "c").rglob("*"))) < len(list((plain / "codes" / "c").rglob("*"))) / 10
+    np.testing.assert_array_equal(g["codes"][:], zarr.open_group(str(plain), mode="r")["codes"][:])
+    ids, codes = aepipe_load(sharded)
+    assert np.array_equal(ids, np.arange(N))
+    with xr.open_zarr(sharded) as ds:
+        np.testing.assert_array_equal(ds["codes"].values, codes)
+    assert run_aepipe("info", sharded, "--verify").returncode == 0
+    shard = sharded / "codes" / "c" / "1" / "0"
+    shard.unlink()  # a lost object: named, never read as zeros
+    ran = run_aepipe("info", sharded, check=False)
+    assert ran.returncode == 2 and "shard codes/c/1/0 is missing (1 of 4 shards lost)" in ran.stderr, ran.stderr

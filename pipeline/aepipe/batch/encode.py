@@ -15,9 +15,10 @@ from aepipe.batch.engine import check_job_options, model_job, provenance, write
 from aepipe.checks import output_path, positive
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
-from aepipe.sources import Source, input_files, open_for_run
+from aepipe import remote
+from aepipe.sources import Source, input_files, open_for_run, plan, task_range
 from aepipe.stores.bitstreams import encode_sink, stored_bits
-from aepipe.stores import chunk_rows_for, task_rows
+from aepipe.stores import PART_BYTES, chunk_rows_for, part_rows, task_rows
 from aepipe.stores.quantize import DTYPES, int8_scale
 from aepipe.stores.read import id_dtype
 from aepipe.stores.parquet_sink import ParquetSink
@@ -35,7 +36,16 @@ class Remaining(Source):
         self.spec, self.schema, self.n_rows = src.spec, src.schema, src.n_rows
 
     def ranges(self, rows_per_task=None):
-        return self.todo
+        """The source's own read ranges, cut to the ranges still to run."""
+        steps, cut, i = self.src.ranges(*([rows_per_task] if rows_per_task else [])), [], 0
+        for lo, hi in self.todo:  # both in row order
+            while i < len(steps) and steps[i][1] <= lo:
+                i += 1
+            j = i
+            while j < len(steps) and steps[j][0] < hi:
+                cut.append((max(steps[j][0], lo), min(steps[j][1], hi)))
+                j += 1
+        return cut
 
     def read(self, start, stop):
         return self.src.read(start, stop)
@@ -59,15 +69,18 @@ def cf_scale(dtype: str, sf: float, ao: float) -> dict:
 def encode(data: str, model: str, out: str | Path, dtype: str = "float32", scores: bool = False,
            batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, id_column: str | None = None,
            chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
-           read: dict | None = None, resume: bool = False, select=None, engine: str = "auto") -> dict:
+           read: dict | None = None, resume: bool = False, select=None, engine: str = "auto",
+           part_mb: int = PART_BYTES >> 20, shards: bool | None = None) -> dict:
     """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance.
     resume: finish OUT.partial, left by a run that was killed, instead of starting again.
     select: a function of the opened source that returns the rows to encode (encode --append).
-    engine: auto (in this process when that is faster, else Ray), local or ray (aepipe.batch.engine)."""
+    engine: auto (in this process when that is faster, else Ray), local or ray (aepipe.batch.engine).
+    part_mb: MiB of codes per task: one Parquet part, or one Zarr shard. shards: Zarr shards (None: at a URI)."""
     if dtype not in DTYPES:
         raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
     check_job_options(batch_size, concurrency, num_gpus, engine)
     positive("chunk_rows", chunk_rows)
+    positive("part_mb", part_mb)
     run = load_run(model)
     src = open_for_run(data, run.meta, id_column, **(read or {}))
     src = select(src) if select else src
@@ -91,10 +104,16 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
                           f"(one task reads, encodes and writes a whole chunk); at most {most} rows here")
     chunk_rows = chunk_rows or chunk_rows_for(row_bytes)
     ids_kind = id_dtype(src)
-    rows_per_task = task_rows(chunk_rows, 4 * src.schema.size, src.n_rows)
-    ranges = src.ranges(rows_per_task)
+    step_rows = task_rows(chunk_rows, 4 * src.schema.size, src.n_rows)  # input held at once
+    shard_rows = None
+    if out.suffix == ".zarr" and (remote.is_uri(str(out)) if shards is None else shards):  # many chunks an object
+        shard_rows = part_rows(chunk_rows, row_bytes, src.n_rows, part_mb << 20)
+    unit = chunk_rows if out.suffix == ".zarr" else 1  # a Parquet part may end on any row
+    rows_per_part = shard_rows or part_rows(unit, row_bytes + 8, src.n_rows, part_mb << 20)
+    ranges = [task_range(t) for t in plan(src, step_rows, rows_per_part)]
     settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
-                               chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges))
+                               chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges),
+                               shard_rows=shard_rows)
 
     actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
     if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row
@@ -107,7 +126,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
         arrays = {"codes": ("code", (d,), dtype, cf_scale(dtype, sf, ao)), "ids": ("id", (), ids_kind)}
         if scores:
             arrays["scores"] = ("score", (), "float32")
-        sink = ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows, ranges, settings)
+        sink = ZarrSink(out, src.n_rows, arrays, attrs, chunk_rows, ranges, settings, shard_rows=shard_rows)
     else:
         cols = {"id": ("id", "scalar"), "code": ("code", "list")}
         if scores:
@@ -118,7 +137,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
         # everything above is checked without Ray: a mistake costs a second, not a start-up
         if todo:  # (none: killed after its last range, before the commit)
             ds = model_job(Remaining(src, todo), actor, kwargs, batch_size, concurrency, num_gpus, engine=engine,
-                           address=address, rows_per_task=rows_per_task)
+                           address=address, rows_per_task=step_rows, part_rows=rows_per_part)
             write(ds, sink)
         else:
             sink.on_write_complete([])

@@ -29,7 +29,7 @@ from aepipe import remote
 from aepipe.checks import at_least, positive
 from aepipe.errors import AepipeError
 from aepipe.runtime import init_ray, require, run_interruptibly, user_errors
-from aepipe.sources import ROWS_PER_TASK, Source, read_block, to_dataset
+from aepipe.sources import ROWS_PER_TASK, Source, plan, read_block, to_dataset
 from aepipe.stores.raydata import as_datasink
 from aepipe.version import __version__
 
@@ -140,15 +140,17 @@ def _cpus() -> int:
 
 def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurrency: int | None = None,
               num_gpus: float = 0, engine: str = "auto", address: str | None = None,
-              rows_per_task: int = ROWS_PER_TASK):
+              rows_per_task: int = ROWS_PER_TASK, part_rows: int | None = None):
     """Rows of `src` through actor(**kwargs), as a Ray Dataset or, in this process, LocalRows.
     concurrency: model copies at work at once (None: a task per CPU, or one GPU actor). Options
-    are checked by the caller (check_job_options), before anything starts."""
+    are checked by the caller (check_job_options), before anything starts. A task reads, runs and
+    writes part_rows rows (None: rows_per_task) in steps of about rows_per_task (sources.plan)."""
     local = runs_local(src.n_rows, engine, address, concurrency, num_gpus)
+    tasks = plan(src, rows_per_task, part_rows)
     if local is not False:
         fn = actor(**kwargs)
         if local or local_is_faster(src, fn, batch_size):
-            return LocalRows(src, fn, batch_size, rows_per_task)
+            return LocalRows(src, fn, batch_size, tasks)
 
     init_ray(address)  # a no-op when the caller (or a test) already connected
     from ray.data import DataContext
@@ -158,44 +160,51 @@ def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurre
     cpus = None if num_gpus else concurrency
     opts.resource_limits = opts.resource_limits.copy(object_store_memory=STREAM_BYTES, cpu=cpus)
     if num_gpus:
-        return to_dataset(src, rows_per_task=rows_per_task).map_batches(
+        return to_dataset(src, tasks=tasks).map_batches(
             actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
             **actor_pool(concurrency or 1, num_gpus))
     # batch_size=None and no task-pool size of its own: Ray fuses the read, this step and the write
-    return to_dataset(src, rows_per_task=rows_per_task).map_batches(
+    return to_dataset(src, tasks=tasks).map_batches(
         PerProcess(actor, kwargs, batch_size), batch_size=None, batch_format="numpy")
 
 
 class LocalRows:
-    """A model job in this process: one block per row range, as Ray would make them, through one
-    actor instance. Streams: one range in memory at a time."""
+    """A model job in this process: the tasks Ray would run, one after another, each a block per
+    read step through one actor instance. Streams: one step's input in memory at a time."""
 
-    def __init__(self, src: Source, fn, batch_size: int, rows_per_task: int):
-        self.src, self.fn, self.batch_size, self.rows_per_task = src, fn, batch_size, rows_per_task
+    def __init__(self, src: Source, fn, batch_size: int, tasks: list[list[tuple[int, int]]]):
+        self.src, self.fn, self.batch_size, self.tasks = src, fn, batch_size, tasks
+        self.bar = None
 
-    def _blocks(self):
-        ranges = self.src.ranges(self.rows_per_task)
+    def _task(self, steps):
+        for a, b in steps:
+            yield in_batches(self.fn, read_block(self.src, a, b), self.batch_size)
+            if self.bar is not None:
+                self.bar.update(b - a)
+
+    def _tasks(self):
         # a bar for a long job on a terminal, as Ray Data draws one for its own
-        bar = None
-        if len(ranges) > 1 and sys.stderr.isatty():
+        if sum(map(len, self.tasks)) > 1 and sys.stderr.isatty():
             from tqdm import tqdm
 
-            bar = tqdm(total=sum(b - a for a, b in ranges), unit=" rows", unit_scale=True, leave=False)
-        for a, b in ranges:
-            yield in_batches(self.fn, read_block(self.src, a, b), self.batch_size)
-            if bar is not None:
-                bar.update(b - a)
-        if bar is not None:
-            bar.close()
+            self.bar = tqdm(total=sum(b - a for t in self.tasks for a, b in t), unit=" rows", unit_scale=True,
+                            leave=False)
+        try:
+            for steps in self.tasks:
+                yield self._task(steps)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
 
     def iter_batches(self, batch_format="numpy", batch_size=None):
-        yield from self._blocks()
+        for task in self._tasks():
+            yield from task
 
     def write_datasink(self, sink, **ray_args) -> None:
         """The calls Ray makes on a Datasink, in its order, so sinks stay staged and all-or-nothing."""
         try:
             sink.on_write_start()
-            sink.on_write_complete([sink.write([block]) for block in self._blocks()])
+            sink.on_write_complete([sink.write(task) for task in self._tasks()])
         except BaseException as e:
             sink.on_write_failed(e)
             raise

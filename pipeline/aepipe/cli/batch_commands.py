@@ -11,6 +11,7 @@ import typer
 from aepipe.cli.options import JOB_BLOCK, MODEL_ID_COLUMN, OVERWRITE, JobOptions, job_options
 from aepipe.cli.output import call, die, notes, skipped_note
 from aepipe.errors import AepipeError
+from aepipe.stores import PART_BYTES
 
 # aepipe.batch.* bring torch: imported inside the commands (see __init__.py).
 
@@ -26,10 +27,15 @@ def encode(
                                          "no-op. Prints the new codes' drift from the training codes and keeps it "
                                          "in the store. For a folder that grows (Parquet/CSV with an id column, "
                                          "or images); the store's --dtype and --scores apply."),
-    dtype: str = typer.Option("float32", help="float32, float16, or int8 (per-dimension scale from training)."),
+    dtype: str = typer.Option("float32", help="float32, float16, or int8 (one scale per store, from the training codes' range)."),
     scores: bool = typer.Option(False, "--scores", help="Also store each row's reconstruction error."),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),
     chunk_rows: Optional[int] = typer.Option(None, help="Zarr rows per chunk (default: about 1 MiB)."),
+    part_mb: int = typer.Option(PART_BYTES >> 20, help="MiB of codes a task writes: one Parquet part, or one Zarr "
+                                "shard (object stores and query engines want large objects, not thousands of "
+                                "small ones); smaller when DATA is small, so every CPU has a task."),
+    shards: Optional[bool] = typer.Option(None, "--shards/--no-shards", help="Zarr: store many chunks in one "
+                                          "object, a shard of --part-mb. [default: on at a URI (s3://, gs://)]"),
     resume: bool = typer.Option(False, "--resume", help="Finish OUT.partial left by a killed run with the "
                                 "same model, data and options: only its missing chunks or parts are written."),
     job: JobOptions = JOB_BLOCK,
@@ -43,7 +49,8 @@ def encode(
     if append:
         return _encode_append(data, model, append, dtype, scores, id_column, job, call(job.read))
     attrs = call(encode_fn, data, str(model), out, dtype=dtype, scores=scores, id_column=id_column,
-                chunk_rows=chunk_rows, resume=resume, **job.kwargs(), read=call(job.read))
+                chunk_rows=chunk_rows, part_mb=part_mb, shards=shards, resume=resume, **job.kwargs(),
+                read=call(job.read))
     what = (f"bitstreams, {attrs['bits_per_pixel']:.4f} bits per pixel" if attrs.get("code_kind") == "bitstream"
             else f"{attrs['code_dim']}-d {dtype} codes")
     typer.echo(f"encoded {attrs['n_rows']} rows to {what} -> {out}" + notes(attrs)

@@ -32,7 +32,8 @@ import numpy as np
 from pathlib import Path
 
 from aepipe.errors import AepipeError
-from aepipe.sources.dataset import ROWS_PER_TASK, read_block as read_block, to_dataset as to_dataset
+from aepipe.sources.dataset import ROWS_PER_TASK, plan as plan, read_block as read_block, task_range as task_range
+from aepipe.sources.dataset import to_dataset as to_dataset
 
 
 

@@ -75,3 +75,17 @@ def task_rows(chunk_rows: int, input_row_bytes: int, n_rows: int | None = None) 
     quarter = -(-(n_rows or 4 * cap) // 4)
     most = max(1, min(cap, TASK_BYTES // max(input_row_bytes, 1), quarter))
     return chunk_rows * max(1, most // chunk_rows)
+
+
+PART_BYTES = 128 * 2 ** 20  # output per task: a Parquet part, a Zarr shard at a URI (--part-mb)
+
+
+def part_rows(unit_rows: int, row_bytes: int, n_rows: int, part_bytes: int = PART_BYTES) -> int:
+    """Rows per task, written as one Parquet part or whole Zarr shards: about part_bytes of output
+    (object stores and query engines want objects of 100 MiB or more, not a few MiB each), whole
+    units (chunks or shards), and at least 4 tasks where n_rows allows, so every CPU has work.
+    AEPIPE_TASK_ROWS, where set, caps it too (tests that want many small tasks)."""
+    target = max(1, part_bytes // max(row_bytes, 1)) // unit_rows  # units, rounded down: at most the size
+    quarter = -(-n_rows // (4 * unit_rows))  # units, rounded up: at most 4 tasks of data too small to fill them
+    cap = int(os.environ.get("AEPIPE_TASK_ROWS", 0)) // unit_rows or target
+    return unit_rows * max(1, min(target, quarter, cap))

@@ -20,7 +20,7 @@ def as_datasink(sink):
         def write(self, blocks, ctx):
             from ray.data.block import BlockAccessor
 
-            return self.inner.write([BlockAccessor.for_block(b).to_numpy() for b in blocks])
+            return self.inner.write(BlockAccessor.for_block(b).to_numpy() for b in blocks)  # streamed
 
         def on_write_complete(self, write_result) -> None:
             self.inner.on_write_complete(list(write_result.write_returns))

@@ -57,13 +57,15 @@ def missing_chunks(g, where: str) -> None:
 
     for name in sorted(g.array_keys()):
         a = g[name]
-        if a.nchunks_initialized == a.nchunks:
+        if not a.shards and a.nchunks_initialized == a.nchunks:
             continue
-        have = sync(keys(a.store, f"{a.path}/"))
-        for i in range(a.nchunks):
-            if f"{a.path}/{_chunk_key(a, i)}" not in have:
-                raise AepipeError(f"{where}: chunk {name}/{_chunk_key(a, i)} is missing "
-                                  f"({a.nchunks - a.nchunks_initialized} of {a.nchunks} chunks lost); the store is damaged")
+        # one object per chunk, or per shard (its chunks inside, under the same key scheme)
+        have, n = sync(keys(a.store, f"{a.path}/")), -(-a.shape[0] // (a.shards or a.chunks)[0])
+        lost = [i for i in range(n) if f"{a.path}/{_chunk_key(a, i)}" not in have]
+        if lost:
+            what = "shard" if a.shards else "chunk"
+            raise AepipeError(f"{where}: {what} {name}/{_chunk_key(a, lost[0])} is missing "
+                              f"({len(lost)} of {n} {what}s lost); the store is damaged")
 
 
 def check_manifest(where: Location, manifest: dict) -> None:

@@ -1,10 +1,11 @@
 """Zarr stores of codes and reconstructions: ZarrSink.
 
 Ray 2.60 has no Zarr writer, so ZarrSink is one. Each write task puts its rows at their global
-positions (`row`). Whole chunks go straight from the workers; rows of a chunk that a task only
-partly holds come back to the driver (at most two chunks per task, since read tasks follow chunk
-boundaries) and are written there, so no two processes ever write the same chunk. Every chunk is
-written and checksummed (crc32c). Staging, commit and --resume: aepipe.stores.staging.
+positions (`row`). Whole chunks (or shards: many chunks in one object, for stores at a URI) go
+straight from the workers; rows of one that a task only partly holds come back to the driver and
+are written there, so no two processes ever write the same chunk. encode plans its tasks on chunk
+(shard) edges (sources.plan), so none come back from it. Every chunk is written and checksummed
+(crc32c; a shard's index too). Staging, commit and --resume: aepipe.stores.staging.
 """
 
 from __future__ import annotations
@@ -49,9 +50,13 @@ class ZarrSink(_Staged):
     Every array has named dimensions and the other arrays name "ids" as their coordinate, so that
     xarray opens the store as a Dataset with ids beside every row; metadata is consolidated at commit."""
 
-    def __init__(self, path, n_rows: int, arrays: dict, attrs: dict, chunk_rows: int, ranges=None, settings=None):
+    def __init__(self, path, n_rows: int, arrays: dict, attrs: dict, chunk_rows: int, ranges=None, settings=None,
+                 shard_rows: int | None = None):
         super().__init__(path, n_rows, ranges, settings)
-        self.arrays, self.attrs, self.chunk_rows = arrays, attrs, chunk_rows
+        self.arrays, self.attrs, self.chunk_rows, self.shard_rows = arrays, attrs, chunk_rows, shard_rows
+        # what one process writes whole: a chunk, or a shard (many chunks in one object, which zarr
+        # rewrites whole on any write to it)
+        self.unit_rows = shard_rows or chunk_rows
 
     def _create(self) -> None:
         import zarr
@@ -60,7 +65,8 @@ class ZarrSink(_Staged):
         for name, (_, shape, dtype, *attrs) in self.arrays.items():
             # every chunk is written, even one equal to the fill value, so a missing chunk file always
             # means damage; crc32c makes a damaged chunk fail its read instead of decoding as garbage
-            a = g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape),
+            shards = {"shards": (self.shard_rows, *shape)} if self.shard_rows else {}
+            a = g.create_array(name, shape=(self.n_rows, *shape), chunks=(self.chunk_rows, *shape), **shards,
                                dtype=zarr_dtype(dtype), config={"write_empty_chunks": True},
                                compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()],
                                dimension_names=dimension_names(name, shape))
@@ -103,9 +109,10 @@ class ZarrSink(_Staged):
             batch = {k: v[keep] for k, v in batch.items()}
         if not batch or not len(batch["row"]):
             return {"n": 0, "partial": None, "skipped": []}
-        chunk = batch["row"] // self.chunk_rows
-        held = np.bincount(chunk, minlength=chunk.max() + 1)
-        whole = (held == self._chunk_size(np.arange(len(held))))[chunk]  # rows whose chunk this task holds entirely
+        unit = batch["row"] // self.unit_rows
+        held = np.bincount(unit, minlength=unit.max() + 1)
+        size = np.minimum(self.unit_rows, self.n_rows - np.arange(len(held)) * self.unit_rows)
+        whole = (held == size)[unit]  # rows whose chunk (or shard) this task holds entirely
         self._put(batch, whole)
         partial = {k: v[~whole] for k, v in batch.items()} if (~whole).any() else None
         return {"n": len(batch["row"]), "partial": partial, "skipped": skipped_rows(batch["id"])}
