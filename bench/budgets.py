@@ -27,7 +27,7 @@ def main():
     import torch
     from sklearn.decomposition import PCA
 
-    from aepipe.evaluate import digits_split, format_table
+    from aepipe.analysis.metrics import digits_split, format_table
     from aepipe.models import ModelConfig
     from aepipe.normalize import in_validation
     from aepipe.training import TrainConfig, fit_local

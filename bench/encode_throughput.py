@@ -203,7 +203,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.bare:
         return bare(*args.bare)
-    from aepipe.evaluate import format_table
+    from aepipe.analysis.metrics import format_table
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)

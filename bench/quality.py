@@ -1,6 +1,6 @@
 """The model zoo against the classical baselines on scikit-learn's digits.
 
-The classical split, scaling and probe (aepipe.evaluate, as `aepipe probe` uses them): digits / 16,
+The classical split, scaling and probe (aepipe.analysis.metrics, as `aepipe probe` uses them): digits / 16,
 train_test_split(test_size=0.3, random_state=0, stratify=y), LogisticRegression(max_iter=5000) on
 the codes. Prints one table:
 
@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
 from aepipe.normalize import in_validation
-from aepipe.evaluate import digits_split, format_table, probe_accuracy, psnr
+from aepipe.analysis.metrics import digits_split, format_table, probe_accuracy, psnr
 from aepipe.models import REGISTRY, ModelConfig
 from aepipe.training import TrainConfig, fit_local
 

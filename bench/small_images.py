@@ -66,7 +66,7 @@ def main():
     ap.add_argument("--families", default="dense,conv")
     ap.add_argument("--code-dim", type=int, default=16)
     args = ap.parse_args()
-    from aepipe.evaluate import format_table
+    from aepipe.analysis.metrics import format_table
 
     aepipe = str(Path(sys.executable).with_name("aepipe"))
     psnr = lambda mse: 10 * np.log10(1 / mse)  # noqa: E731

@@ -132,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.plain:
         return plain(args.plain[0], int(args.plain[1]), int(args.plain[2]))
-    from aepipe.evaluate import format_table
+    from aepipe.analysis.metrics import format_table
     from aepipe.training import TrainConfig
 
     batch = TrainConfig().batch_size

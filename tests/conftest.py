@@ -35,7 +35,7 @@ def ray_local():
     """One embedded Ray for the whole session (2 CPUs, no dashboard), as on the CI machine."""
     import ray
 
-    from aepipe.runtime import init_ray
+    from aepipe.cluster.runtime import init_ray
 
     init_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address

@@ -15,8 +15,8 @@ import yaml
 
 from aepipe import AepipeError
 from aepipe.cli import app
-from aepipe.ray_workarounds import check_cluster_config
-from aepipe.submit import FIELDS, load_spec
+from aepipe.cluster.ray_workarounds import check_cluster_config
+from aepipe.cluster.submit import FIELDS, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ROOT / "jobs"

@@ -21,7 +21,7 @@ import aepipe
 from aepipe.sources import open_source
 from aepipe.batch.decode import decode
 from aepipe.batch.encode import encode
-from aepipe.evaluate import digits_split, fixed_split, probe_scores, psnr
+from aepipe.analysis.metrics import digits_split, fixed_split, probe_scores, psnr
 from aepipe.models import ModelConfig
 from aepipe.scores import row_errors
 from aepipe.run import load_run

@@ -31,9 +31,9 @@ import pytest
 from PIL import Image
 
 import aepipe
+from aepipe.cluster.submit import load_spec
 from aepipe.errors import AepipeError
 from aepipe.stores.read import load_codes
-from aepipe.submit import load_spec
 from tests.conftest import AEPIPE, aepipe_here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ HOSTILE_VALUES = {
 
 
 def placeholders(spec: Path) -> list[str]:
-    from aepipe.submit import PLACEHOLDER, _read
+    from aepipe.cluster.submit import PLACEHOLDER, _read
 
     return sorted(set(PLACEHOLDER.findall(_read(str(spec))["entrypoint"])))
 

@@ -32,27 +32,28 @@ def test_main_returns_exit_codes_in_process(capsys, tmp_path):
 LAYERS = {
     # the package's own names (load_codes, AutoencoderFeatures, AepipeError); the transformer trains
     # through the train job, as a user's script would
-    "api": {"aepipe", "aepipe.features"},
+    "api": {"aepipe", "aepipe.analysis.features"},
     "cli": {"aepipe.cli", "aepipe.cli.__main__", "aepipe.cli.train_commands",
             "aepipe.cli.batch_commands", "aepipe.cli.analysis_commands", "aepipe.cli.cluster_commands",
             "aepipe.cli.options", "aepipe.cli.defaults", "aepipe.cli.output"},
     # a job that runs others (append runs encode; demo, train/encode/decode; tune, train) is handed them
     # by the command line, so no job module imports another
     "jobs": {"aepipe.batch.encode", "aepipe.batch.decode", "aepipe.batch.reconstruct", "aepipe.batch.append",
-             "aepipe.training", "aepipe.report", "aepipe.submit", "aepipe.demo", "aepipe.tune", "aepipe.export"},
+             "aepipe.training", "aepipe.analysis.report", "aepipe.cluster.submit", "aepipe.analysis.demo",
+             "aepipe.cluster.tune", "aepipe.export"},
     # what the jobs stand on; the train job (aepipe.training) on its own loop, drivers and run dir
     "engine": {"aepipe.batch", "aepipe.batch.engine", "aepipe.batch.actors", "aepipe.batch.rows",
-               "aepipe.runtime", "aepipe.training.config", "aepipe.training.state", "aepipe.training.loop",
+               "aepipe.cluster.runtime", "aepipe.training.config", "aepipe.training.state", "aepipe.training.loop",
                "aepipe.training.data", "aepipe.training.local", "aepipe.training.on_ray", "aepipe.training.rundir"},
-    "parts": {"aepipe.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.staging", "aepipe.stores.raydata",
+    "parts": {"aepipe.cluster.ray_workarounds", "aepipe.stores", "aepipe.stores.read", "aepipe.stores.staging", "aepipe.stores.raydata",
               "aepipe.stores.zarr_sink", "aepipe.stores.parquet_sink", "aepipe.stores.png_sink", "aepipe.stores.ids_index", "aepipe.stores.quantize",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.models.base", "aepipe.models.dense", "aepipe.models.vae", "aepipe.models.conv",
               "aepipe.models.recurrent", "aepipe.models.compress",
               "aepipe.run", "aepipe.statefile", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
-              "aepipe.sources.parquet", "aepipe.sources.csv_rows", "aepipe.sources.dataset", "aepipe.evaluate"},
-    "base": {"aepipe.errors", "aepipe.version", "aepipe.config"},
+              "aepipe.sources.parquet", "aepipe.sources.csv_rows", "aepipe.sources.dataset", "aepipe.analysis.metrics"},
+    "base": {"aepipe.errors", "aepipe.version", "aepipe.config", "aepipe.analysis", "aepipe.cluster"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
 

@@ -1,4 +1,4 @@
-"""Each workaround of Ray (aepipe.ray_workarounds) still applies to the installed Ray, and no other
+"""Each workaround of Ray (aepipe.cluster.ray_workarounds) still applies to the installed Ray, and no other
 module touches Ray's private names; Ctrl-C stops only the processes an embedded Ray started."""
 
 import ast
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aepipe import ray_workarounds as rw
+from aepipe.cluster import ray_workarounds as rw
 
 ROOT = Path(__file__).parents[1]
 
@@ -71,14 +71,14 @@ def test_no_module_but_the_workaround_module_touches_a_private_ray_name():
     offenders = {str(f.relative_to(ROOT)): private_ray_names(f) for f in files
                  if f.name not in ("ray_workarounds.py", "test_ray_workarounds.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
-    assert private_ray_names(ROOT / "pipeline" / "aepipe" / "ray_workarounds.py")  # the check sees them
+    assert private_ray_names(ROOT / "pipeline" / "aepipe" / "cluster" / "ray_workarounds.py")  # the check sees them
 
 
 SIBLING = """
 import os, signal, subprocess, sys, threading, time
 sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the caller's own child
-from aepipe.runtime import Interrupted, init_ray, run_interruptibly
-from aepipe import ray_workarounds as rw
+from aepipe.cluster.runtime import Interrupted, init_ray, run_interruptibly
+from aepipe.cluster import ray_workarounds as rw
 import ray
 init_ray(num_cpus=1)
 started = list(rw._STARTED)

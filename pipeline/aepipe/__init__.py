@@ -12,7 +12,7 @@ def __getattr__(name: str):
 
         return load_codes
     if name == "AutoencoderFeatures":
-        from aepipe.features import AutoencoderFeatures
+        from aepipe.analysis.features import AutoencoderFeatures
 
         return AutoencoderFeatures
     raise AttributeError(f"module 'aepipe' has no attribute {name!r}")

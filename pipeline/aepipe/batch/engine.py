@@ -27,8 +27,8 @@ import numpy as np
 
 from aepipe import remote
 from aepipe.checks import at_least, positive
+from aepipe.cluster.runtime import init_ray, require, run_interruptibly, user_errors
 from aepipe.errors import AepipeError
-from aepipe.runtime import init_ray, require, run_interruptibly, user_errors
 from aepipe.sources import ROWS_PER_TASK, Source, plan, read_block, to_dataset
 from aepipe.stores.raydata import as_datasink
 from aepipe.version import __version__

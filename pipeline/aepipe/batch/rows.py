@@ -11,7 +11,7 @@ import numpy as np
 
 from aepipe.batch.engine import write
 from aepipe.errors import AepipeError
-from aepipe.runtime import run_interruptibly, user_errors
+from aepipe.cluster.runtime import run_interruptibly, user_errors
 from aepipe.sources import Source, numpy_of
 from aepipe.sources.parquet import ParquetSource
 from aepipe.stores.ids_index import bisect, lookup_zarr

@@ -19,9 +19,9 @@ import typer
 
 from aepipe.cli import analysis_commands, batch_commands, cluster_commands, output, train_commands
 from aepipe.cli.defaults import ConfigDefaults
-from aepipe.runtime import exit_now, leave, quiet_native_logs
+from aepipe.cluster.runtime import exit_now, leave, quiet_native_logs
 
-# The jobs (aepipe.training, aepipe.batch.*, aepipe.report, aepipe.tune) and aepipe.models are imported
+# The jobs (aepipe.training, aepipe.batch.*, aepipe.analysis.report, aepipe.cluster.tune) and aepipe.models are imported
 # inside the commands that run them: they bring torch (1-1.5 s), which `--help`, `info` and every
 # refused option need not wait for.
 

@@ -8,13 +8,13 @@ from typing import Optional
 
 import typer
 
+from aepipe.analysis.metrics import format_table, probe as probe_fn
 from aepipe.cli.options import OVERWRITE
 from aepipe.cli.output import call
-from aepipe.evaluate import format_table, probe as probe_fn
 from aepipe.run import describe_run, is_run_dir, load_run
 from aepipe.stores.read import describe_store, verify_store
 
-# aepipe.report and aepipe.export bring torch: imported inside the commands (see __init__.py).
+# aepipe.analysis.report and aepipe.export bring torch: imported inside the commands (see __init__.py).
 
 
 def info(path: str = typer.Argument(..., help="A run dir or a codes store."),
@@ -60,7 +60,7 @@ def report(
     overwrite: bool = typer.Option(False, help="Replace an earlier report in OUT."),
 ):
     """One page on a model: loss, reconstructions, scores, code map, error per code dtype (PNG + HTML)."""
-    from aepipe.report import report as report_fn
+    from aepipe.analysis.report import report as report_fn
 
     done = call(report_fn, str(model), out, data=data, labels=labels, label_column=label_column,
                 labels_id_column=labels_id_column, rows=rows, tsne=tsne, overwrite=overwrite)

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from aepipe.cli.output import call
-from aepipe.submit import submit as submit_fn
+from aepipe.cluster.submit import submit as submit_fn
 
 
 def submit(

@@ -12,15 +12,15 @@ from typing import Optional
 import tomllib
 import typer
 
+from aepipe.analysis.demo import demo as demo_fn
+from aepipe.analysis.metrics import format_table
 from aepipe.checks import train_options, typed_options
 from aepipe.cli.options import (ADDRESS, COLUMNS, FILL_MISSING, IMAGE_SIZE, MODE, ON_BAD_ROW, READ_OPTIONS, ints,
                                 read_options)
 from aepipe.cli.output import call, skipped_note
-from aepipe.demo import demo as demo_fn
 from aepipe.errors import AepipeError
-from aepipe.evaluate import format_table
 
-# aepipe.training, aepipe.tune and aepipe.models bring torch: imported inside the commands (see __init__.py).
+# aepipe.training, aepipe.cluster.tune and aepipe.models bring torch: imported inside the commands (see __init__.py).
 
 
 def _config_file(path: Optional[Path]) -> dict:
@@ -154,9 +154,9 @@ def tune(
     """Search code size, depth, width and loss with Ray Tune and ASHA, ranking trials by their
     validation reconstruction loss over PCA's with the same code size and loss ("vs PCA" < 1: better
     than PCA); prints the table of trials and writes the best as a run dir that encode/decode take."""
+    from aepipe.cluster.tune import tune as tune_fn
     from aepipe.models import ModelConfig
     from aepipe.training import TrainConfig, train as train_fn
-    from aepipe.tune import tune as tune_fn
 
     def setup():
         losses = ModelConfig.loss if loss is None else loss

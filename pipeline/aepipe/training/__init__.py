@@ -35,7 +35,7 @@ from aepipe.config import ModelConfig
 from aepipe.models.base import build_model
 from aepipe.normalize import Normalizer, fingerprint
 from aepipe.run import META, save_run
-from aepipe.runtime import Interrupted, user_errors
+from aepipe.cluster.runtime import Interrupted, user_errors
 from aepipe.sources import open_source
 from aepipe.training.config import TrainConfig, budget
 from aepipe.training.data import Laps, fit_path, prepare_here, prepare_on_ray, split_rows

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from aepipe.cluster.runtime import init_ray, require, run_interruptibly, user_errors
 from aepipe.config import ModelConfig
-from aepipe.runtime import init_ray, require, run_interruptibly, user_errors
 from aepipe.training.config import TrainConfig
 from aepipe.training.loop import after_epoch, finish, fit, schedule, start
 from aepipe.training.rundir import STATE, load_checkpoint, point_at, point_at_newest
@@ -126,7 +126,7 @@ def _report(metrics: dict, inner, opt, st: FitState, rank: int, due: bool) -> No
 
 def _appender(path: str):
     """Rank 0's epoch lines go to a file under the run dir's storage, which the driver prints as
-    they come: workers' own stdout reaches the console only with --verbose (see runtime.init_ray)."""
+    they come: workers' own stdout reaches the console only with --verbose (see cluster.runtime.init_ray)."""
     def say(line: str) -> None:
         with open(path, "a") as f:
             f.write(line + "\n")

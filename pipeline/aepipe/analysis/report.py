@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aepipe.analysis.metrics import read_labels
 from aepipe.errors import AepipeError
-from aepipe.evaluate import read_labels
 from aepipe.run import load_run
 from aepipe.scores import auto_threshold, row_errors
 from aepipe.sources import open_matching

@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 
 from aepipe.checks import run_dir_output
+from aepipe.cluster.runtime import init_ray, user_errors
 from aepipe.errors import AepipeError
 from aepipe.config import ModelConfig
 from aepipe.models.base import build_model
 from aepipe.run import META, read_meta
-from aepipe.runtime import init_ray, user_errors
 
 
 def _trial(config: dict, *, train, data, root, mcfg, tcfg, id_column, read):

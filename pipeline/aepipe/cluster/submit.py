@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from aepipe.cluster.ray_workarounds import job_agent_not_ready, job_message_without_logs
 from aepipe.errors import AepipeError
-from aepipe.ray_workarounds import job_agent_not_ready, job_message_without_logs
 
 # JobSubmissionClient.submit_job's keyword arguments a spec may hold (job_id is deprecated there)
 FIELDS = ("entrypoint", "runtime_env", "metadata", "submission_id", "entrypoint_num_cpus", "entrypoint_num_gpus",

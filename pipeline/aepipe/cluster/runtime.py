@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aepipe import remote
 from aepipe.errors import AepipeError, disk_error
-from aepipe.ray_workarounds import (GLOG_LINE, recording_started_processes, keeping_sigterm_handler, shorten_data_wait,
+from aepipe.cluster.ray_workarounds import (GLOG_LINE, recording_started_processes, keeping_sigterm_handler, shorten_data_wait,
                                      stop_started_ray, train_env)
 
 CONNECT_TIMEOUT_S = 10  # a cluster that does not answer a TCP connect in this long is not there

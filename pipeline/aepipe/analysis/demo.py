@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aepipe.evaluate import by_id, digits_split, format_table, pca_baseline, plot_reconstructions, probe_accuracy, psnr
-from aepipe.runtime import init_ray
+from aepipe.analysis.metrics import (by_id, digits_split, format_table, pca_baseline, plot_reconstructions,
+                                     probe_accuracy, psnr)
+from aepipe.cluster.runtime import init_ray
 from aepipe.stores.read import load_codes
 
 
