@@ -1,7 +1,8 @@
 """Metrics, the classical baselines they are compared with, plots, and the digits demo.
 
 Baselines and the split are the classical ones, computed here: digits / 16, train_test_split with
-test_size 0.3, random_state 0, stratified; logistic regression (max_iter 5000) as the probe.
+test_size 0.3, random_state 0, stratified; standardised features and logistic regression
+(max_iter 5000) as the probe, the same for codes, raw inputs and PCA.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return float(10 * np.log10(peak ** 2 / np.mean((a - b) ** 2)))
 
 
-def probe_accuracy(train_x, train_y, test_x, test_y) -> float:
-    """The classical linear probe (logistic regression, max_iter 5000) on the codes: test accuracy."""
+def linear_probe(train_x, train_y):
+    """The linear probe: features standardised on the training rows, then logistic regression
+    (max_iter 5000). Standardised, because the regression's penalty is on the weights: codes 4x
+    smaller in scale than PCA's need 4x larger weights and were penalised for it (UCR GunPoint,
+    recurrent codes: 0.747 raw against 0.887 standardised, PCA 0.840 / 0.880)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    clf = LogisticRegression(max_iter=5000).fit(train_x, train_y)
-    return float(clf.score(test_x, test_y))
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(train_x, train_y)
+
+
+def probe_accuracy(train_x, train_y, test_x, test_y) -> float:
+    """The linear probe (linear_probe) on the codes: test accuracy."""
+    return float(linear_probe(train_x, train_y).score(test_x, test_y))
 
 
 def digits_split():
@@ -121,11 +131,10 @@ def fixed_split(y: np.ndarray):
 
 
 def probe_scores(train_x, train_y, test_x, test_y) -> dict:
-    """The linear probe (logistic regression, max_iter 5000): accuracy and macro-F1."""
-    from sklearn.linear_model import LogisticRegression
+    """The linear probe (linear_probe): accuracy and macro-F1."""
     from sklearn.metrics import f1_score
 
-    pred = LogisticRegression(max_iter=5000).fit(train_x, train_y).predict(test_x)
+    pred = linear_probe(train_x, train_y).predict(test_x)
     return {"accuracy": float(np.mean(pred == test_y)), "macro_f1": float(f1_score(test_y, pred, average="macro"))}
 
 

@@ -40,9 +40,11 @@ def probe(
     labels_id_column: str = typer.Option("id", help="The labels' id column (joined to the store's ids)."),
     data: Optional[str] = typer.Option(None, help="The encoded DATA: adds the same probe on raw inputs and on PCA."),
 ):
-    """Linear probe: logistic regression on the codes, one fixed 70/30 split, accuracy and macro-F1."""
+    """Linear probe: logistic regression on the standardised codes (and --data's raw inputs and PCA,
+    standardised alike), one fixed 70/30 split, accuracy and macro-F1."""
     rows = call(probe_fn, str(codes), labels, label_column=label_column, data=data, labels_id_column=labels_id_column)
-    typer.echo(f"{rows[0]['n_train']} train / {rows[0]['n_test']} test rows, joined by id\n")
+    typer.echo(f"{rows[0]['n_train']} train / {rows[0]['n_test']} test rows, joined by id; each feature set "
+               "standardised on the train rows\n")
     typer.echo(format_table(["features", "dims", "accuracy", "macro-F1"],
                             [[r["features"], r["dims"], r["accuracy"], r["macro_f1"]] for r in rows]))
 
