@@ -465,3 +465,18 @@ def test_exported_encoder_gives_the_codes_encode_writes_without_aepipe(digits_ru
     assert again.returncode == 2 and "already exists" in again.stderr
     wrong = run_aepipe("export", digits_run, "--out", tmp_path / "enc.onnx", check=False)
     assert wrong.returncode == 2 and ".pt2" in wrong.stderr and not (tmp_path / "enc.onnx").exists()
+
+
+def test_score_and_decode_parts_are_planned_like_encodes(digits_run, digits_codes, tmp_path):
+    """score, decode and denoise outputs are cut like encode's (stores.part_rows): Parquet parts
+    of ~128 MiB at most, here at least 4 of 1,797 rows (450 each), every row once, in order."""
+    import pyarrow.parquet as pq
+
+    run_aepipe("score", "builtin:digits", "--model", digits_run, "--out", tmp_path / "s.parquet", "--engine", "local")
+    run_aepipe("decode", digits_codes / "c.zarr", "--model", digits_run, "--out", tmp_path / "d.parquet",
+               "--engine", "local")
+    for out in ("s.parquet", "d.parquet"):
+        parts = sorted((tmp_path / out).glob("part-*.parquet"))
+        assert [pq.ParquetFile(p).metadata.num_rows for p in parts] == [450, 450, 450, 447], out
+        ids = np.concatenate([pq.read_table(p, columns=["id"]).column(0).to_numpy() for p in parts])
+        assert np.array_equal(ids.astype(int), np.arange(1797)), out

@@ -273,3 +273,31 @@ def test_zarr_shards_hold_many_chunks_per_object_and_read_the_same(digits_run, d
     shard.unlink()  # a lost object: named, never read as zeros
     ran = run_aepipe("info", sharded, check=False)
     assert ran.returncode == 2 and "shard codes/c/1/0 is missing (1 of 4 shards lost)" in ran.stderr, ran.stderr
+
+
+def test_resume_refuses_other_part_sizes(digits_run, digits_npy, tmp_path, monkeypatch):
+    """Parquet parts are named by their first row: a resume cutting other parts would write rows
+    twice, so the part size is one of the settings a --resume must find unchanged."""
+    import errno
+
+    from aepipe.stores.parquet_sink import ParquetSink
+
+    out, partial = tmp_path / "c.parquet", tmp_path / "c.parquet.partial"
+    commit = ParquetSink.on_write_complete
+
+    def full_disk(self, results):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ParquetSink, "on_write_complete", full_disk)
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
+    with pytest.raises(AepipeError, match="what was written is kept in"):
+        encode(str(digits_npy), str(digits_run), out, engine="local")
+    assert partial.is_dir() and len(list(partial.glob("part-*.parquet"))) == 8
+    monkeypatch.setattr(ParquetSink, "on_write_complete", commit)
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "3072")
+    with pytest.raises(AepipeError, match="was started with part_rows = 4096, this run has 3072"):
+        encode(str(digits_npy), str(digits_run), out, engine="local", resume=True)
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
+    encode(str(digits_npy), str(digits_run), out, engine="local", resume=True)
+    t = pads.dataset(str(out)).to_table()
+    assert np.array_equal(np.sort(t.column("id").to_numpy()), np.arange(N)) and not partial.exists()

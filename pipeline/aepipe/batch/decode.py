@@ -11,7 +11,7 @@ from aepipe.errors import AepipeError
 from aepipe.checks import output_path, positive
 from aepipe.batch.actors import BitstreamDecoder, Decoder
 from aepipe.batch.engine import check_job_options, model_job, provenance
-from aepipe.batch.rows import png_range, select, write_rows
+from aepipe.batch.rows import png_range, rows_per_part, select, write_rows
 from aepipe.run import load_run
 from aepipe.stores.bitstreams import BitstreamSource
 from aepipe.sources import locate
@@ -45,7 +45,8 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         src = select(src, rows, ids)
         actor, kwargs = Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], scale=quant_scale(attrs),
                                       num_gpus=num_gpus)
-    ds = model_job(src, actor, kwargs, batch_size, concurrency, num_gpus, engine, address)
+    ds = model_job(src, actor, kwargs, batch_size, concurrency, num_gpus, engine, address,
+                   part_rows=rows_per_part(out, run, src.n_rows))
     write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
     return src.n_rows
 

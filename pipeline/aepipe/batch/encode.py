@@ -105,15 +105,18 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     chunk_rows = chunk_rows or chunk_rows_for(row_bytes)
     ids_kind = id_dtype(src)
     step_rows = task_rows(chunk_rows, 4 * src.schema.size, src.n_rows)  # input held at once
-    shard_rows = None
-    if out.suffix == ".zarr" and (remote.is_uri(str(out)) if shards is None else shards):  # many chunks an object
-        shard_rows = part_rows(chunk_rows, row_bytes, src.n_rows, part_mb << 20)
-    unit = chunk_rows if out.suffix == ".zarr" else 1  # a Parquet part may end on any row
-    rows_per_part = shard_rows or part_rows(unit, row_bytes + 8, src.n_rows, part_mb << 20)
+    shard_rows = rows_per_part = None
+    # with --gpus an actor pool stands between read and write, so a write task holds one read
+    # step, not a whole task: parts and shards of a task would come back through the driver
+    if out.suffix == ".zarr" and not num_gpus and (remote.is_uri(str(out)) if shards is None else shards):
+        shard_rows = part_rows(chunk_rows, row_bytes, src.n_rows, part_mb << 20)  # many chunks an object
+    if not num_gpus:
+        unit = chunk_rows if out.suffix == ".zarr" else 1  # a Parquet part may end on any row
+        rows_per_part = shard_rows or part_rows(unit, row_bytes + 8, src.n_rows, part_mb << 20)
     ranges = [task_range(t) for t in plan(src, step_rows, rows_per_part)]
     settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
                                chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges),
-                               shard_rows=shard_rows)
+                               part_rows=rows_per_part, shard_rows=shard_rows)
 
     actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
     if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row

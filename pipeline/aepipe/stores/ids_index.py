@@ -26,11 +26,17 @@ def in_order(ids: np.ndarray) -> bool:
     return len(ids) < 2 or bool(np.all(ids[1:] >= ids[:-1]))
 
 
-def _sorted(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(ids sorted, the row of each), or None where that takes more memory than MAX_INDEX_BYTES."""
-    per_id = 8 + max(len(str(v)) for v in ids[:1000]) if ids.dtype.kind in "OTU" else ids.itemsize
-    if len(ids) * (2 * per_id + 8) > MAX_INDEX_BYTES:
-        return None
+def _fits(arr) -> bool:
+    """Whether sorting the ids (a Zarr array) stays within MAX_INDEX_BYTES, judged before reading
+    them all: text by its first 1,000 ids."""
+    n = arr.shape[0]
+    sample = arr[:min(n, 1000)]
+    per_id = 8 + max((len(str(v)) for v in sample), default=0) if sample.dtype.kind in "OTU" else sample.itemsize
+    return n * (2 * per_id + 8) <= MAX_INDEX_BYTES
+
+
+def _sorted(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids sorted, the row of each)."""
     order = np.argsort(ids, kind="stable")
     return ids[order], order.astype(np.int64)
 
@@ -39,11 +45,10 @@ def index_zarr(g) -> None:
     """At commit, in the group being committed: the ids index, where the ids are out of order."""
     import zarr
 
-    if _zarr_in_order(g["ids"]):  # read chunk by chunk: a store in order costs no memory here
+    ids = g["ids"]
+    if _zarr_in_order(ids) or not _fits(ids):  # read chunk by chunk: a store in order costs no memory here
         return
-    built = _sorted(g["ids"][:])
-    if built is None:
-        return
+    built = _sorted(ids[:])
     sub = g.create_group(INDEX_GROUP)
     for name, values, dtype in zip(("ids", "rows"), built, (g["ids"].dtype, "int64")):
         a = sub.create_array(name, shape=values.shape, chunks=(INDEX_CHUNK,), dtype=dtype,

@@ -14,10 +14,11 @@ import shutil
 
 import numpy as np
 
+from aepipe.errors import AepipeError
 from aepipe.sources import bad_rows, skipped_rows
 from aepipe.stores import open_zarr
 from aepipe.stores.ids_index import index_zarr
-from aepipe.stores.staging import _Staged, _to_numpy
+from aepipe.stores.staging import RESUME, _Staged, _to_numpy
 
 DONE = "_aepipe_done"  # in a Zarr OUT.partial: one empty file per chunk, made after the chunk is written
 
@@ -80,6 +81,8 @@ class ZarrSink(_Staged):
         return range(a // self.chunk_rows, (b - 1) // self.chunk_rows + 1)
 
     def _finished(self) -> set[int]:
+        if not (self.tmp / DONE).is_dir():  # (its resume file goes first at the commit: see on_write_complete)
+            raise AepipeError(f"--resume: {self.tmp} holds no finished chunks to resume from; run without --resume")
         return {int(f.name) for f in (self.tmp / DONE).iterdir() if f.name.isdigit()}
 
     def _chunk_size(self, i):
@@ -125,6 +128,9 @@ class ZarrSink(_Staged):
         before = int(sum(self._chunk_size(i) for i in self.done))  # rows a resumed run kept
         self._check_count(before + sum(r["n"] for r in results))  # marked rows included: each row once
         if not self.remote:
+            # from here the partial is being turned into the store (rows closed up, the ids index,
+            # metadata): no longer a state --resume can continue from, so not offered to it
+            (self.tmp / RESUME).unlink(missing_ok=True)
             shutil.rmtree(self.tmp / DONE)
         g = open_zarr(self.tmp, mode="r+")
         # (a resumed run lists, and drops, the skipped rows of the chunks it wrote itself)
