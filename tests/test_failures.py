@@ -53,14 +53,14 @@ def add_node(c, cpus):
     return c.add_node(num_cpus=cpus, object_store_memory=100 * MB)
 
 
-def workers_on(node) -> list[str]:
-    """Process titles of the Ray workers a node runs (ray::MapWorker(MapBatches(Encoder)), ...)."""
+def workers_on(node) -> list[tuple[psutil.Process, str]]:
+    """The Ray workers a node runs, with their process titles (ray::MapWorker(MapBatches(Encoder)), ...)."""
     raylet = node.all_processes["raylet"][0].process.pid
-    names = []
+    found = []
     for kid in psutil.Process(raylet).children(recursive=True):
         with contextlib.suppress(psutil.Error):  # a worker may exit between the listing and its name
-            names.append(kid.name())
-    return names
+            found.append((kid, kid.name()))
+    return found
 
 
 def start(*args):
@@ -91,16 +91,32 @@ def finish(proc, timeout=400):
         pytest.fail(f"still running after {timeout} s:\n{out[-3000:]}\n{err[-3000:]}")
 
 
-@pytest.mark.slow
-def test_node_killed_mid_encode_store_complete(cluster, tmp_path, monkeypatch):
-    # small tasks (aepipe's own are up to 32768 rows): the encode is surely still running at the kill
-    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
-    rows = 200_000
-    x = np.random.default_rng(0).random((rows, 16), dtype=np.float32)
+def rows_and_model(tmp_path, seed: int) -> np.ndarray:
+    """200,000 rows of 16 floats in x.npy, and a small model fitted on the first 5,000 (run)."""
+    x = np.random.default_rng(seed).random((200_000, 16), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "small.npy", x[:5000])
     subprocess.run([AEPIPE, "train", tmp_path / "small.npy", "--code-dim", "4", "--hidden", "16", "--epochs", "1",
                     "--out", tmp_path / "run"], check=True, capture_output=True)
+    return x
+
+
+def every_id_once(proc, x, store, run) -> None:
+    """The encode ended well, and its store holds every row's id once, with the model's codes."""
+    out, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert f"encoded {len(x)} rows" in out
+    ids, codes = aepipe.load_codes(store)
+    assert np.array_equal(np.sort(ids), np.arange(len(x)))  # every id exactly once
+    ref = aepipe.AutoencoderFeatures(str(run)).transform(x)
+    np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_node_killed_mid_encode_store_complete(cluster, tmp_path, monkeypatch):
+    # small tasks (aepipe's own are up to 32768 rows): the encode is surely still running at the kill
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
+    x = rows_and_model(tmp_path, seed=0)
     nodes = [add_node(cluster, 2), add_node(cluster, 2)]
     cluster.wait_for_nodes()
     proc = start("encode", tmp_path / "x.npy", "--model", tmp_path / "run", "--out", tmp_path / "codes.zarr",
@@ -110,17 +126,11 @@ def test_node_killed_mid_encode_store_complete(cluster, tmp_path, monkeypatch):
     # kill a node running an encode task (read, model and write fused in one), so the failure hits
     # the model's work, not only a read
     # a worker shows "ray::IDLE" between its tasks: look until one is caught inside an encode task
-    victim = wait_for(proc, lambda: next((n for n in nodes if any("MapBatches" in t for t in workers_on(n))), None),
+    victim = wait_for(proc, lambda: next((n for n in nodes if any("MapBatches" in t for _, t in workers_on(n))), None),
                       "an encode task running on a worker node", timeout=60)
     cluster.remove_node(victim)
     add_node(cluster, 2)  # what an autoscaler does: the lost tasks get somewhere to rerun
-    out, err = finish(proc)
-    assert proc.returncode == 0, err
-    assert f"encoded {rows} rows" in out
-    ids, codes = aepipe.load_codes(tmp_path / "codes.zarr")
-    assert np.array_equal(np.sort(ids), np.arange(rows))  # every id exactly once
-    ref = aepipe.AutoencoderFeatures(str(tmp_path / "run")).transform(x)
-    np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-6)
+    every_id_once(proc, x, tmp_path / "codes.zarr", tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -128,36 +138,17 @@ def test_worker_process_killed_mid_encode_every_id_once(cluster, tmp_path, monke
     """SIGKILL one Ray worker process while it runs an encode task (the OOM killer's way): Ray
     starts another and reruns the task; the store holds every id exactly once, the right codes."""
     monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")
-    rows = 200_000
-    x = np.random.default_rng(1).random((rows, 16), dtype=np.float32)
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "small.npy", x[:5000])
-    subprocess.run([AEPIPE, "train", tmp_path / "small.npy", "--code-dim", "4", "--hidden", "16", "--epochs", "1",
-                    "--out", tmp_path / "run"], check=True, capture_output=True)
+    x = rows_and_model(tmp_path, seed=1)
     node = add_node(cluster, 2)
     cluster.wait_for_nodes()
     proc = start("encode", tmp_path / "x.npy", "--model", tmp_path / "run", "--out", tmp_path / "codes.parquet",
                  "--engine", "ray", "--address", cluster.address)
     done = tmp_path / "codes.parquet.partial"
     wait_for(proc, lambda: done.exists() and any(p.suffix == ".parquet" for p in done.iterdir()), "a first part")
-
-    def encoding_worker():
-        raylet = node.all_processes["raylet"][0].process.pid
-        for kid in psutil.Process(raylet).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "MapBatches" in kid.name():
-                    return kid
-        return None
-
-    victim = wait_for(proc, encoding_worker, "a worker inside an encode task", timeout=60)
+    victim = wait_for(proc, lambda: next((p for p, t in workers_on(node) if "MapBatches" in t), None),
+                      "a worker inside an encode task", timeout=60)
     victim.kill()
-    out, err = finish(proc)
-    assert proc.returncode == 0, err
-    assert f"encoded {rows} rows" in out
-    ids, codes = aepipe.load_codes(tmp_path / "codes.parquet")
-    assert np.array_equal(np.sort(ids), np.arange(rows))  # every id exactly once
-    ref = aepipe.AutoencoderFeatures(str(tmp_path / "run")).transform(x)
-    np.testing.assert_allclose(codes[np.argsort(ids)], ref, atol=1e-6)
+    every_id_once(proc, x, tmp_path / "codes.parquet", tmp_path / "run")
     assert not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE
 
 
@@ -175,7 +166,7 @@ def test_node_killed_mid_training_run_finishes_from_checkpoint(cluster, tmp_path
     # two checkpoint folders: the first is then registered with Ray Train (a folder alone may still
     # be on its way in when the node dies, and the restart then rightly begins at epoch 1)
     wait_for(proc, lambda: len(list(run.glob("checkpoints/train-*/checkpoint_*"))) >= 2, "two checkpoints")
-    victim = next((n for n in nodes if any("TrainWorker" in t for t in workers_on(n))), None)
+    victim = next((n for n in nodes if any("TrainWorker" in t for _, t in workers_on(n))), None)
     assert victim is not None, [workers_on(n) for n in nodes]
     cluster.remove_node(victim)
     add_node(cluster, 1)

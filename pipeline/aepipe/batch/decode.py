@@ -46,7 +46,7 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         actor, kwargs = Decoder, dict(run_dir=str(run.path), dtype=attrs["dtype"], scale=quant_scale(attrs),
                                       num_gpus=num_gpus)
     ds = model_job(src, actor, kwargs, batch_size, concurrency, num_gpus, engine, address,
-                   part_rows=rows_per_part(out, run, src.n_rows))
+                   part_rows=rows_per_part(out, 4 * run.schema.size, src.n_rows))
     write_rows(ds, out, src, run, provenance(run, str(codes), n_rows=src.n_rows, shape=list(run.schema.shape)))
     return src.n_rows
 

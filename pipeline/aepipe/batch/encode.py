@@ -12,6 +12,7 @@ import numpy as np
 
 from aepipe.batch.actors import BitstreamEncoder, Encoder
 from aepipe.batch.engine import check_job_options, model_job, provenance, write
+from aepipe.batch.rows import rows_per_part as part_size
 from aepipe.checks import output_path, positive
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
@@ -111,8 +112,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     if out.suffix == ".zarr" and not num_gpus and (remote.is_uri(str(out)) if shards is None else shards):
         shard_rows = part_rows(chunk_rows, row_bytes, src.n_rows, part_mb << 20)  # many chunks an object
     if not num_gpus:
-        unit = chunk_rows if out.suffix == ".zarr" else 1  # a Parquet part may end on any row
-        rows_per_part = shard_rows or part_rows(unit, row_bytes + 8, src.n_rows, part_mb << 20)
+        rows_per_part = shard_rows or part_size(out, row_bytes, src.n_rows, chunk_rows, part_mb << 20)
     ranges = [task_range(t) for t in plan(src, step_rows, rows_per_part)]
     settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
                                chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges),

@@ -22,7 +22,7 @@ from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import auto_threshold
 from aepipe.sources import open_matching
-from aepipe.stores import chunk_rows_for, part_rows, task_rows
+from aepipe.stores import chunk_rows_for, task_rows
 from aepipe.stores.read import id_dtype
 from aepipe.stores.parquet_sink import ParquetSink
 from aepipe.stores.zarr_sink import ZarrSink
@@ -56,7 +56,7 @@ def denoise(data: str, model: str, out: str | Path, id_column: str | None = None
     if (read or {}).get("on_bad_row") == "skip" and out.suffix == ".npy":  # a .npy keeps every row's place
         raise AepipeError("--on-bad-row skip: write to .zarr or .parquet, which list the rows left out")
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="x", num_gpus=num_gpus),
-                   batch_size, concurrency, num_gpus, engine, address, part_rows=rows_per_part(out, run, src.n_rows))
+                   batch_size, concurrency, num_gpus, engine, address, part_rows=rows_per_part(out, 4 * run.schema.size, src.n_rows))
     skipped = write_rows(ds, out, src, run, provenance(run, data, n_rows=src.n_rows, shape=list(run.schema.shape)))
     note = None if run.meta["family"] == "denoising" else (
         f'{model} is a "{run.meta["family"]}" model, not trained as denoising: rows were reconstructed, '
@@ -83,8 +83,7 @@ def score(data: str, model: str, out: str | Path, per_feature: bool = False, thr
     ds = model_job(src, Reconstructor, dict(run_dir=str(run.path), want="score", per_feature=per_feature,
                                             threshold=t, num_gpus=num_gpus),
                    batch_size, concurrency, num_gpus, engine, address, task_rows(chunk, 4 * src.schema.size, src.n_rows),
-                   part_rows=part_rows(chunk if out.suffix == ".zarr" else 1, 4 * (1 + per_feature * run.schema.size) + 8,
-                                       src.n_rows))
+                   part_rows=rows_per_part(out, 4 * (1 + per_feature * run.schema.size), src.n_rows, chunk))
     sink = _score_sink(out, src, run, attrs, per_feature, t is not None, id_name, chunk)
     write(ds, sink)
     if sink.skipped:  # --on-bad-row skip: fewer rows scored, the others listed

@@ -15,7 +15,7 @@ from aepipe.cluster.runtime import run_interruptibly, user_errors
 from aepipe.sources import Source, numpy_of
 from aepipe.sources.parquet import ParquetSource
 from aepipe.stores.ids_index import bisect, lookup_zarr
-from aepipe.stores import chunk_rows_for, part_rows
+from aepipe.stores import PART_BYTES, chunk_rows_for, part_rows
 from aepipe.stores.read import ZarrCodesSource, id_dtype, open_zarr
 from aepipe.stores.parquet_sink import ParquetSink
 from aepipe.stores.png_sink import PngSink
@@ -170,15 +170,16 @@ def write_rows(ds, out: Path, src: Source, run, meta: dict) -> list[dict]:
     return []
 
 
-def rows_per_part(out: Path, run, n_rows: int) -> int | None:
-    """Rows a task of a job writing `run`'s rows to `out` (write_rows) holds: one Parquet part, or
-    whole Zarr chunks, of about PART_BYTES (stores.part_rows). None for .npy and PNG folders, which
-    are written a file per row or through the driver."""
+def rows_per_part(out: Path, row_bytes: int, n_rows: int, chunk_rows: int | None = None,
+                  part_bytes: int = PART_BYTES) -> int | None:
+    """Rows a task of a job writing rows of row_bytes (and an id) to `out` holds: one Parquet part
+    (which may end on any row), or whole Zarr chunks (chunk_rows, default chunk_rows_for), of about
+    part_bytes (stores.part_rows). None for .npy and PNG folders, which are written a file per row
+    or through the driver."""
     if out.suffix not in (".zarr", ".parquet"):
         return None
-    row_bytes = 4 * int(np.prod(run.schema.shape))
-    unit = chunk_rows_for(row_bytes) if out.suffix == ".zarr" else 1
-    return part_rows(unit, row_bytes + 8, n_rows)
+    unit = (chunk_rows or chunk_rows_for(row_bytes)) if out.suffix == ".zarr" else 1
+    return part_rows(unit, row_bytes + 8, n_rows, part_bytes)
 
 
 def _write_npy(ds, out: Path, n: int, shape) -> None:

@@ -244,8 +244,7 @@ def open_codes(path: str | Path, known: tuple[str, dict] | None = None,
         kind, attrs = known or read_metadata(path)
         if "code_dim" not in attrs:
             raise AepipeError(f"{path}: holds decoded data, not codes")
-        src = (ZarrCodesSource(str(path), attrs, guard) if kind == "zarr"
-               else ParquetCodesSource(locate(str(path)), guard))
+        src = ZarrCodesSource(str(path), attrs, guard) if kind == "zarr" else ParquetCodesSource(guard.where, guard)
     except Exception:
         guard.check()  # a store swapped away mid-open says so, rather than looking damaged
         raise

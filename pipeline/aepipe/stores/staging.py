@@ -199,10 +199,8 @@ class _Staged:
     def _clear(self) -> None:
         if self.remote:
             remote.remove(self.tmp)
-        elif self.tmp.is_symlink() or self.tmp.is_file():  # left by something else: never removed through
-            self.tmp.unlink()
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:  # a link or file left by something else is unlinked: never removed through
+            _remove(self.tmp, ignore_errors=True)
 
     def _put_file(self, name: str, write) -> None:
         """write(path, filesystem) makes the file `name` in the store: on a URI directly (an object
@@ -216,8 +214,9 @@ class _Staged:
             Path(str(dest) + ".tmp").replace(dest)
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path, ignore_errors: bool = False) -> None:
+    """A local file, link (never followed) or folder, if there."""
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():
-        shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=ignore_errors)
