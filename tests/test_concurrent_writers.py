@@ -91,11 +91,14 @@ def test_a_store_replaced_between_two_reads_is_refused_not_mixed(digits_run, tmp
 
 
 READ_LOOP = """
-import json, sys, time, numpy as np, aepipe
+import json, os, sys, numpy as np, aepipe
 from aepipe.errors import AepipeError
 refs = [np.load(p) for p in sys.argv[2:4]]
-whole, refused, deadline = [0, 0], [], time.time() + float(sys.argv[4])
-while time.time() < deadline:
+stop = sys.argv[4]
+whole, refused, last = [0, 0], [], None
+print("reading", flush=True)
+while last is None:
+    done = os.path.exists(stop)  # the writer has finished: the load after it must be whole
     try:
         ids, codes = aepipe.load_codes(sys.argv[1])
     except AepipeError as e:
@@ -106,13 +109,15 @@ while time.time() < deadline:
     if not hits:
         sys.exit("MIXED: a read matched neither store")
     whole[hits[0]] += 1
-print(json.dumps({"whole": whole, "refused": sorted(set(m.split(": ", 1)[1] for m in refused))}))
+    last = hits[0] if done else None
+print(json.dumps({"whole": whole, "last": last, "refused": sorted(set(m.split(": ", 1)[1] for m in refused))}))
 """
 
 
 def test_overwrites_while_another_process_reads_each_read_whole_or_refused(digits_run, tmp_path):
-    """A reader process loads the store again and again while this test replaces it, float32 and
-    int8 by turns: each load is one of the two stores, whole, or one AepipeError."""
+    """A reader process loads the store again and again while this test replaces it 8 times,
+    float32 and int8 by turns: each load is one of the two stores, whole, or one AepipeError; the
+    load after the last write is that store."""
     out = tmp_path / "codes.zarr"
     refs = []
     for dtype in ("float32", "int8"):
@@ -121,17 +126,17 @@ def test_overwrites_while_another_process_reads_each_read_whole_or_refused(digit
         ids, codes = aepipe.load_codes(out)
         np.save(tmp_path / f"{dtype}.npy", codes[np.argsort(ids)])
         refs.append(tmp_path / f"{dtype}.npy")
-    reader = subprocess.Popen([sys.executable, "-c", READ_LOOP, out, *refs, "10"], stdout=subprocess.PIPE,
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READ_LOOP, out, *refs, stop], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    rounds = 0
-    while reader.poll() is None and rounds < 12:
-        dtype = ("float32", "int8")[rounds % 2]
+    assert reader.stdout.readline().strip() == "reading", reader.stderr.read()
+    for rounds in range(8):
         run_aepipe("encode", "builtin:digits", "--model", digits_run, "--out", out, "--engine", "local",
-                   "--dtype", dtype, "--overwrite", "--chunk-rows", "256")
-        rounds += 1
+                   "--dtype", ("float32", "int8")[rounds % 2], "--overwrite", "--chunk-rows", "256")
+    stop.touch()
     stdout, stderr = reader.communicate(timeout=120)
     assert reader.returncode == 0, stderr  # "MIXED": a load returned rows of two stores
     seen = json.loads(stdout)
-    assert rounds >= 4 and sum(seen["whole"]) > 0, seen
+    assert seen["last"] == 1 and sum(seen["whole"]) > 0, seen  # int8 was written last
     # the refusals: the store swapped under a read, or absent for the instant between two renames
     assert all("replaced by another aepipe run" in m or "no such file" in m for m in seen["refused"]), seen
