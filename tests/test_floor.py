@@ -1,6 +1,8 @@
-"""The PCA floor: every run reports PCA with its code size on its validation rows, --init pca
-starts as exactly that PCA, and every family ends no worse than PCA on held-out rows of digits,
-a table and a folder of real photographs' patches. Few epochs: the floor needs none."""
+"""The linear floor: every run reports PCA with its code size (fitted on every training row) on
+its validation rows, --init pca starts as exactly that PCA (the denoising family: the best linear
+denoiser in PCA's components, judged on noisy rows), and every family ends no worse than its floor
+on held-out rows of digits, a table and a folder of real photographs' patches. Few epochs: the
+floor needs none."""
 
 import json
 
@@ -34,26 +36,25 @@ def _rows(spec, run):
     return run.normalizer.apply(read_block(src, 0, src.n_rows)["x"])
 
 
-def _mse(run, x) -> float:
-    with torch.no_grad():
-        t = torch.from_numpy(x)
-        return float((run.model.decode(run.model.encode(t)) - t).pow(2).mean())
-
-
-def _pca_mse(x_train, x_test, k) -> float:
+def _pca_mse(x_train, x_test, k, noise_std=0.0, seed=0) -> float:
+    """PCA's test MSE; with noise_std, the linear denoiser's: Gaussian noise on the test rows, each
+    component's code weighed by variance / (variance + noise_std^2) (Wiener), against the clean rows."""
     p = PCA(k, random_state=0).fit(x_train.reshape(len(x_train), -1))
     flat = x_test.reshape(len(x_test), -1)
-    return float(((p.inverse_transform(p.transform(flat)) - flat) ** 2).mean())
+    noisy = flat + noise_std * np.random.default_rng(seed).normal(size=flat.shape)
+    var = p.explained_variance_ * (len(x_train) - 1) / len(x_train)  # aepipe's: over n rows, not n - 1
+    return float(((p.inverse_transform(p.transform(noisy) * var / (var + noise_std ** 2)) - flat) ** 2).mean())
 
 
 def test_epoch_zero_is_pca_and_every_run_reports_it(tmp_path):
-    """--init pca scores the untrained model, which must be PCA of the training split to float
-    tolerance (checked against scikit-learn's PCA on the same rows); pca.npz holds the basis."""
+    """--init pca scores the untrained model, which must be PCA of every training row (validation
+    rows included: a floor fitted on fewer rows lost to PCA on held-out rows) to float tolerance
+    (checked against scikit-learn's PCA on the same rows); pca.npz holds the basis."""
     proc, meta = _train("builtin:digits-train", tmp_path / "run", "dense", epochs=1)
     run = load_run(tmp_path / "run")
     x = _rows("builtin:digits-train", run)
     val = in_validation(np.arange(len(x)), 0.1)
-    expected = _pca_mse(x[~val], x[val], CODE)
+    expected = _pca_mse(x, x[val], CODE)
     pca = meta["metrics"]["pca"]
     assert pca["code_dim"] == CODE
     assert pca["init_val_loss"] == pytest.approx(expected, rel=1e-4)
@@ -128,10 +129,14 @@ def test_every_family_is_no_worse_than_pca_on_held_out_rows(family, datasets, tm
             continue  # conv needs images
         _, meta = _train(train, tmp_path / name, family)
         run = load_run(tmp_path / name)
-        mine = _mse(run, _rows(test, run))
-        x = _rows(train, run)
-        fitted_on = ~in_validation(np.arange(len(x)), 0.1)  # PCA on the same training rows as the model
-        floor = _pca_mse(x[fitted_on], _rows(test, run), CODE)
+        x, test_x = _rows(train, run), _rows(test, run)
+        # a denoiser is judged by denoising: Gaussian noise of its --noise-std on the held-out rows
+        sigma = run.model.cfg.noise_std if family == "denoising" else 0.0
+        noisy = test_x + sigma * np.random.default_rng(0).normal(size=test_x.shape).astype(np.float32)
+        with torch.no_grad():
+            t = torch.from_numpy(noisy)
+            mine = float((run.model.decode(run.model.encode(t)) - torch.from_numpy(test_x)).pow(2).mean())
+        floor = _pca_mse(x, test_x, CODE, sigma)  # the floor fitted on the same training rows as the model
         # the floor is exact on the validation rows (see the first test); on other held-out rows the
         # pick made on ~50 validation patches can miss by noise: vae on the photos ended 0.5% above PCA
         assert meta["n_rows"] > 100 and mine <= floor * 1.01, (name, mine, floor)
@@ -153,3 +158,32 @@ def test_streamed_pca_matches_scikit_learn(features):
     overlap = np.linalg.svd(got["components"].numpy() @ ref.components_.T, compute_uv=False)
     assert overlap.min() > 0.999  # the same subspace: every principal angle near 0
     np.testing.assert_allclose(got["variance"].numpy(), ref.explained_variance_, rtol=0.01)
+
+
+def test_a_denoiser_starts_as_the_linear_denoiser_and_is_judged_by_denoising():
+    """The denoising family's floor weighs PCA's components by variance / (variance + sigma^2);
+    validation scores it on noisy rows, the same noise every epoch: epoch 0 (the model at its
+    floor) equals the floor's own figure, which beats PCA's on those noisy rows."""
+    from aepipe.analysis.metrics import digits_split
+    from aepipe.models import ModelConfig, build_model
+    from aepipe.pca import val_loss
+    from aepipe.training import TrainConfig, fit_local
+    from aepipe.training.loop import same_noise
+
+    x = digits_split()[0].astype(np.float32)
+    val = in_validation(np.arange(len(x)), 0.1)
+    cfg = ModelConfig(family="denoising", input_shape=(64,), code_dim=CODE, hidden=(32,), noise_std=0.25)
+    model, st = fit_local(cfg, TrainConfig(epochs=2, seed=0), x[~val], x[val])
+    var = st.pca["variance"]
+    torch.testing.assert_close(st.pca["gain"], var / (var + 0.25 ** 2))
+    assert st.init_val == pytest.approx(st.pca_val, rel=1e-5)
+    batches = [torch.from_numpy(x[val])]
+    with same_noise():
+        as_pca = val_loss({**st.pca, "gain": torch.ones_like(var)}, iter(batches), "mse", corrupt=model.corrupt)
+    clean = val_loss(st.pca, iter(batches), "mse")
+    assert st.pca_val < as_pca and st.pca_val > clean, (st.pca_val, as_pca, clean)
+    # a run dir from before the gain (no pca_gain in its weights) loads with PCA's: gains of one
+    old = {k: v for k, v in model.state_dict().items() if k != "pca_gain"}
+    again = build_model(cfg)
+    again.load_state_dict(old)
+    assert torch.equal(again.pca_gain, torch.ones(CODE))

@@ -80,13 +80,17 @@ def recon_loss(logits, x, loss: str):
     return F.l1_loss(logits, x) if loss == "l1" else F.mse_loss(logits, x)
 
 
-def val_loss(pca: dict, batches, loss: str, reduce=lambda t: t) -> float:
-    """PCA's mean reconstruction loss over the rows `batches` yields (all workers'): the baseline."""
+def val_loss(pca: dict, batches, loss: str, reduce=lambda t: t, corrupt=lambda x: x) -> float:
+    """The floor's mean reconstruction loss over the rows `batches` yields (all workers'): the
+    baseline. Each row is corrupted first (a denoiser's floor is judged on noisy rows) and each
+    component weighed by pca["gain"] where there is one."""
     total = torch.zeros(2, dtype=torch.float64)
     one = torch.ones(len(pca["mean"]))
+    gain = pca.get("gain", one[:1])
     for x in batches:
-        x = x.detach().flatten(1).cpu().float()
-        z = project(x, pca["mean"], pca["components"], one[:1])
+        x = x.detach().cpu().float()
+        z = project(corrupt(x), pca["mean"], pca["components"], one[:1]) * gain
+        x = x.flatten(1)
         total += torch.tensor([float(recon_loss(reconstruct(z, pca["mean"], pca["components"], one[:1], loss), x, loss))
                                * len(x), len(x)], dtype=torch.float64)
     total = reduce(total)

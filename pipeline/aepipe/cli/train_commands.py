@@ -189,17 +189,17 @@ def _given(**values) -> dict:
 
 
 def _versus_pca(mcfg, m: dict) -> str:
-    """The summary's note: the model's validation reconstruction loss beside PCA's with the same
-    code size (epoch 0 is PCA under --init pca); one warning line first when the model ends worse
-    (possible only with --init none)."""
+    """The summary's note: the model's validation reconstruction loss beside its linear floor's with
+    the same code size (PCA; a denoiser's: the linear denoiser, both on noisy rows), which is epoch 0
+    under --init pca; one warning line first when the model ends worse (possible only with --init none)."""
     pca = m.get("pca") or {}
     if m.get("val_recon") is None or pca.get("val_loss") is None:
         return ""
-    mine, floor = m["val_recon"], pca["val_loss"]
+    mine, floor, name = m["val_recon"], pca["val_loss"], f"{pca.get('floor', 'PCA')} {pca['code_dim']}"
     if mine > floor * (1 + 1e-6):
-        typer.echo(f"aepipe: warning: the model ends worse than PCA {pca['code_dim']} on the validation rows "
-                   f"({mine:.4g} > {floor:.4g}); --init pca starts from PCA and cannot end worse", err=True)
-    return f" (val {mcfg.loss} {mine:.4g}, PCA {pca['code_dim']}: {floor:.4g})"
+        typer.echo(f"aepipe: warning: the model ends worse than {name} on the validation rows "
+                   f"({mine:.4g} > {floor:.4g}); --init pca starts from it and cannot end worse", err=True)
+    return f" (val {mcfg.loss} {mine:.4g}, {name}: {floor:.4g})"
 
 
 def demo(

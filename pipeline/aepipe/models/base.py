@@ -79,6 +79,8 @@ class Autoencoder(nn.Module):
             self.register_buffer("pca_scale", torch.ones(k))
             self.code_gate = nn.Parameter(torch.zeros(k))
             self.out_gate = nn.Parameter(torch.zeros(cfg.input_shape))
+            # each component's share in the floor's output: 1 for PCA, less for a linear denoiser
+            self.register_buffer("pca_gain", torch.ones(k))
 
     @classmethod
     def check_options(cls, cfg: ModelConfig) -> None:
@@ -101,15 +103,22 @@ class Autoencoder(nn.Module):
     def penalty(self, x, z) -> dict:
         return {}
 
-    def corrupt(self, x):  # training-time input corruption (denoising); identity elsewhere
+    def corrupt(self, x):  # input corruption (denoising): in training, and in validation (see forward)
         return x
+
+    def floor_gain(self, variance):
+        """Each PCA component's weight in the floor's output, from its variance: 1 (PCA) unless the
+        family's objective has a better linear answer (a denoiser shrinks noisy components)."""
+        return torch.ones_like(variance)
 
     # the floor
     @torch.no_grad()
     def set_pca(self, pca: dict) -> None:
-        """Start the floor at fit_pca's {"mean", "components", "variance"}."""
+        """Start the floor at fit_pca's {"mean", "components", "variance"} (and "gain", if given)."""
         self.pca_mean.copy_(pca["mean"])
         self.pca_components.copy_(pca["components"])
+        if "gain" in pca:
+            self.pca_gain.copy_(pca["gain"])
         if self.whitened_floor:
             std = pca["variance"].sqrt()
             self.pca_scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
@@ -135,7 +144,7 @@ class Autoencoder(nn.Module):
     def decode_logits(self, z):  # (B, *input_shape), before the output squashing
         if not self.has_pca_floor:
             return self.own_logits(z)
-        pca = reconstruct(z, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
+        pca = reconstruct(z * self.pca_gain, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
         return pca.view(-1, *self.cfg.input_shape) + self.out_gate * self.own_logits(z)
 
     def decode(self, z):
@@ -147,8 +156,10 @@ class Autoencoder(nn.Module):
             return F.binary_cross_entropy_with_logits(logits, x)
         return F.l1_loss(logits, x) if self.cfg.loss == "l1" else F.mse_loss(logits, x)
 
-    def forward(self, x):
-        x_in = self.corrupt(x) if self.training else x
+    def forward(self, x, corrupt: bool | None = None):
+        """The loss on x: corrupted first in training, or when corrupt=True (validation judges a
+        denoiser by denoising: training.loop.epoch passes it with the same noise every epoch)."""
+        x_in = self.corrupt(x) if (self.training if corrupt is None else corrupt) else x
         z = self.code_for_training(x_in)
         logits = self.decode_logits(z)
         parts = {"recon": self.recon_loss(logits, x), **self.penalty(x_in, z)}
@@ -158,6 +169,12 @@ class Autoencoder(nn.Module):
     def loss(self, x):
         out = self(x)
         return out["loss"], out["loss_parts"]
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # run dirs from before the floor's gain (pca_gain) hold PCA's floor: a gain of ones
+        if self.has_pca_floor and "pca_gain" not in state_dict:
+            state_dict = {**state_dict, "pca_gain": torch.ones_like(self.pca_gain)}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 # family name -> class, in the order `aepipe models` lists them: the order the family modules

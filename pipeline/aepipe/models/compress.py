@@ -189,7 +189,7 @@ class Compress(Autoencoder):
     def own_logits(self, z):
         return self.synthesis(z.view(-1, self.latent_channels, *self.latent_hw)).reshape(-1, *self.cfg.input_shape)
 
-    def forward(self, x):
+    def forward(self, x, corrupt: bool | None = None):  # nothing to corrupt: rounding is its noise
         y = self.analysis(x)
         # training: additive uniform noise stands in for rounding (differentiable, same rate in expectation)
         y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)

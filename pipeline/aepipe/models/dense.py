@@ -67,9 +67,9 @@ class Stacked(Autoencoder):
             z = self._dec(i, z)
         return z.view(-1, *self.cfg.input_shape)
 
-    def forward(self, x, stage: int | None = None):
+    def forward(self, x, stage: int | None = None, corrupt: bool | None = None):
         if stage is None:
-            return super().forward(x)
+            return super().forward(x, corrupt)
         with torch.no_grad():  # earlier layers are frozen inputs to this stage
             h = x.flatten(1)
             for i in range(stage):
@@ -137,3 +137,11 @@ class Denoising(Dense):
         if self.cfg.noise == "mask":
             return x * (torch.rand_like(x) >= self.cfg.mask_prob)
         return x + self.cfg.noise_std * torch.randn_like(x)
+
+    def floor_gain(self, variance):
+        """The best rank-k linear denoiser for Gaussian noise keeps PCA's components and weighs
+        each by Wiener's variance / (variance + noise variance): a component the noise swamps
+        is mostly noise. Masking has no such answer in PCA's components: PCA (gain 1) for it."""
+        if self.cfg.noise == "mask":
+            return torch.ones_like(variance)
+        return variance / (variance + self.cfg.noise_std ** 2)

@@ -159,7 +159,7 @@ def _write_run(out: Path, data: str, src, mcfg, tcfg, fitted: Fitted, started: f
         "metrics": {"history": st.history, "best_epoch": st.best_epoch, "best_val_loss": st.best_val,
                     # the linear floor beside the model, on the same validation rows and loss
                     "val_recon": st.best_recon, "pca": {"code_dim": mcfg.code_dim, "val_loss": st.pca_val,
-                                                       "init_val_loss": st.init_val},
+                                                       "init_val_loss": st.init_val, "floor": floor_name(st.pca)},
                     "stopped_early": len(st.history) < len(schedule(mcfg, tcfg)), "device": st.device,
                     "path": fitted.path, "seconds": time.time() - t0, "streamed": bool(fitted.streamed),
                     # where this call's wall time went (bench/train_overhead.py reads it)
@@ -168,6 +168,13 @@ def _write_run(out: Path, data: str, src, mcfg, tcfg, fitted: Fitted, started: f
     if st.pca is not None:  # the baseline itself, for anyone who wants to compare codes with PCA's
         np.savez(out / "pca.npz", **{k: v.numpy() for k, v in st.pca.items()})
     return save_run(out, meta, st.best_state)  # with the weights fingerprint it computed
+
+
+def floor_name(pca: dict | None) -> str:
+    """What the linear floor is: PCA, or (its components weighed by a gain, for a denoiser's objective)
+    the linear denoiser."""
+    gain = (pca or {}).get("gain")
+    return "PCA" if gain is None or bool((gain == 1).all()) else "linear denoiser"
 
 
 def _train_to_uri(data, out, mcfg, tcfg, id_column, resume, address, read) -> dict:

@@ -5,6 +5,8 @@ reductions are no-ops on one worker, and batches(split, seed) comes from the dri
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import time
@@ -25,6 +27,9 @@ from aepipe.training.state import FitState
 # and at the end. Read where the fit runs (a Ray Train worker's environment): tests that kill a
 # worker set it low.
 CHECKPOINT_EVERY_S = float(os.environ.get("AEPIPE_CHECKPOINT_EVERY_S", 30))
+# Validation corrupts its rows as training does (a denoiser is judged by denoising), with the same
+# noise every epoch so that epochs compare: drawn from this seed, apart from training's random state.
+VALIDATION_NOISE_SEED = 20_211
 
 
 def schedule(mcfg: ModelConfig, tcfg: TrainConfig) -> list:
@@ -85,22 +90,33 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: FitState,
 
 
 def epoch(model, batches, opt=None, stage=None) -> dict:
-    """One pass over `batches` (x tensors); returns the loss parts averaged over all workers."""
+    """One pass over `batches` (x tensors): training with opt, else validation (the same corruption
+    as training, the same draw every time); returns the loss parts averaged over all workers."""
     sums, n = {}, 0
     model.train(opt is not None)
-    for x in batches:
-        with torch.set_grad_enabled(opt is not None):
-            out = model(x) if stage is None else model(x, stage=stage)
-        if opt is not None:
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-        for k, v in {"loss": out["loss"], **out["loss_parts"]}.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
-        n += len(x)
+    with contextlib.nullcontext() if opt is not None else same_noise():
+        for x in batches:
+            with torch.set_grad_enabled(opt is not None):
+                out = model(x, corrupt=True, **({} if stage is None else {"stage": stage}))
+            if opt is not None:
+                opt.zero_grad()
+                out["loss"].backward()
+                opt.step()
+            for k, v in {"loss": out["loss"], **out["loss_parts"]}.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
+            n += len(x)
     keys = sorted(sums)
     t = all_reduce(torch.tensor([sums[k] for k in keys] + [n], dtype=torch.float64), model)
     return {k: float(v / max(t[-1], 1)) for k, v in zip(keys, t[:-1])}
+
+
+@contextlib.contextmanager
+def same_noise():
+    """torch's random numbers from VALIDATION_NOISE_SEED inside, training's own state restored after."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(VALIDATION_NOISE_SEED)
+        yield
 
 
 def all_reduce(t: torch.Tensor, model, op=None) -> torch.Tensor:
@@ -113,15 +129,22 @@ def all_reduce(t: torch.Tensor, model, op=None) -> torch.Tensor:
 
 
 def floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
-    """Before the first epoch: PCA with the code size on the training rows (kept in st, so the run
-    dir gets pca.npz), its loss on the validation rows, and, under --init pca, the model set to it
-    and scored as epoch 0, its weights the best so far. A resumed fit has all of these already."""
+    """Before the first epoch: the linear floor with the code size — PCA, with each component's
+    gain for the family's objective (a denoiser's) — fitted on every training row, validation rows
+    included (a floor fitted on fewer rows lost to PCA on held-out data), kept in st (the run dir
+    gets pca.npz); its loss on the validation rows under the family's objective; and, under
+    --init pca, the model set to it and scored as epoch 0, its weights the best so far: a learned
+    correction is kept only where it beats the floor on the validation rows, the floor's own
+    rows. A resumed fit has all of these already."""
     if st.pca is not None or not inner.pca_floor:  # resumed, or a family PCA means nothing to (compress)
         return
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     reduce = lambda t: all_reduce(t, inner)  # noqa: E731
-    st.pca = fit_pca(batches("train", None), inner.n_in, mcfg.code_dim, reduce, rank)
-    st.pca_val = pca_val_loss(st.pca, batches("val", None), mcfg.loss, reduce)
+    rows = itertools.chain(batches("train", None), batches("val", None))
+    st.pca = fit_pca(rows, inner.n_in, mcfg.code_dim, reduce, rank)
+    st.pca["gain"] = inner.floor_gain(st.pca["variance"])
+    with same_noise():
+        st.pca_val = pca_val_loss(st.pca, batches("val", None), mcfg.loss, reduce, inner.corrupt)
     if inner.has_pca_floor and st.step == 0:
         inner.set_pca({k: v.to(inner.pca_mean.device) for k, v in st.pca.items()})
         va = epoch(inner, batches("val", None))
