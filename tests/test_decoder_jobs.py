@@ -23,7 +23,7 @@ from aepipe.batch.decode import decode
 from aepipe.batch.encode import encode
 from aepipe.analysis.metrics import digits_split, fixed_split, probe_scores, psnr
 from aepipe.models import ModelConfig
-from aepipe.scores import row_errors
+from aepipe.scores import row_errors, row_scores
 from aepipe.run import load_run
 from aepipe.training import TrainConfig, train
 from tests.conftest import run_aepipe
@@ -39,10 +39,12 @@ def digits_codes(digits_run, tmp_path_factory):
     return d
 
 
-def direct_scores(run_dir, x):
+def direct_scores(run_dir, x, kind=None):
+    """The elementwise reconstruction errors of x, or (kind) its scores of that kind."""
     run = load_run(run_dir)
     with torch.inference_mode():
-        return row_errors(run.model, torch.from_numpy(run.normalizer.apply(x))).numpy()
+        t = torch.from_numpy(run.normalizer.apply(x))
+        return row_errors(run.model, t).numpy() if kind is None else row_scores(run.model, t, run.density)[kind].numpy()
 
 
 def test_subset_decode_equals_the_same_rows_of_a_full_decode(ray_local, digits_run, digits_codes, tmp_path):
@@ -125,13 +127,38 @@ def test_score_per_feature_keeps_the_tables_id_column(tmp_path):
     run_dir = tmp_path / "run"
     run_aepipe("train", tmp_path / "t.parquet", "--id-column", "key", "--out", run_dir, "--code-dim", 2,
                "--hidden", "8", "--epochs", 2)
-    run_aepipe("score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "s.parquet", "--per-feature")
+    run_aepipe("score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "s.parquet", "--per-feature",
+               "--score", "recon")
     t = pq.read_table(tmp_path / "s.parquet")
     assert t.column_names == ["key", "score", "c0_error", "c1_error", "c2_error", "c3_error"]
     assert t.column("key").to_pylist() == [f"k{i}" for i in range(300)]
     per = np.column_stack([t.column(f"c{j}_error").to_numpy() for j in range(4)])
     np.testing.assert_allclose(per, direct_scores(run_dir, x.astype(np.float32)), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(t.column("score").to_numpy(), per.mean(1), rtol=1e-5)
+    # a table's default score is the combined one; the per-feature errors stay the reconstruction's
+    done = run_aepipe("score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "c.parquet",
+                      "--per-feature", "--threshold", "auto")
+    assert "(combined: code and residual distance per dimension)" in done.stdout
+    c = pq.read_table(tmp_path / "c.parquet")
+    np.testing.assert_allclose(c.column("score").to_numpy(), direct_scores(run_dir, x.astype(np.float32), "combined"),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.column_stack([c.column(f"c{j}_error").to_numpy() for j in range(4)]), per, rtol=1e-5)
+    assert 0.2 < np.median(c.column("score").to_numpy()) < 2  # about 1 for a training row
+    assert json.loads(c.schema.metadata[b"aepipe"])["score_kind"] == "combined"
+    # density.pt lost: refused like altered weights; a run dir from before it: the reconstruction error, said
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("checkpoints", "density.pt"))
+    fails_cleanly(["score", tmp_path / "t.parquet", "--model", old, "--out", tmp_path / "o.parquet"],
+                  "density.pt: missing, or not the one aepipe.json describes", tmp_path / "o.parquet")
+    meta = json.loads((old / "aepipe.json").read_text())
+    del meta["density_fingerprint"]
+    (old / "aepipe.json").write_text(json.dumps(meta))
+    done = run_aepipe("score", tmp_path / "t.parquet", "--model", old, "--out", tmp_path / "o.parquet")
+    assert "(mse per feature)" in done.stdout and "predates stored training densities" in done.stdout
+    fails_cleanly(["score", tmp_path / "t.parquet", "--model", old, "--out", tmp_path / "p.parquet", "--score", "code"],
+                  "--score code: ", tmp_path / "p.parquet")
+    fails_cleanly(["score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "p.parquet", "--score", "x"],
+                  '--score "x": choose one of recon, code, combined', tmp_path / "p.parquet")
     # a table's report draws rows as lines over their columns; labels come from a CSV joined by id
     (tmp_path / "y.csv").write_text("key,y\n" + "".join(f"k{i},{i % 3}\n" for i in range(300)))
     run_aepipe("report", "--model", run_dir, "--out", tmp_path / "rep", "--labels", tmp_path / "y.csv",

@@ -1,8 +1,8 @@
-"""The linear floor: every run reports PCA with its code size (fitted on every training row) on
-its validation rows, --init pca starts as exactly that PCA (the denoising family: the best linear
-denoiser in PCA's components, judged on noisy rows), and every family ends no worse than its floor
-on held-out rows of digits, a table and a folder of real photographs' patches. Few epochs: the
-floor needs none."""
+"""The linear floor: every run reports PCA with its code size on its validation rows, --init pca
+starts as exactly that PCA (the denoising family: the best linear denoiser in PCA's components,
+judged on noisy rows), a model that stays at its floor ends as the floor of every training row,
+and every family ends no worse than its floor on held-out rows of digits, a table and a folder of
+real photographs' patches. Few epochs: the floor needs none."""
 
 import json
 
@@ -47,14 +47,13 @@ def _pca_mse(x_train, x_test, k, noise_std=0.0, seed=0) -> float:
 
 
 def test_epoch_zero_is_pca_and_every_run_reports_it(tmp_path):
-    """--init pca scores the untrained model, which must be PCA of every training row (validation
-    rows included: a floor fitted on fewer rows lost to PCA on held-out rows) to float tolerance
-    (checked against scikit-learn's PCA on the same rows); pca.npz holds the basis."""
+    """--init pca scores the untrained model, which must be PCA of the training split to float
+    tolerance (checked against scikit-learn's PCA on the same rows); pca.npz holds the basis."""
     proc, meta = _train("builtin:digits-train", tmp_path / "run", "dense", epochs=1)
     run = load_run(tmp_path / "run")
     x = _rows("builtin:digits-train", run)
     val = in_validation(np.arange(len(x)), 0.1)
-    expected = _pca_mse(x, x[val], CODE)
+    expected = _pca_mse(x[~val], x[val], CODE)
     pca = meta["metrics"]["pca"]
     assert pca["code_dim"] == CODE
     assert pca["init_val_loss"] == pytest.approx(expected, rel=1e-4)
@@ -166,7 +165,7 @@ def test_a_denoiser_starts_as_the_linear_denoiser_and_is_judged_by_denoising():
     floor) equals the floor's own figure, which beats PCA's on those noisy rows."""
     from aepipe.analysis.metrics import digits_split
     from aepipe.models import ModelConfig, build_model
-    from aepipe.pca import val_loss
+    from aepipe.pca import fit_pca, val_loss
     from aepipe.training import TrainConfig, fit_local
     from aepipe.training.loop import same_noise
 
@@ -177,13 +176,36 @@ def test_a_denoiser_starts_as_the_linear_denoiser_and_is_judged_by_denoising():
     var = st.pca["variance"]
     torch.testing.assert_close(st.pca["gain"], var / (var + 0.25 ** 2))
     assert st.init_val == pytest.approx(st.pca_val, rel=1e-5)
+    # on noisy validation rows the linear denoiser beats PCA (and both lose to PCA on clean rows)
+    pca = fit_pca(iter([torch.from_numpy(x[~val])]), 64, CODE)
     batches = [torch.from_numpy(x[val])]
     with same_noise():
-        as_pca = val_loss({**st.pca, "gain": torch.ones_like(var)}, iter(batches), "mse", corrupt=model.corrupt)
-    clean = val_loss(st.pca, iter(batches), "mse")
-    assert st.pca_val < as_pca and st.pca_val > clean, (st.pca_val, as_pca, clean)
+        denoiser = val_loss({**pca, "gain": model.floor_gain(pca["variance"])}, iter(batches), "mse", corrupt=model.corrupt)
+    with same_noise():
+        as_pca = val_loss(pca, iter(batches), "mse", corrupt=model.corrupt)
+    clean = val_loss(pca, iter(batches), "mse")
+    assert clean < denoiser < as_pca, (clean, denoiser, as_pca)
     # a run dir from before the gain (no pca_gain in its weights) loads with PCA's: gains of one
     old = {k: v for k, v in model.state_dict().items() if k != "pca_gain"}
     again = build_model(cfg)
     again.load_state_dict(old)
     assert torch.equal(again.pca_gain, torch.ones(CODE))
+
+
+def test_a_model_that_keeps_its_floor_ends_as_pca_of_every_training_row():
+    """Where no epoch beats the floor on the validation rows (here: a learning rate of ~0), the
+    model is the floor refitted on all the rows, validation rows included; its reported figure
+    stays the held-out one."""
+    from aepipe.analysis.metrics import digits_split
+    from aepipe.models import ModelConfig
+    from aepipe.training import TrainConfig, fit_local
+
+    x = digits_split()[0].astype(np.float32)
+    val = in_validation(np.arange(len(x)), 0.1)
+    model, st = fit_local(ModelConfig(input_shape=(64,), code_dim=CODE, hidden=(16,)),
+                          TrainConfig(epochs=2, lr=1e-12, seed=0), x[~val], x[val])
+    assert st.best_epoch == -1 and st.floor_refitted
+    with torch.no_grad():
+        mse = float((model.decode(model.encode(torch.from_numpy(x))) - torch.from_numpy(x)).pow(2).mean())
+    assert mse == pytest.approx(_pca_mse(x, x, CODE), rel=1e-4)  # PCA of all of x, on x
+    assert st.pca_val == pytest.approx(_pca_mse(x[~val], x[val], CODE), rel=1e-4)

@@ -131,6 +131,17 @@ def run_payload_weights(w, tmp):
     torch.save(Payload(tmp / "pwned"), r / "model.pt")
 
 
+def run_swapped_density(w, tmp):
+    r = copy_of("run")(w, tmp)
+    density = torch.load(r / "density.pt")
+    torch.save({k: v * 2 for k, v in density.items()}, r / "density.pt")
+
+
+def run_payload_density(w, tmp):
+    r = copy_of("run")(w, tmp)
+    torch.save(Payload(tmp / "pwned"), r / "density.pt")
+
+
 def run_payload_checkpoint(w, tmp):
     r = copy_of("run")(w, tmp)
     ckpt = r / "checkpoints" / "train-1" / "checkpoint_000001"
@@ -267,6 +278,8 @@ CASES = [
     ("encode-not-run", None, "encode builtin:digits --model {w}/table.parquet --out {t}/o.zarr", 2, "not an aepipe run dir"),
     ("encode-swapped-weights", run_swapped_weights, "encode builtin:digits --model {t}/run --out {t}/o.zarr", 2, "the run dir was altered"),
     ("encode-payload-weights", run_payload_weights, "encode builtin:digits --model {t}/run --out {t}/o.zarr", 2, "refusing to load it"),
+    ("score-swapped-density", run_swapped_density, "score builtin:digits --model {t}/run --out {t}/s.parquet", 2, "density.pt: missing, or not the one"),
+    ("score-payload-density", run_payload_density, "score builtin:digits --model {t}/run --out {t}/s.parquet", 2, "refusing to load it"),
     ("encode-damaged-json", run_damaged_json, "encode builtin:digits --model {t}/run --out {t}/o.zarr", 2, "aepipe.json: not readable JSON"),
     ("encode-wrong-shape", None, "encode {w}/table.parquet --model {w}/run --out {t}/o.zarr", 2, "rows have shape (4,)"),
     ("encode-complex", complex_npy, "encode {t}/c.npy --model {w}/run --out {t}/o.zarr", 2, "real-valued"),

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # annotations only
 
 META = "aepipe.json"
 WEIGHTS = "model.pt"
+DENSITY = "density.pt"  # the training codes' and residuals' Gaussians (score's code and combined kinds)
 
 
 def model_config_from_json(d: dict) -> ModelConfig:
@@ -66,6 +67,7 @@ class Run:
     model: torch.nn.Module  # in eval mode, on the CPU
     schema: Schema
     normalizer: Normalizer
+    density: dict | None = None  # DENSITY's tensors; None in run dirs from before it
 
     @property
     def code_dim(self) -> int:
@@ -78,22 +80,25 @@ class Run:
     def __getstate__(self) -> dict:
         # pickled as aepipe.json's dict and the weights, rebuilt on load: a pickle never names a
         # model's class, so it loads whatever module the class lives in
-        return {"path": self.path, "meta": self.meta, "weights": self.model.state_dict()}
+        return {"path": self.path, "meta": self.meta, "weights": self.model.state_dict(), "density": self.density}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(vars(_assemble(state["path"], state["meta"], state["weights"])))
+        self.__dict__.update(vars(_assemble(state["path"], state["meta"], state["weights"], state.get("density"))))
 
     def code_range(self) -> tuple[np.ndarray, np.ndarray]:
         r = self.meta["code_range"]
         return np.asarray(r["lo"], np.float32), np.asarray(r["hi"], np.float32)
 
 
-def save_run(path: Path, meta: dict, state: dict) -> dict:
+def save_run(path: Path, meta: dict, state: dict, density: dict | None = None) -> dict:
     import torch
 
     path.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "model_fingerprint": weights_fingerprint(state)}  # what load_run checks the weights against
     torch.save(state, path / WEIGHTS)
+    if density is not None:
+        torch.save(density, path / DENSITY)
+        meta["density_fingerprint"] = weights_fingerprint(density)
     tmp = path / (META + ".tmp")  # aepipe.json appears last and whole: its presence means complete
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(path / META)
@@ -109,7 +114,7 @@ def load_run(path: str | Path) -> Run:
         return _load_local(Path(remote.local_or_uri(path)))
     uri = remote.URI(path)
     with tempfile.TemporaryDirectory(prefix="aepipe-run-") as d:
-        remote.download(uri, Path(d), only=(META, WEIGHTS))
+        remote.download(uri, Path(d), only=(META, WEIGHTS, DENSITY))
         try:
             run = _load_local(Path(d))
         except AepipeError as e:  # name the URI, not the temporary copy
@@ -131,10 +136,23 @@ def _load_local(path: Path) -> Run:
     if found != meta.get("model_fingerprint"):  # weights swapped or damaged: never encode with them
         raise AepipeError(f"{path / WEIGHTS}: its weights (fingerprint {found}) are not the ones {META} "
                           f"describes ({meta.get('model_fingerprint')}); the run dir was altered")
-    return _assemble(path, meta, state)
+    return _assemble(path, meta, state, _load_density(path, meta))
 
 
-def _assemble(path, meta: dict, state: dict) -> Run:
+def _load_density(path: Path, meta: dict) -> dict | None:
+    """DENSITY's tensors, checked against aepipe.json like the weights; None where the run has none."""
+    import torch
+
+    if "density_fingerprint" not in meta:
+        return None
+    density = load_state(path / DENSITY) if (path / DENSITY).is_file() else None
+    if not isinstance(density, dict) or not all(isinstance(v, torch.Tensor) for v in density.values()) \
+            or weights_fingerprint(density) != meta["density_fingerprint"]:
+        raise AepipeError(f"{path / DENSITY}: missing, or not the one {META} describes; the run dir was altered")
+    return density
+
+
+def _assemble(path, meta: dict, state: dict, density: dict | None = None) -> Run:
     """A Run from aepipe.json's dict and checked weights."""
     from aepipe.models.base import build_model
 
@@ -145,7 +163,7 @@ def _assemble(path, meta: dict, state: dict) -> Run:
     except Exception as e:
         raise AepipeError(f"{path}: run dir is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     model.eval()
-    return Run(path, meta, model, schema, norm)
+    return Run(path, meta, model, schema, norm, density)
 
 
 def is_run_dir(path: str | Path) -> bool:

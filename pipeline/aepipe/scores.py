@@ -1,6 +1,20 @@
-"""Reconstruction errors per row, and their quantiles over the training rows: what training stores
-in the run dir and what `score` (and `encode --append`, `report`) compares new rows with. Below
-both training and the batch jobs, so neither imports the other for them."""
+"""Anomaly scores per row, and their quantiles over the training rows: what training stores in the
+run dir and what `score` (and `encode --append`, `report`) compares new rows with. Below both
+training and the batch jobs, so neither imports the other for them.
+
+Three kinds (SCORE_KINDS), all larger for rows less like the training rows:
+  recon     the reconstruction error, the per-row mean of the training loss (what encode --scores stores)
+  code      how far the code lies from the training codes: its Mahalanobis distance under their
+            Gaussian, per code dimension
+  combined  the row's distance under a Gaussian of the code and one of the residual (the row minus
+            its reconstruction), per input dimension: about 1 for a training row. Tables' columns are
+            correlated in ways a reconstruction error weighs equally; on scikit-learn's
+            breast-cancer table this ranks malignant rows above PyOD's detectors (bench/anomaly.py)
+Both Gaussians are fitted on a sample of the training rows, their covariances shrunk by
+Ledoit-Wolf's rule (towards a multiple of the identity, as far as the rows per dimension call for:
+a one-digit model's 64x64 residual covariance from 160 rows, unshrunk, ranked worse than the
+reconstruction error).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +25,11 @@ import torch.nn.functional as F
 from aepipe.errors import AepipeError
 
 QUANTILE_LEVELS = np.round(np.linspace(0.5, 1.0, 501), 4)  # contamination 0.001 .. 0.5 in steps of 0.001
+SCORE_KINDS = ("recon", "code", "combined")
+SAMPLE_ROWS = 4096  # training rows the Gaussians are fitted on (a uniform sample beyond) ...
+SAMPLE_VALUES = 2 ** 23  # ... and fewer for wide rows: at most 64 MiB of float64 codes and residuals
+FULL = 1024  # up to this many dimensions a covariance is kept whole; wider ones, their diagonal
+RESIDUAL_FLOOR = 1e-5  # the least residual variance counted, as a share of the rows' own (see fit_density)
 
 
 def row_errors(model, x: torch.Tensor) -> torch.Tensor:
@@ -25,26 +44,117 @@ def row_errors(model, x: torch.Tensor) -> torch.Tensor:
     return e.flatten(1)
 
 
-def training_quantiles(model, batches) -> dict:
-    """Quantiles of the per-row score over the training rows (normalised x batches), gathered from
-    every Ray Train worker: what `score --threshold auto` turns into a threshold. Runs at training time."""
+def residual(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(B, features): the row minus its reconstruction from code z, in the input's units."""
+    return (x - model.decode(z)).flatten(1)
+
+
+def row_scores(model, x: torch.Tensor, density: dict | None) -> dict:
+    """{kind: (B,) scores} of normalised rows: recon always, code and combined given the density."""
+    z = model.encode(x)
+    out = {"recon": row_errors(model, x).mean(1)}
+    if density is not None:
+        code = mahalanobis(z.double(), density["code_mean"], density["code_precision"])
+        resid = mahalanobis(residual(model, x, z).double(), density["resid_mean"], density["resid_precision"])
+        out["code"] = (code / z.shape[1]).float()
+        # per input dimension: the code takes k of them and the residual about the other d - k
+        out["combined"] = ((code + resid) / x[0].numel()).float()
+    return out
+
+
+def mahalanobis(v: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(B,) squared distances; precision (d, d), or (d,) for a diagonal covariance."""
+    d = v - mean.to(v)
+    p = precision.to(v)
+    return (d * (d @ p if p.dim() == 2 else d * p)).sum(1)
+
+
+def fit_density(model, batches) -> dict:
+    """The Gaussians of the codes and of the residuals of (a uniform sample of) the training rows,
+    every Ray Train worker's sample pooled: {code_mean, code_precision, resid_mean, resid_precision},
+    float64 tensors. Runs at training time, after the fit."""
+    codes, resids, spread = sample_rows(model, batches)
+    if torch.distributed.is_initialized():  # each worker sampled its own shard: every worker fits on all
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, (codes, resids, spread))
+        codes, resids = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        spread = float(np.mean([p[2] for p in parts]))
+    out = {}
+    # a residual's spread counts down to RESIDUAL_FLOOR of the rows' own: a model that rebuilds all
+    # but float noise (a code as wide as the rows) would otherwise weigh that noise (wine, code 16 of
+    # 13 columns: ROC AUC 0.950 without the floor, 0.966 with it; breast cancer unchanged, 0.962)
+    for name, v, floor in (("code", codes, 0.0), ("resid", resids, RESIDUAL_FLOOR * spread)):
+        out[f"{name}_mean"], out[f"{name}_precision"] = (torch.from_numpy(a) for a in shrunk_gaussian(v, floor))
+    return out
+
+
+def sample_rows(model, batches) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, residuals, the rows' mean variance per feature) of up to SAMPLE_ROWS training rows
+    (fewer for wide rows: SAMPLE_VALUES), each row kept with equal chance (the rows with the
+    largest random keys), in one streamed pass; the variance over every row."""
+    g = torch.Generator().manual_seed(0)
+    keys, codes, resids = None, None, None
+    n, total, squares = 0, 0.0, 0.0
     model.eval()
     with torch.no_grad():
-        errs = np.concatenate([row_errors(model, x).mean(1).cpu().numpy() for x in batches])
+        for x in batches:
+            flat = x.flatten(1).double().cpu()
+            n, total, squares = n + len(flat), total + flat.sum(0), squares + flat.pow(2).sum(0)
+            z = model.encode(x)
+            k, c, r = torch.rand(len(x), generator=g), z.double().cpu(), residual(model, x, z).double().cpu()
+            keys = k if keys is None else torch.cat([keys, k])
+            codes = c if codes is None else torch.cat([codes, c])
+            resids = r if resids is None else torch.cat([resids, r])
+            most = min(SAMPLE_ROWS, max(256, SAMPLE_VALUES // (c.shape[1] + r.shape[1])))
+            if len(keys) > most:
+                top = keys.topk(most).indices
+                keys, codes, resids = keys[top], codes[top], resids[top]
+    spread = float((squares / n - (total / n) ** 2).clamp(min=0).mean())
+    return codes.numpy(), resids.numpy(), spread
+
+
+def shrunk_gaussian(v: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision of rows v: the covariance shrunk by Ledoit-Wolf (whole up to FULL
+    dimensions, else its diagonal shrunk towards its mean), plus floor on its diagonal, then
+    inverted on its eigenvalues."""
+    from sklearn.covariance import ledoit_wolf
+
+    mean = v.mean(0)
+    if v.shape[1] > FULL:
+        var = v.var(0)
+        return mean, 1 / np.maximum(0.9 * var + 0.1 * var.mean() + floor, 1e-12)
+    cov = (ledoit_wolf(v)[0] if len(v) > 1 else np.eye(v.shape[1])) + floor * np.eye(v.shape[1])
+    w, vec = np.linalg.eigh(cov)
+    w = np.maximum(w, max(w.max(), 1e-12) * 1e-9)  # a dimension with no spread at all: no infinite weight
+    return mean, (vec / w) @ vec.T
+
+
+def training_quantiles(model, batches, density: dict | None = None) -> dict:
+    """Quantiles of the per-row scores over the training rows (normalised x batches), gathered from
+    every Ray Train worker: what `score --threshold auto` turns into a threshold. "values" are the
+    reconstruction errors' (as before the other kinds), and each other kind's under its name.
+    Runs at training time."""
+    model.eval()
+    scores = {}
+    with torch.no_grad():
+        for x in batches:
+            for kind, v in row_scores(model, x, density).items():
+                scores.setdefault(kind, []).append(v.cpu().numpy())
+    scores = {k: np.concatenate(v) for k, v in scores.items()}
     if torch.distributed.is_initialized():  # each worker scored its own shard
         parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, errs)
-        errs = np.concatenate(parts)
-    return {"levels": QUANTILE_LEVELS.tolist(), "values": np.quantile(errs, QUANTILE_LEVELS).tolist(),
-            "n_rows": int(len(errs))}
+        torch.distributed.all_gather_object(parts, scores)
+        scores = {k: np.concatenate([p[k] for p in parts]) for k in scores}
+    q = {k: np.quantile(v, QUANTILE_LEVELS).tolist() for k, v in scores.items()}
+    return {"levels": QUANTILE_LEVELS.tolist(), "values": q.pop("recon"), **q, "n_rows": int(len(scores["recon"]))}
 
 
-def auto_threshold(run, contamination: float) -> float:
-    """The training score above which a share `contamination` of the training rows lie."""
+def auto_threshold(run, contamination: float, kind: str = "recon") -> float:
+    """The training score of this kind above which a share `contamination` of the training rows lie."""
     q = run.meta.get("score_quantiles")
-    if not q:
+    if not q or (kind != "recon" and kind not in q):
         raise AepipeError(f"{run.path}: run dir predates stored training scores, so --threshold auto has "
                           "nothing to go by; retrain it, or pass --threshold X")
     if not 0.001 <= contamination <= 0.5:
         raise AepipeError(f"--contamination {contamination}: choose a share between 0.001 and 0.5")
-    return float(np.interp(1 - contamination, q["levels"], q["values"]))
+    return float(np.interp(1 - contamination, q["levels"], q["values" if kind == "recon" else kind]))

@@ -19,7 +19,7 @@ import torch
 from aepipe.bitstream import BitstreamError, LatentCoder, crc32
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
-from aepipe.scores import row_errors
+from aepipe.scores import row_errors, row_scores
 from aepipe.stores.quantize import dequantize, int8_scale, quantize
 
 
@@ -119,12 +119,13 @@ class Decoder(ModelActor):
 
 
 class Reconstructor(ModelActor):
-    """Per batch: the denoised rows in the data's units (want="x"), or each row's score (want="score")."""
+    """Per batch: the denoised rows in the data's units (want="x"), or each row's score of a kind
+    (want="score", see aepipe.scores)."""
 
     def __init__(self, run_dir: str, want: str, per_feature: bool = False, threshold: float | None = None,
-                 num_gpus: float = 0):
+                 num_gpus: float = 0, kind: str = "recon"):
         super().__init__(run_dir, num_gpus)
-        self.want, self.per_feature, self.threshold = want, per_feature, threshold
+        self.want, self.per_feature, self.threshold, self.kind = want, per_feature, threshold, kind
 
     def __call__(self, batch: dict) -> dict:
         x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
@@ -133,10 +134,10 @@ class Reconstructor(ModelActor):
             if self.want == "x":
                 out["x"] = self.run.normalizer.invert(self.model.decode(self.model.encode(x)).cpu().numpy())
                 return out
-            err = row_errors(self.model, x)
-            out["score"] = err.mean(1).cpu().numpy()
-        if self.per_feature:
-            out["err"] = err.cpu().numpy()
+            density = self.run.density if self.kind != "recon" else None
+            out["score"] = row_scores(self.model, x, density)[self.kind].cpu().numpy()
+            if self.per_feature:  # each column's share of the reconstruction error
+                out["err"] = row_errors(self.model, x).cpu().numpy()
         if self.threshold is not None:
             out["anomaly"] = out["score"] > self.threshold
         return out

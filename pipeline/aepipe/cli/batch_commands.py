@@ -128,16 +128,23 @@ def score(
     threshold: Optional[str] = typer.Option(None, help="auto (training scores' 1 - contamination quantile) or a "
                                                         "number: adds a boolean anomaly column."),
     contamination: float = typer.Option(0.01, help="With --threshold auto: share of training rows above it."),
+    kind: Optional[str] = typer.Option(None, "--score", help="recon: the reconstruction error in the model's "
+                                       "units (its training loss per feature); code: the code's distance from the "
+                                       "training codes; combined: the code's and the residual's, per dimension "
+                                       "(about 1 for a training row). Default: combined for tables, recon for "
+                                       "images and arrays (see the README: which score when)."),
     id_column: Optional[str] = MODEL_ID_COLUMN,
     job: JobOptions = JOB_BLOCK,
 ):
-    """Per-row anomaly score: the reconstruction error in the model's units (its training loss)."""
+    """Per-row anomaly score: larger for rows less like the training rows."""
     from aepipe.batch.reconstruct import score as score_fn
 
     attrs = call(score_fn, data, str(model), out, per_feature=per_feature, threshold=threshold,
-                contamination=contamination, id_column=id_column, **job.kwargs(), read=call(job.read))
+                contamination=contamination, id_column=id_column, **job.kwargs(), read=call(job.read), kind=kind)
     t = attrs["threshold"]
-    typer.echo(f"scored {attrs['n_rows']} rows ({attrs['loss']} per feature)"
+    what = {"recon": f"{attrs['loss']} per feature", "code": "code distance per dimension",
+            "combined": "combined: code and residual distance per dimension"}[attrs["score_kind"]]
+    typer.echo(f"scored {attrs['n_rows']} rows ({what})"
                + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}" + notes(attrs)
                + skipped_note(attrs.get("skipped")))
 

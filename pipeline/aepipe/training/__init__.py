@@ -167,7 +167,8 @@ def _write_run(out: Path, data: str, src, mcfg, tcfg, fitted: Fitted, started: f
     }
     if st.pca is not None:  # the baseline itself, for anyone who wants to compare codes with PCA's
         np.savez(out / "pca.npz", **{k: v.numpy() for k, v in st.pca.items()})
-    return save_run(out, meta, st.best_state)  # with the weights fingerprint it computed
+    # with the weights' (and the density's) fingerprints it computed
+    return save_run(out, meta, st.best_state, st.density)
 
 
 def floor_name(pca: dict | None) -> str:

@@ -26,12 +26,14 @@ class FitState:
     pca: dict | None = None
     pca_val: float | None = None
     init_val: float | None = None
+    floor_refitted: bool | None = None  # the floor stayed the best and was fitted again on every row
     # over the training rows with the best weights, after the fit (see loop.finish)
     code_lo: list | None = None
     code_hi: list | None = None
     code_mean: list | None = None
     code_std: list | None = None
     score_quantiles: dict | None = None
+    density: dict | None = None  # the training codes' and residuals' Gaussians (scores.fit_density)
     device: str | None = None
 
     def keep_best(self, val: float, recon: float | None, epoch: int, model) -> None:

@@ -1,0 +1,49 @@
+"""The anomaly scores' parts (aepipe.scores): the shrunk Gaussians and the per-dimension scale of
+the combined score. `aepipe score` end to end: tests/test_decoder_jobs.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from aepipe.models import ModelConfig, build_model
+from aepipe.pca import fit_pca
+from aepipe.scores import FULL, fit_density, row_scores, shrunk_gaussian
+
+
+def test_shrunk_gaussian_is_the_inverse_covariance_given_enough_rows():
+    rng = np.random.default_rng(0)
+    cov = np.array([[2.0, 0.8, 0.0], [0.8, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    mean, precision = shrunk_gaussian(rng.multivariate_normal([1, 2, 3], cov, size=20000))
+    np.testing.assert_allclose(mean, [1, 2, 3], atol=0.05)
+    np.testing.assert_allclose(precision, np.linalg.inv(cov), rtol=0.05, atol=0.05)
+
+
+def test_few_rows_or_wide_rows_still_give_a_finite_precision():
+    rng = np.random.default_rng(1)
+    _, few = shrunk_gaussian(rng.normal(size=(40, 64)) @ rng.normal(size=(64, 64)))  # fewer rows than dimensions
+    assert few.shape == (64, 64) and np.isfinite(few).all()
+    np.testing.assert_allclose(few, few.T, atol=1e-8)
+    assert np.linalg.eigvalsh(few).min() > 0
+    _, wide = shrunk_gaussian(rng.normal(size=(50, FULL + 1)))  # past FULL: a diagonal
+    assert wide.shape == (FULL + 1,) and (wide > 0).all()
+    _, flat = shrunk_gaussian(np.zeros((30, 4)))  # no spread at all: no infinite weight
+    assert np.isfinite(flat).all()
+
+
+def test_combined_score_is_about_one_on_training_rows_and_large_off_them():
+    """A model at its PCA floor on rows near a 3-d plane in 12 columns: training rows score about
+    1 per dimension; rows off the plane, and rows on it but far along it, score far higher."""
+    rng = np.random.default_rng(2)
+    basis = rng.normal(size=(3, 12))
+    x = torch.from_numpy((rng.normal(size=(3000, 3)) @ basis + 0.05 * rng.normal(size=(3000, 12))).astype(np.float32))
+    model = build_model(ModelConfig(family="dense", input_shape=(12,), code_dim=3, hidden=(8,))).eval()
+    model.set_pca(fit_pca(iter([x]), 12, 3))
+    density = fit_density(model, (x[i:i + 500] for i in range(0, 3000, 500)))
+    with torch.no_grad():
+        train = row_scores(model, x, density)
+        off = row_scores(model, x[:100] + torch.from_numpy(rng.normal(size=(100, 12)).astype(np.float32)), density)
+        far = row_scores(model, x[:100] * 6, density)
+    assert train["combined"].mean().item() == pytest.approx(1.0, abs=0.1)
+    assert off["combined"].median() > 20 * train["combined"].median()
+    assert far["code"].median() > 20 * train["code"].median()  # along the plane: the code sees it
+    assert far["recon"].median() < 100 * train["recon"].median() < off["recon"].median()
