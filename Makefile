@@ -39,7 +39,11 @@ check: setup
 check-oldest-ray:
 	$(MAKE) check VENV=.venv-oldest-ray EXTRA="'$(OLDEST_RAY)'"
 
+# the quality benches (the others under bench/ take their own arguments); PyOD and aeon are theirs alone
 bench: setup
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[bench]'
+	$(BIN)/python bench/heldout.py
+	$(BIN)/python bench/anomaly.py
 	$(BIN)/python bench/quality.py
 
 clean:

@@ -209,3 +209,31 @@ def test_a_model_that_keeps_its_floor_ends_as_pca_of_every_training_row():
         mse = float((model.decode(model.encode(torch.from_numpy(x))) - torch.from_numpy(x)).pow(2).mean())
     assert mse == pytest.approx(_pca_mse(x, x, CODE), rel=1e-4)  # PCA of all of x, on x
     assert st.pca_val == pytest.approx(_pca_mse(x[~val], x[val], CODE), rel=1e-4)
+
+
+def test_a_correction_within_the_validation_noise_is_dropped():
+    """Rows on a plane of the code's size (nothing past PCA to learn but the noise): whatever the
+    correction gains on 6 validation rows is within their noise, so the fit keeps the floor
+    (refitted on every row); digits' 115 validation rows keep a trained model's gain."""
+    from aepipe.analysis.metrics import digits_split
+    from aepipe.models import ModelConfig
+    from aepipe.training import TrainConfig, fit_local
+    from aepipe.training.loop import clearly_positive
+
+    def positive(gains):
+        g = np.asarray(gains, dtype=float)
+        return clearly_positive(len(g), g.sum(), (g ** 2).sum())
+
+    assert not positive([0.5, 0, 0, 0, 0, 0])  # one lucky row of six: a mean of one standard error
+    assert not positive([0.1, -0.1, 0.12, -0.08, 0.1, -0.1])
+    assert positive([1, 1.1, 0.9, 1, 1.05, 0.95]) and positive([0.2, 0.1, 0.3, 0.0, 0.2, 0.1])
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(60, CODE)) @ rng.normal(size=(CODE, 24)) + 0.01 * rng.normal(size=(60, 24))).astype(np.float32)
+    val = in_validation(np.arange(len(x)), 0.1)
+    _, st = fit_local(ModelConfig(input_shape=(24,), code_dim=CODE), TrainConfig(epochs=60, seed=0), x[~val], x[val])
+    assert st.best_epoch == -1 and st.floor_refitted and st.best_recon == st.init_val
+    x = digits_split()[0].astype(np.float32)
+    val = in_validation(np.arange(len(x)), 0.1)
+    _, st = fit_local(ModelConfig(input_shape=(64,), code_dim=CODE, hidden=(32,)), TrainConfig(epochs=20, seed=0),
+                      x[~val], x[val])
+    assert st.best_epoch >= 0 and not st.floor_refitted and st.best_recon < st.init_val

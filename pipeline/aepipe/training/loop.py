@@ -6,6 +6,7 @@ reductions are no-ops on one worker, and batches(split, seed) comes from the dri
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 import os
@@ -86,6 +87,8 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: FitState,
         # train() refuses --epochs 0, so only a validation loss that was never finite lands here
         raise AepipeError("the validation loss was never finite; try a lower --lr or --normalize standard")
     inner.load_state_dict(st.best_state)
+    if st.best_epoch >= 0 and inner.has_pca_floor and not beats_floor(inner, batches("val", None), st):
+        back_to_floor(inner, st)
     refit_floor(inner, batches, mcfg, st)
     return st
 
@@ -154,6 +157,63 @@ def fit_floor(inner, rows, mcfg: ModelConfig) -> dict:
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     pca = fit_pca(rows, inner.n_in, mcfg.code_dim, lambda t: all_reduce(t, inner), rank)
     return {**pca, "gain": inner.floor_gain(pca["variance"])}
+
+
+# A learned correction is kept where its mean gain over the floor on the validation rows is at
+# least this many standard errors of the per-row gains: on 7 validation rows (UCR ItalyPowerDemand)
+# a gain of 1.2 of them picked a model 10 % worse than PCA on the test rows; on digits' 115 rows
+# the gains are 13 standard errors.
+SIGNIFICANT = 2.0
+
+
+def beats_floor(inner, batches, st: FitState) -> bool:
+    """Whether the model's per-row validation losses beat its floor's (the same corrupted rows, the
+    same noise, every worker's rows) by SIGNIFICANT standard errors."""
+    floor_model = set_floor(copy.deepcopy(inner), st.pca).eval()
+    inner.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    with same_noise(), torch.no_grad():
+        for x in batches:
+            x_in = inner.corrupt(x)
+            gain = (row_recon(floor_model, x_in, x) - row_recon(inner, x_in, x)).double().cpu()
+            sums += torch.stack([torch.tensor(float(len(gain))), gain.sum(), gain.pow(2).sum()])
+    return clearly_positive(*all_reduce(sums, inner).tolist())
+
+
+def clearly_positive(n: float, total: float, squares: float) -> bool:
+    """Whether values with this count, sum and sum of squares have a mean above SIGNIFICANT
+    standard errors of it."""
+    if n < 2:
+        return total > 0
+    mean = total / n
+    se = math.sqrt(max(squares / n - mean ** 2, 0.0) / (n - 1))
+    return mean > SIGNIFICANT * se
+
+
+def row_recon(model, x_in, x) -> torch.Tensor:
+    """(B,) the reconstruction loss of each row x, the model given x_in."""
+    logits = model.decode_logits(model.encode(x_in)).flatten(1)
+    x = x.flatten(1)
+    if model.cfg.loss == "bce":
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").mean(1)
+    return ((logits - x).abs() if model.cfg.loss == "l1" else (logits - x).pow(2)).mean(1)
+
+
+def set_floor(model, pca: dict):
+    """The model made its floor: PCA (with its gains) and the learned corrections' gates at zero."""
+    with torch.no_grad():
+        model.code_gate.zero_()
+        model.out_gate.zero_()
+    model.set_pca({k: v.to(model.pca_mean.device) for k, v in pca.items()})
+    return model
+
+
+def back_to_floor(inner, st: FitState) -> None:
+    """The model set back to its floor, which is what the fit keeps: the correction's gain on the
+    validation rows was within their noise."""
+    set_floor(inner, st.pca)
+    st.best_val, st.best_recon, st.best_epoch = st.init_val, st.init_val, -1
+    st.best_state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
 
 
 def refit_floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
