@@ -1,24 +1,40 @@
-"""Learned compression (the compress family) against JPEG and PCA on held-out grayscale photographs.
+"""Learned compression (the compress family) against JPEG, WebP, AVIF and PCA on held-out photographs.
 
 The eleven photographs that builtin:photos cuts up (scikit-image's skimage.data: camera, astronaut, coffee,
 chelsea, rocket, horse, coins, moon, grass, gravel, brick), converted to grayscale as gray() below
 does (ITU-R 601 luma, 0..255), are split by name: the model trains on random crops of TRAIN and is
 scored on the whole images of HELD_OUT (cropped to a multiple of 8). Every figure is measured on
-the held-out images only:
+the held-out images only, pooled over them (total bits / total pixels; PSNR of the MSE over every value):
 
   compress   bits per pixel = bytes of the real bitstreams (aepipe.bitstream, constriction ANS)
              x 8 / pixels; PSNR of the decoded image rounded to 0..255
   DCT floor  the model before training (--init pca): JPEG's 8x8 block DCT, the uniform step --lmbda
              sets, and its density fitted alone (steps / 5 of them); real bitstreams as above
-  JPEG       Pillow, qualities 5, 10..90: file bytes x 8 / pixels, PSNR of the decoded file
-  PCA 8x8    PCA fitted on TRAIN's 8x8 blocks, k = 1, 2, 4 float16 coefficients a block
+  JPEG       Pillow (libjpeg), qualities 5, 10..90
+  WebP       Pillow (libwebp), method=6 (its slowest and best), qualities 5, 10..90, 95
+  AVIF       Pillow (libavif with its default AV1 encoder, speed 6), qualities 10..70, 75: about
+             0.1-1.5 bpp on these images
+             The three anchors: file bytes x 8 / pixels, PSNR of the decoded file. Grayscale: JPEG and
+             AVIF code the L image itself (AVIF as monochrome 4:0:0); WebP has no grayscale mode, so
+             Pillow codes it as RGB and the decode is taken back to L (equal channels give the value
+             itself). Colour (--rgb): Pillow's defaults (4:2:0), PSNR over the three channels. An anchor
+             this Pillow was built without is left out with a printed note.
+  PCA 8x8    PCA fitted on TRAIN's 8x8 blocks, k = 1, 2, 4 float16 coefficients a block (grayscale only)
+
+Below the pooled table: the compress model's bytes, bpp and PSNR on each held-out image, and the
+BD-rate (Bjontegaard delta rate, bd_rate below) of the compress points and of the DCT floor's against
+JPEG, WebP and AVIF: how many more bits (in %) they need than the anchor at equal PSNR, averaged over
+the PSNR range both cover; negative = fewer bits than the anchor.
 
 With --init pca (the default) each lambda trains from its own DCT floor; with --init none
 (CompressAI's transforms from random weights) lambdas are trained in increasing order, each starting
-from the previous one's weights, the first for twice the steps.
+from the previous one's weights, the first for twice the steps. --anchors-only measures and records
+the anchors alone (JPEG, WebP, AVIF, PCA) without training, in seconds, as their own section of
+bench/RESULTS.md (rate_distortion_anchors[_rgb]), so a full run's section is kept.
 
     .venv/bin/python bench/rate_distortion.py --out runs/rd     # about 25 min on 2 quiet cores
     .venv/bin/python bench/rate_distortion.py --lmbdas 0.005 --steps 200 --out /tmp/rd  # a smoke run
+    .venv/bin/python bench/rate_distortion.py --anchors-only --rgb --out /tmp/rd        # seconds
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, features
 from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
 from aepipe.bitstream import LatentCoder
@@ -79,17 +95,108 @@ def pooled(results):
     return bits / pixels, 10 * np.log10(255 ** 2 / (se / values))
 
 
-def jpeg_curve(images, qualities=(5, *range(10, 100, 10))):
+# The classical anchors: (name, Pillow feature, Pillow format, qualities, save options). The
+# qualities span about 0.1-2 bpp on these images; AVIF's bits grow faster with quality (q75 ~ 1.5 bpp).
+ANCHORS = (
+    ("JPEG", "jpg", "JPEG", (5, *range(10, 100, 10)), {}),
+    ("WebP", "webp", "WEBP", (5, *range(10, 100, 10), 95), {"method": 6}),
+    ("AVIF", "avif", "AVIF", (*range(10, 80, 10), 75), {}),
+)
+
+
+def codec_versions() -> str:
+    """The library behind each anchor: a figure depends on the encoder's version."""
+    import PIL
+
+    libs = [f"{name} {features.version(feature)}" for name, feature, *_ in ANCHORS if features.check(feature)]
+    return f"Pillow {PIL.__version__} ({', '.join(libs)})"
+
+
+def file_bytes(im, fmt: str, quality: int, **options) -> bytes:
+    """The file Pillow writes. Grayscale goes in as mode L; WebP, which has no grayscale, has Pillow make it RGB."""
+    buf = io.BytesIO()
+    Image.fromarray(im).save(buf, fmt, quality=quality, **options)
+    return buf.getvalue()
+
+
+def decoded(data: bytes, like) -> np.ndarray:
+    """The file decoded in the original's mode, float64: a grayscale original is compared on L even
+    where the file decodes to RGB (WebP; Pillow's L from equal channels is the value itself)."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L" if like.ndim == 2 else "RGB"), dtype=np.float64)
+
+
+def codec_curve(images, name: str, fmt: str, qualities, **options):
+    """One anchor at each quality: file bytes x 8 / pixels and PSNR of the decoded files, pooled."""
     rows = []
     for q in qualities:
         res = []
         for im in images:
-            buf = io.BytesIO()
-            Image.fromarray(im).save(buf, "JPEG", quality=q)
-            dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float64)
-            res.append((len(buf.getvalue()) * 8, ((dec - im) ** 2).sum(), im))
-        rows.append((f"JPEG q{q}", *map(float, pooled(res))))
+            data = file_bytes(im, fmt, q, **options)
+            res.append((len(data) * 8, ((decoded(data, im) - im) ** 2).sum(), im))
+        rows.append((f"{name} q{q}", *map(float, pooled(res))))
     return rows
+
+
+def anchor_curves(images):
+    """JPEG, WebP and AVIF rows; a format this Pillow was built without is left out, with a note."""
+    rows = []
+    for name, feature, fmt, qualities, options in ANCHORS:
+        if not features.check(feature):
+            print(f"note: this Pillow has no {name} support ('{feature}'); its curve is left out", flush=True)
+            continue
+        rows += codec_curve(images, name, fmt, qualities, **options)
+    return rows
+
+
+def bd_rate(anchor, test) -> float:
+    """Bjontegaard delta rate of `test` against `anchor`, in %: how many more bits `test` needs at
+    equal PSNR, averaged over the PSNR interval both curves cover (negative: fewer bits).
+
+    anchor, test: (bpp, PSNR dB) points. As G. Bjontegaard, "Calculation of average PSNR differences
+    between RD-curves", ITU-T VCEG-M33 (2001), and the bd_rate scripts that copy its spreadsheet
+    (later common test conditions interpolate piecewise instead; this is the original): each curve's
+    log(rate) is fitted as a cubic polynomial of PSNR (degree len - 1 where a curve has fewer than 4
+    points), both fits are integrated over the overlap of the two PSNR ranges, and exp(mean difference) - 1 is the
+    rate ratio. ValueError where a curve has under 2 points or the ranges do not overlap.
+
+    >>> curve = [(0.25, 28.0), (0.5, 31.0), (1.0, 34.5), (2.0, 38.0)]
+    >>> round(bd_rate(curve, curve), 6)
+    0.0
+    >>> round(bd_rate(curve, [(1.1 * r, p) for r, p in curve]), 6)  # 10 % more bits everywhere
+    10.0
+    >>> round(bd_rate([(1.1 * r, p) for r, p in curve], curve), 2)  # against it: 1 / 1.1 - 1
+    -9.09
+    >>> jpeg_like, better = [(0.2, 27.1), (0.45, 30.2), (0.9, 33.9), (1.7, 37.5)], [(0.15, 26.8), (0.33, 29.9),
+    ...                                                                              (0.7, 33.1), (1.3, 36.0)]
+    >>> round(bd_rate(jpeg_like, better), 2)  # as the bjontegaard package (PyPI 1.3.0) with method="cubic"
+    -14.71
+    """
+    if min(len(anchor), len(test)) < 2:
+        raise ValueError("BD-rate needs at least 2 points a curve (4 for the cubic fit)")
+    lo = max(min(p for _, p in anchor), min(p for _, p in test))
+    hi = min(max(p for _, p in anchor), max(p for _, p in test))
+    if hi <= lo:
+        raise ValueError("the curves share no PSNR range")
+
+    def mean_log_rate(points):
+        deg = min(3, len(points) - 1)
+        fit = np.polyint(np.polyfit([p for _, p in points], np.log([r for r, _ in points]), deg))
+        return (np.polyval(fit, hi) - np.polyval(fit, lo)) / (hi - lo)
+
+    return float((np.exp(mean_log_rate(test) - mean_log_rate(anchor)) - 1) * 100)
+
+
+def bracketing(points, lo: float, hi: float):
+    """The points with PSNR in [lo, hi] plus the nearest one on each side, widened to 4 where there are
+    more (a cubic needs 4). An anchor's ten qualities span 20 dB; one cubic through all of them would
+    trade fit where the curves are compared for fit where they are not (VCEG-M33 fits 4 points a curve)."""
+    pts = sorted(points, key=lambda bp: bp[1])
+    first = next((i for i, (_, p) in enumerate(pts) if p >= lo), len(pts))  # the first at or above lo
+    last = max((i for i, (_, p) in enumerate(pts) if p <= hi), default=-1)  # the last at or below hi
+    a, b = max(first - 1, 0), min(last + 2, len(pts))
+    while b - a < 4 and b - a < len(pts):
+        a, b = max(a - 1, 0), min(b + 1, len(pts))
+    return pts[a:b]
 
 
 def blocks(im):
@@ -150,7 +257,8 @@ def train(model, images, steps, batch, size, lr, seed, density_lr):
 
 @torch.no_grad()
 def evaluate(model, images):
-    """Real bitstreams: encode each whole image, decode it back from the bytes alone, count bytes."""
+    """Real bitstreams: encode each whole image, decode it back from the bytes alone, count bytes.
+    Returns (bits, squared error, image) per image, as pooled() takes them."""
     model.eval()
     coder = LatentCoder(model.density)
     res = []
@@ -164,7 +272,7 @@ def evaluate(model, images):
         x_hat = model.synthesis(torch.from_numpy(y_back[None]).float(), im.shape[:2])[0].numpy()
         dec = np.clip(np.round(x_hat * 255), 0, 255)
         res.append((len(data) * 8, ((dec - chw) ** 2).sum(), im))
-    return pooled(res)
+    return res
 
 
 def plot(rows, title: str, path: Path):
@@ -174,8 +282,10 @@ def plot(rows, title: str, path: Path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for prefix, style in (("compress", "o-"), ("DCT floor", "x-."), ("JPEG", "s--"), ("PCA", "^:")):
-        pts = sorted((b, p) for n, b, p in rows if n.startswith(prefix))
+    styles = (("compress", "o-"), ("DCT floor", "x-."), ("JPEG", "s--"), ("WebP", "D--"), ("AVIF", "v--"),
+              ("PCA", "^:"))
+    for prefix, style in styles:
+        pts = points(rows, prefix)
         if pts:
             ax.plot(*zip(*pts), style, label=prefix if prefix != "compress" else "compress (learned, real bytes)")
     ax.axvspan(0.3, 1.0, color="0.9", zorder=0, label="goal: above JPEG in 0.3-1.0 bpp")
@@ -189,7 +299,7 @@ def plot(rows, title: str, path: Path):
     fig.savefig(path, dpi=120)
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lmbdas", default="0.0025,0.005,0.01,0.02", help="comma-separated, trained in increasing order")
     ap.add_argument("--steps", type=int, default=6000,
@@ -206,17 +316,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/rd"))
     ap.add_argument("--rgb", action="store_true", help=f"colour: train on {', '.join(TRAIN_RGB)}, score "
-                                                        f"{', '.join(HELD_OUT_RGB)} (JPEG: Pillow's default 4:2:0)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    train_names, test_names = (TRAIN_RGB, HELD_OUT_RGB) if args.rgb else (TRAIN, HELD_OUT)
-    load = rgb if args.rgb else gray
-    train_images, test_images = [load(n) for n in train_names], [load(n) for n in test_names]
-    rows = jpeg_curve(test_images) + ([] if args.rgb else pca_curve(train_images, test_images))
+                                                        f"{', '.join(HELD_OUT_RGB)} (anchors: Pillow's default 4:2:0)")
+    ap.add_argument("--anchors-only", action="store_true",
+                    help="JPEG, WebP, AVIF and PCA alone, no training (seconds); recorded as rate_distortion_anchors")
+    return ap.parse_args()
+
+
+def train_models(args, train_images, test_images, test_names):
+    """Each lambda's DCT floor (--init pca) and trained model on the held-out images: the pooled rows,
+    the compress model's figure on each image, and the training seconds per lambda."""
     shape = (3, args.crop, args.crop) if args.rgb else (args.crop, args.crop)
-    model, times = None, {}
+    model, rows, per_image, times = None, [], [], {}
     for i, lmbda in enumerate(float(v) for v in args.lmbdas.split(",")):
         cfg = ModelConfig(family="compress", input_shape=shape, code_dim=args.latent,
                           hidden=(args.channels,), lmbda=lmbda, init=args.init)
@@ -227,35 +337,106 @@ def main():
         if args.init == "pca":  # where the floor starts: the DCT with the density fitted alone
             train(model, train_images, args.steps // 5, args.batch, args.crop, 0.0, seed=100 + i,
                   density_lr=args.lr * args.density_lr)
-            bpp, db = evaluate(model, test_images)
+            bpp, db = pooled(evaluate(model, test_images))
             rows.append((f"DCT floor lmbda {lmbda}", float(bpp), float(db)))
             print(f"lmbda {lmbda}: the floor alone (DCT, density fitted): {bpp:.3f} bpp, {db:.2f} dB", flush=True)
         print(f"lmbda {lmbda}: training", flush=True)
         steps = args.steps * (2 if i == 0 and args.init == "none" else 1)
         times[lmbda] = train(model, train_images, steps, args.batch, args.crop, args.lr, seed=i,
                              density_lr=args.lr * args.density_lr)
-        bpp, db = evaluate(model, test_images)
+        res = evaluate(model, test_images)
+        bpp, db = pooled(res)
         rows.append((f"compress lmbda {lmbda}", float(bpp), float(db)))
+        per_image += [(f"compress lmbda {lmbda}", name, *image_figures(*r)) for name, r in zip(test_names, res)]
         print(f"lmbda {lmbda}: {bpp:.3f} bpp, {db:.2f} dB, trained {times[lmbda]:.0f} s", flush=True)
         torch.save(model.state_dict(), args.out / f"compress_{lmbda}.pt")
-    out = [f"held out: {', '.join(test_names)}; trained on crops of: {', '.join(train_names)}", "",
-           "| method | bpp | PSNR dB |", "|---|---|---|"]
-    out += [f"| {name} | {bpp:.3f} | {db:.2f} |" for name, bpp, db in rows]
-    jpeg = sorted((b, p) for n, b, p in rows if n.startswith("JPEG"))
-    out += ["", "compress vs JPEG at the same bpp (JPEG's PSNR interpolated between qualities):", ""]
+    return rows, per_image, times
+
+
+def image_figures(bits, se, im):
+    """One image's (bytes, bpp, PSNR dB), from evaluate's (bits, squared error, image)."""
+    return bits // 8, bits / (im.shape[0] * im.shape[1]), float(10 * np.log10(255 ** 2 / (se / im.size)))
+
+
+def points(rows, prefix: str):
+    """The (bpp, PSNR) points of one method's rows, by bpp."""
+    return sorted((b, p) for n, b, p in rows if n.startswith(prefix))
+
+
+def per_image_table(per_image):
+    """Every held-out image's figure: a pooled figure can hide one image the codec does badly."""
+    out = ["compress on each held-out image (real bitstreams):", "",
+           "| method | image | bytes | bpp | PSNR dB |", "|---|---|---|---|---|"]
+    return out + [f"| {m} | {name} | {nbytes} | {bpp:.3f} | {db:.2f} |" for m, name, nbytes, bpp, db in per_image]
+
+
+def vs_jpeg_lines(rows):
+    """Each compress point against JPEG at its own bpp: the plain reading of the plot."""
+    jpeg = points(rows, "JPEG")
+    out = ["compress vs JPEG at the same bpp (JPEG's PSNR interpolated between qualities):", ""]
     for name, bpp, db in rows:
         if name.startswith("compress"):
-            if not jpeg[0][0] <= bpp <= jpeg[-1][0]:
+            if not jpeg or not jpeg[0][0] <= bpp <= jpeg[-1][0]:
                 out.append(f"- {name}: {bpp:.3f} bpp, outside JPEG's measured range")
                 continue
             ref = float(np.interp(bpp, *zip(*jpeg)))
             out.append(f"- {name}: {bpp:.3f} bpp, {db - ref:+.2f} dB vs JPEG ({ref:.2f} dB)")
-    out += ["", f"training seconds per lambda: {json.dumps(times)}"]
+    return out
+
+
+def bd_rate_text(anchor, test) -> str:
+    """One BD-rate figure with the PSNR interval it averages over, and the fit where it is not the cubic."""
+    if len(test) < 2:
+        return f"needs 4 points (has {len(test)})"
+    lo, hi = min(p for _, p in test), max(p for _, p in test)
+    anchor = bracketing(anchor, lo, hi)
+    try:
+        value = bd_rate(anchor, test)
+    except ValueError as e:
+        return f"none: {e}"
+    lo, hi = max(lo, min(p for _, p in anchor)), min(hi, max(p for _, p in anchor))
+    short = [f"{who} {len(c)} points" for who, c in (("anchor", anchor), ("tested", test)) if len(c) < 4]
+    fit = f" (lower-order fit: {', '.join(short)}; the standard cubic needs 4)" if short else ""
+    return f"{value:+.1f} % over {lo:.2f}-{hi:.2f} dB{fit}"
+
+
+def bd_rate_lines(rows):
+    """BD-rate of the compress points and of the DCT floor's against each anchor measured."""
+    anchors = [name for name, *_ in ANCHORS if points(rows, name + " q")]
+    out = ["BD-rate (Bjontegaard, VCEG-M33: log rate cubic in PSNR): % more bits than the anchor at equal PSNR, "
+           "negative = fewer:", ""]
+    for tested in ("compress", "DCT floor"):
+        test = points(rows, tested)
+        out += [f"- {tested} vs {a}: {bd_rate_text(points(rows, a + ' q'), test)}" for a in anchors if test]
+    return out
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_names, test_names = (TRAIN_RGB, HELD_OUT_RGB) if args.rgb else (TRAIN, HELD_OUT)
+    load = rgb if args.rgb else gray
+    train_images, test_images = [load(n) for n in train_names], [load(n) for n in test_names]
+    rows = anchor_curves(test_images) + ([] if args.rgb else pca_curve(train_images, test_images))
+    per_image, times = [], {}
+    if not args.anchors_only:
+        model_rows, per_image, times = train_models(args, train_images, test_images, test_names)
+        rows += model_rows
+    trained = "anchors only, no training" if args.anchors_only else f"trained on crops of: {', '.join(train_names)}"
+    out = [f"held out: {', '.join(test_names)}; {trained}", f"anchors: {codec_versions()}", "",
+           "| method | bpp | PSNR dB |", "|---|---|---|"]
+    out += [f"| {name} | {bpp:.3f} | {db:.2f} |" for name, bpp, db in rows]
+    if not args.anchors_only:
+        out += ["", *per_image_table(per_image), "", *vs_jpeg_lines(rows), "", *bd_rate_lines(rows),
+                "", f"training seconds per lambda: {json.dumps(times)}"]
     print("\n" + "\n".join(out))
-    record("rate_distortion" + ("_rgb" if args.rgb else ""), "\n".join(out))
+    record("rate_distortion" + ("_anchors" if args.anchors_only else "") + ("_rgb" if args.rgb else ""), "\n".join(out))
     plot(rows, f"held-out {'colour' if args.rgb else 'grayscale'} photos: {', '.join(test_names)}",
          args.out / "rate_distortion.png")
-    (args.out / "rate_distortion.json").write_text(json.dumps({"rows": rows, "train_seconds": times,
+    (args.out / "rate_distortion.json").write_text(json.dumps({"rows": rows, "per_image": per_image,
+                                                               "train_seconds": times,
                                                                "args": vars(args) | {"out": str(args.out)}}, indent=1))
     print(f"curves -> {args.out / 'rate_distortion.png'}")
 
