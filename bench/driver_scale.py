@@ -3,6 +3,7 @@ multi-node Ray (ray.cluster_utils.Cluster: a head with no CPU, as cluster.yaml h
 nodes), as a cluster of many machines would run a billion rows in 100,000 tasks.
 
     .venv/bin/python bench/driver_scale.py [TASKS ...]        # default: 1000 10000 100000
+    .venv/bin/python bench/driver_scale.py 100000 --stores parquet --section driver_scale_100k
 
 For each task count: TASKS x 8 rows of 8 floats, a tiny dense model, `aepipe encode --engine ray`
 run through the Python API in this process (this process is the driver), 8 rows per task and per
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -71,7 +71,7 @@ def timed_commits(sink_classes):
     return spent
 
 
-def main(*counts: str) -> None:
+def main(counts: list[int], stores: list[str], section: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -81,7 +81,7 @@ def main(*counts: str) -> None:
     from aepipe.stores.zarr_sink import ZarrSink
     from aepipe.training import train
 
-    counts = [int(c) for c in counts] or [1000, 10000, 100000]
+    counts = counts or [1000, 10000, 100000]
     os.environ["AEPIPE_TASK_ROWS"] = str(ROWS_PER_TASK)
     work = Path(tempfile.mkdtemp(prefix="aepipe-driver-"))
     temp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # Ray's socket paths are limited to 107 bytes
@@ -101,7 +101,7 @@ def main(*counts: str) -> None:
     try:
         for n in counts:
             np.save(work / "x.npy", rng.normal(size=(n * ROWS_PER_TASK, 8)).astype(np.float32))
-            for suffix in (".zarr", ".parquet"):
+            for suffix in (f".{s}" for s in stores):
                 out = work / f"codes{suffix}"
                 shutil.rmtree(out, ignore_errors=True)
                 before = len(commits)
@@ -122,8 +122,15 @@ def main(*counts: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
     lines += ["", f"{ROWS_PER_TASK} rows per task and per chunk; a head with no CPU and 2 worker nodes of 1 CPU "
               "(ray.cluster_utils.Cluster on this machine); the driver is this process."]
-    record("driver_scale", "\n".join(lines))
+    record(section, "\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("counts", nargs="*", type=int, help="task counts [default: 1000 10000 100000]")
+    ap.add_argument("--stores", default="zarr,parquet", help="comma-separated: zarr, parquet")
+    ap.add_argument("--section", default="driver_scale", help="bench/RESULTS.md section to record into")
+    args = ap.parse_args()
+    main(args.counts, args.stores.split(","), args.section)
