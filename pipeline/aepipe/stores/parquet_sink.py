@@ -6,6 +6,7 @@ Staging, commit and --resume: aepipe.stores.staging.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,9 @@ def write_manifest(store, manifest: dict) -> None:
 
     spec = str(store)
     fs, path = remote.resolve(spec) if "://" in spec else (pafs.LocalFileSystem(), str(Path(spec).absolute()))
+    # write_id: each commit's manifest differs from every other's, even of the same rows in the same
+    # second, so that a reader's StoreGuard tells one write of a store from the next
+    manifest = {**manifest, "write_id": uuid.uuid4().hex}
     table = manifest_table(pq.read_schema(f"{path}/{min(manifest['files'])}", filesystem=fs), manifest)
     if remote.is_uri(spec):
         pq.write_table(table, f"{path}/{MANIFEST}", filesystem=fs)

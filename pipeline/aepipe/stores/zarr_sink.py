@@ -11,6 +11,7 @@ are written there, so no two processes ever write the same chunk. encode plans i
 from __future__ import annotations
 
 import shutil
+import uuid
 
 import numpy as np
 
@@ -139,7 +140,9 @@ class ZarrSink(_Staged):
             g.attrs.update({"n_rows": self._drop_marked(g), "skipped": self.skipped})
         if "ids" in self.arrays:
             index_zarr(g)  # where the ids are out of order: decode --ids reads a few chunks
-        g.attrs["complete"] = True
+        # write_id: two commits of the same settings within one second would otherwise write identical
+        # metadata, and a reader's StoreGuard could not tell the store it started on from its double
+        g.attrs.update({"complete": True, "write_id": uuid.uuid4().hex})
         self._consolidate()
         self._commit()
 
