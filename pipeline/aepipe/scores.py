@@ -32,9 +32,14 @@ FULL = 1024  # up to this many dimensions a covariance is kept whole; wider ones
 RESIDUAL_FLOOR = 1e-5  # the least residual variance counted, as a share of the rows' own (see fit_density)
 
 
-def row_errors(model, x: torch.Tensor) -> torch.Tensor:
-    """(B, features) reconstruction error of normalised rows, elementwise, in the training loss."""
-    logits = model.decode_logits(model.encode(x))
+def row_errors(model, x: torch.Tensor, x_in: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, features) reconstruction error of normalised rows, elementwise, in the training loss;
+    the model given x_in (a corrupted x) where there is one."""
+    return elementwise(model, model.decode_logits(model.encode(x if x_in is None else x_in)), x)
+
+
+def elementwise(model, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, features) the training loss of each value of x, from the model's logits for it."""
     if model.cfg.loss == "bce":
         e = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     elif model.cfg.loss == "l1":
@@ -44,18 +49,20 @@ def row_errors(model, x: torch.Tensor) -> torch.Tensor:
     return e.flatten(1)
 
 
-def residual(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """(B, features): the row minus its reconstruction from code z, in the input's units."""
-    return (x - model.decode(z)).flatten(1)
+def residual(model, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(B, features): the row minus its reconstruction (from the model's logits), in the input's units."""
+    return (x - model.squash(logits)).flatten(1)
 
 
 def row_scores(model, x: torch.Tensor, density: dict | None) -> dict:
-    """{kind: (B,) scores} of normalised rows: recon always, code and combined given the density."""
+    """{kind: (B,) scores} of normalised rows: recon always, code and combined given the density
+    (one encode and one decode for all of them)."""
     z = model.encode(x)
-    out = {"recon": row_errors(model, x).mean(1)}
+    logits = model.decode_logits(z)
+    out = {"recon": elementwise(model, logits, x).mean(1)}
     if density is not None:
         code = mahalanobis(z.double(), density["code_mean"], density["code_precision"])
-        resid = mahalanobis(residual(model, x, z).double(), density["resid_mean"], density["resid_precision"])
+        resid = mahalanobis(residual(model, x, logits).double(), density["resid_mean"], density["resid_precision"])
         out["code"] = (code / z.shape[1]).float()
         # per input dimension: the code takes k of them and the residual about the other d - k
         out["combined"] = ((code + resid) / x[0].numel()).float()
@@ -88,7 +95,7 @@ def fit_density(model, batches) -> dict:
     return out
 
 
-def sample_rows(model, batches) -> tuple[np.ndarray, np.ndarray]:
+def sample_rows(model, batches) -> tuple[np.ndarray, np.ndarray, float]:
     """(codes, residuals, the rows' mean variance per feature) of up to SAMPLE_ROWS training rows
     (fewer for wide rows: SAMPLE_VALUES), each row kept with equal chance (the rows with the
     largest random keys), in one streamed pass; the variance over every row."""
@@ -101,7 +108,7 @@ def sample_rows(model, batches) -> tuple[np.ndarray, np.ndarray]:
             flat = x.flatten(1).double().cpu()
             n, total, squares = n + len(flat), total + flat.sum(0), squares + flat.pow(2).sum(0)
             z = model.encode(x)
-            k, c, r = torch.rand(len(x), generator=g), z.double().cpu(), residual(model, x, z).double().cpu()
+            k, c, r = torch.rand(len(x), generator=g), z.double().cpu(), residual(model, x, model.decode_logits(z)).double().cpu()
             keys = k if keys is None else torch.cat([keys, k])
             codes = c if codes is None else torch.cat([codes, c])
             resids = r if resids is None else torch.cat([resids, r])

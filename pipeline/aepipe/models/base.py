@@ -114,7 +114,8 @@ class Autoencoder(nn.Module):
     # the floor
     @torch.no_grad()
     def set_pca(self, pca: dict) -> None:
-        """Start the floor at fit_pca's {"mean", "components", "variance"} (and "gain", if given)."""
+        """Start the floor at fit_pca's {"mean", "components", "variance"} (and "gain", if given),
+        on whatever device they are (copy_ moves them to the model's)."""
         self.pca_mean.copy_(pca["mean"])
         self.pca_components.copy_(pca["components"])
         if "gain" in pca:
@@ -147,9 +148,12 @@ class Autoencoder(nn.Module):
         pca = reconstruct(z * self.pca_gain, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
         return pca.view(-1, *self.cfg.input_shape) + self.out_gate * self.own_logits(z)
 
+    def squash(self, logits):
+        """Outputs from decode_logits' logits: the sigmoid for bce, the logits themselves otherwise."""
+        return torch.sigmoid(logits) if self.cfg.loss == "bce" else logits
+
     def decode(self, z):
-        out = self.decode_logits(z)
-        return torch.sigmoid(out) if self.cfg.loss == "bce" else out
+        return self.squash(self.decode_logits(z))
 
     def recon_loss(self, logits, x):
         if self.cfg.loss == "bce":
@@ -163,8 +167,7 @@ class Autoencoder(nn.Module):
         z = self.code_for_training(x_in)
         logits = self.decode_logits(z)
         parts = {"recon": self.recon_loss(logits, x), **self.penalty(x_in, z)}
-        x_hat = torch.sigmoid(logits) if self.cfg.loss == "bce" else logits
-        return {"x_hat": x_hat, "z": z, "loss": sum(parts.values()), "loss_parts": parts}
+        return {"x_hat": self.squash(logits), "z": z, "loss": sum(parts.values()), "loss_parts": parts}
 
     def loss(self, x):
         out = self(x)

@@ -19,7 +19,7 @@ from aepipe.errors import AepipeError
 from aepipe.config import ModelConfig
 from aepipe.models.base import build_model, widths
 from aepipe.pca import fit_pca, val_loss as pca_val_loss
-from aepipe.scores import fit_density, training_quantiles
+from aepipe.scores import fit_density, row_errors, training_quantiles
 from aepipe.training.config import TrainConfig, budget, set_lr
 from aepipe.training.state import FitState
 
@@ -146,7 +146,7 @@ def floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
         st.pca_val = pca_val_loss(st.pca, batches("val", None), mcfg.loss, lambda t: all_reduce(t, inner),
                                   inner.corrupt)
     if inner.has_pca_floor and st.step == 0:
-        inner.set_pca({k: v.to(inner.pca_mean.device) for k, v in st.pca.items()})
+        inner.set_pca(st.pca)
         va = epoch(inner, batches("val", None))
         st.init_val = va["recon"]
         st.keep_best(va["recon"], va["recon"], -1, inner)
@@ -175,7 +175,7 @@ def beats_floor(inner, batches, st: FitState) -> bool:
     with same_noise(), torch.no_grad():
         for x in batches:
             x_in = inner.corrupt(x)
-            gain = (row_recon(floor_model, x_in, x) - row_recon(inner, x_in, x)).double().cpu()
+            gain = (row_errors(floor_model, x, x_in).mean(1) - row_errors(inner, x, x_in).mean(1)).double().cpu()
             sums += torch.stack([torch.tensor(float(len(gain))), gain.sum(), gain.pow(2).sum()])
     return clearly_positive(*all_reduce(sums, inner).tolist())
 
@@ -190,21 +190,12 @@ def clearly_positive(n: float, total: float, squares: float) -> bool:
     return mean > SIGNIFICANT * se
 
 
-def row_recon(model, x_in, x) -> torch.Tensor:
-    """(B,) the reconstruction loss of each row x, the model given x_in."""
-    logits = model.decode_logits(model.encode(x_in)).flatten(1)
-    x = x.flatten(1)
-    if model.cfg.loss == "bce":
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").mean(1)
-    return ((logits - x).abs() if model.cfg.loss == "l1" else (logits - x).pow(2)).mean(1)
-
-
 def set_floor(model, pca: dict):
     """The model made its floor: PCA (with its gains) and the learned corrections' gates at zero."""
     with torch.no_grad():
         model.code_gate.zero_()
         model.out_gate.zero_()
-    model.set_pca({k: v.to(model.pca_mean.device) for k, v in pca.items()})
+    model.set_pca(pca)
     return model
 
 
@@ -213,7 +204,7 @@ def back_to_floor(inner, st: FitState) -> None:
     validation rows was within their noise."""
     set_floor(inner, st.pca)
     st.best_val, st.best_recon, st.best_epoch = st.init_val, st.init_val, -1
-    st.best_state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+    st.keep_weights(inner)
 
 
 def refit_floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
@@ -224,8 +215,7 @@ def refit_floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
     if not (inner.has_pca_floor and st.best_epoch == -1) or st.floor_refitted:
         return
     st.pca = fit_floor(inner, itertools.chain(batches("train", None), batches("val", None)), mcfg)
-    inner.set_pca({k: v.to(inner.pca_mean.device) for k, v in st.pca.items()})
-    st.best_state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+    st.keep_weights(set_floor(inner, st.pca))
     st.floor_refitted = True
 
 

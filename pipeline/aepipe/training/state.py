@@ -38,6 +38,10 @@ class FitState:
 
     def keep_best(self, val: float, recon: float | None, epoch: int, model) -> None:
         self.best_val, self.best_recon, self.best_epoch, self.bad = val, recon, epoch, 0
+        self.keep_weights(model)
+
+    def keep_weights(self, model) -> None:
+        """The model's weights as they are now, as the ones the fit ends with (CPU copies)."""
         self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     def to_dict(self) -> dict:
