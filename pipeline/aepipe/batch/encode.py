@@ -51,6 +51,12 @@ class Remaining(Source):
     def read(self, start, stop):
         return self.src.read(start, stop)
 
+    def __getstate__(self):
+        # every read task ships its source, and a read task only reads: the ranges still to run stay
+        # on the driver, or each of N tasks would carry all N (1.1 MiB a task at 100,000 tasks, so
+        # the job's traffic grew with N squared: bench/driver_scale.py)
+        return {**self.__dict__, "todo": None}
+
 
 def resume_settings(run, src: Source, out: Path, **options) -> dict:
     """What a --resume must find unchanged: the model's weights, the input (path, size, every
