@@ -183,3 +183,86 @@ def test_damaged_bitstreams_are_refused_by_image_id(compress_run, ray_local):
     proc = run_aepipe("decode", store, "--model", tmp / "run", "--out", tmp / "c.npy", check=False)
     assert proc.returncode == 2 and 'image "5"' in proc.stderr and "CRC32" in proc.stderr, proc.stderr
     assert not (tmp / "c.npy").exists()
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """train/: 64 real 32x32 photo patches as PNGs; photos/: three held-out images of their own sizes,
+    none a multiple of the codec's 8 or 16 but one (a.png 40x56, sub/b.jpg 33x70, c.png 64x64), and a
+    compress model trained on train/ (its tiles are 32x32)."""
+    import skimage.data as skd
+    from PIL import Image
+
+    tmp = tmp_path_factory.mktemp("own_sizes")
+    (tmp / "train").mkdir()
+    for i, p in enumerate(photo_patches()):
+        Image.fromarray((p * 255).round().astype(np.uint8)).save(tmp / "train" / f"t{i:02d}.png")
+    (tmp / "photos" / "sub").mkdir(parents=True)
+    cam = skd.camera()
+    Image.fromarray(cam[:40, :56]).save(tmp / "photos" / "a.png")
+    Image.fromarray(cam[100:133, 200:270]).save(tmp / "photos" / "sub" / "b.jpg", quality=95)
+    Image.fromarray(cam[300:364, 300:364]).save(tmp / "photos" / "c.png")
+    run_aepipe("train", tmp / "train", "--family", "compress", "--hidden", 8, "--lmbda", 0.01, "--epochs", 3,
+               "--in-process", "--out", tmp / "run")
+    return tmp
+
+
+SIZES = {"a.png": (40, 56), "sub/b.jpg": (33, 70), "c.png": (64, 64)}
+
+
+def test_a_codec_keeps_every_image_at_its_own_size(photo_folder, ray_local):
+    """encode codes each image at its own size (not resized to the model's 32x32 tiles), on Ray as in
+    this process; the rate counts the real pixels; decode gives PNGs of the original names and sizes,
+    the model's own round trip of each whole image."""
+    from PIL import Image
+
+    from aepipe.run import load_run
+
+    tmp = photo_folder
+    here = run_aepipe("encode", tmp / "photos", "--model", tmp / "run", "--out", tmp / "b.parquet",
+                      "--engine", "local")
+    run_aepipe("encode", tmp / "photos", "--model", tmp / "run", "--out", tmp / "b.zarr", "--engine", "ray",
+               address=ray_local)
+    g = zarr.open_group(str(tmp / "b.zarr"), mode="r")
+    t = pq.read_table(tmp / "b.parquet")
+    assert list(g["ids"][:]) == t.column("id").to_pylist() == ["a.png", "c.png", "sub/b.jpg"]
+    assert [tuple(s) for s in g["image_size"][:]] == [SIZES[i] for i in g["ids"][:]]
+    assert [bytes(b) for b in g["codes"][:]] == t.column("bitstream").to_pylist()  # same bytes on Ray and here
+    pixels = sum(h * w for h, w in SIZES.values())
+    bpp = float(here.stdout.split("bitstreams, ")[1].split(" bits")[0])
+    assert bpp == pytest.approx(8 * int(g["nbytes"][:].sum()) / pixels, abs=1e-4)
+    assert f"over {pixels:,} pixels" in run_aepipe("info", tmp / "b.zarr").stdout
+
+    run_aepipe("decode", tmp / "b.zarr", "--model", tmp / "run", "--out", tmp / "dec", "--engine", "ray",
+               address=ray_local)
+    run = load_run(tmp / "run")
+    model = run.model.eval()
+    for name, size in SIZES.items():
+        original = np.asarray(Image.open(tmp / "photos" / name), np.float32)
+        decoded = np.asarray(Image.open(tmp / "dec" / name.replace(".jpg", ".png")), np.float32)
+        assert decoded.shape == original.shape == size
+        with torch.no_grad():  # the model's own round trip of the whole image, at its size
+            x = torch.from_numpy(run.normalizer.apply(original[None]))
+            want = run.normalizer.invert(model.synthesis(torch.round(model.analysis(x)), size)[0, 0].numpy()[None])[0]
+        assert np.abs(decoded - np.clip(np.rint(want), 0, 255)).max() <= 1
+        assert 10 * np.log10(255 ** 2 / np.mean((decoded - original) ** 2)) > 22  # an image, not noise
+    proc = run_aepipe("decode", tmp / "b.zarr", "--model", tmp / "run", "--out", tmp / "d.npy", check=False)
+    assert proc.returncode == 2 and "own sizes" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_images_over_the_codecs_limit_are_refused_or_skipped(photo_folder, monkeypatch):
+    """An image bigger than images.MAX_PIXELS (here lowered to 3,000 pixels: c.png has 4,096) is refused
+    in one line naming it, or skipped with --on-bad-row skip; nothing else is left."""
+    from aepipe.sources import images
+
+    tmp = photo_folder
+    monkeypatch.setattr(images, "MAX_PIXELS", 3000)
+    proc = run_aepipe("encode", tmp / "photos", "--model", tmp / "run", "--out", tmp / "big.zarr", "--engine", "local",
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("aepipe: error:") and proc.stderr.count("\n") == 1
+    assert "photos/c.png: 64x64 pixels is more than the 3,000" in proc.stderr, proc.stderr
+    assert not (tmp / "big.zarr").exists() and not (tmp / "big.zarr.partial").exists()
+    proc = run_aepipe("encode", tmp / "photos", "--model", tmp / "run", "--out", tmp / "big.zarr", "--engine", "local",
+                      "--on-bad-row", "skip")
+    assert "skipped 1 bad row: c.png" in proc.stdout
+    assert list(zarr.open_group(str(tmp / "big.zarr"), mode="r")["ids"][:]) == ["a.png", "sub/b.jpg"]

@@ -94,25 +94,29 @@ def gigantic_run(**model):
     return make
 
 
-def bitstreams_claiming(fmt: str):
+def bitstreams_claiming(fmt: str, **claims):
     """b.FMT: the compress run's bitstream store, the first image's latent shape made (8, 10^6, 10^6)
-    (its bytes, length and CRC untouched: they still check)."""
+    or the columns in `claims` set so (image_size: one image of 10^12 pixels, its latent shape to
+    match); its bytes, length and CRC untouched: they still check."""
+    claims = claims or {"latent_shape": (8, 10 ** 6, 10 ** 6)}
+
     def make(w, tmp):
         store = tmp / f"b.{fmt}"
         shutil.copytree(w[f"bits.{fmt}"], store)
-        if fmt == "zarr":
-            a = zarr.open_array(str(store / "latent_shape"), mode="r+")
-            shapes = a[:]
-            shapes[0] = (8, 10 ** 6, 10 ** 6)
-            a[:] = shapes
-        else:
-            part = sorted(store.glob("part-*.parquet"))[0]
-            t = pq.read_table(part)
-            shapes = t.column("latent_shape").to_pylist()
-            shapes[0] = [8, 10 ** 6, 10 ** 6]
-            i = t.schema.get_field_index("latent_shape")
-            t = t.set_column(i, t.schema.field(i), pa.array(shapes, t.schema.field(i).type))
-            pq.write_table(t, part)
+        for column, value in claims.items():
+            if fmt == "zarr":
+                a = zarr.open_array(str(store / column), mode="r+")
+                values = a[:]
+                values[0] = value
+                a[:] = values
+            else:
+                part = sorted(store.glob("part-*.parquet"))[0]
+                t = pq.read_table(part)
+                values = t.column(column).to_pylist()
+                values[0] = list(value)
+                i = t.schema.get_field_index(column)
+                t = t.set_column(i, t.schema.field(i), pa.array(values, t.schema.field(i).type))
+                pq.write_table(t, part)
     return make
 
 
@@ -206,6 +210,10 @@ CASES = [
      "decode {t}/b.zarr --model {compress} --engine local --out {t}/r.npy", 2, "latent shape (8, 1000000, 1000000)"),
     ("bitstream-huge-latent-parquet", bitstreams_claiming("parquet"),
      "decode {t}/b.parquet --model {compress} --engine local --out {t}/r.npy", 2, "latent shape (8, 1000000, 1000000)"),
+    *((f"bitstream-huge-image-{f}", bitstreams_claiming(f, image_size=(10 ** 6, 10 ** 6),
+                                                          latent_shape=(64, 125_000, 125_000)),
+       f"decode {{t}}/b.{f} --model {{compress}} --engine local --out {{t}}/r.npy", 2,
+       "claims an image of 1000000x1000000 pixels") for f in ("zarr", "parquet")),
     # tables
     ("csv-huge-number", csv_with_a_huge_field("number"), "train {t}/big.csv --out {t}/r --in-process", 2,
      "big.csv: a row longer than 32 MiB"),

@@ -21,6 +21,7 @@ refused before decoding: ANS decodes any words into some integers, silently.
 from __future__ import annotations
 
 import copy
+import struct
 import zlib
 
 import numpy as np
@@ -37,6 +38,22 @@ class BitstreamError(ValueError):
 
 def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+# One image as a decode task receives it: its latent (M, h, w) and image (H, W) sizes ahead of its
+# bitstream, in one bytes object (which Ray Data carries as it is). Never stored: a store keeps them
+# as columns (aepipe.stores.bitstreams).
+RECORD = struct.Struct("<5i")
+
+
+def record(stream: bytes, latent_shape, image_size) -> bytes:
+    return RECORD.pack(*latent_shape, *image_size) + stream
+
+
+def unrecord(data: bytes) -> tuple[bytes, tuple[int, int, int], tuple[int, int]]:
+    """(bitstream, latent shape, image size) of a record."""
+    v = RECORD.unpack_from(data)
+    return data[RECORD.size:], v[:3], v[3:]
 
 
 @torch.no_grad()

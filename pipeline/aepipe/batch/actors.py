@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from aepipe.bitstream import BitstreamError, LatentCoder, crc32
+from aepipe.bitstream import BitstreamError, LatentCoder, crc32, unrecord
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import row_errors, row_scores
@@ -67,43 +67,65 @@ class Encoder(ModelActor):
 
 
 class BitstreamEncoder(ModelActor):
-    """Images -> rounded latents -> one bitstream each (the coder's tables built once per actor)."""
+    """Images -> rounded latents -> one bitstream each (the coder's tables built once per actor).
+    Images of the model's size come as one array and go through the model together; images at
+    their own sizes (an object array of them: sources.images at_own_sizes) one at a time."""
 
     def __init__(self, run_dir: str, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
         self.coder = LatentCoder(self.model.density)
 
-    def __call__(self, batch: dict) -> dict:
-        x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
+    def _latents(self, x: np.ndarray):
+        """(rounded latent, (H, W)) of each image of x, a batch of one size (N, [C,] H, W)."""
+        x = torch.from_numpy(self.run.normalizer.apply(x)).to(self.device)
         with torch.inference_mode():
             y = torch.round(self.model.analysis(x)).cpu().numpy().astype(np.int64)
-        streams = np.empty(len(y), dtype=object)
-        for i, yi in enumerate(y):
+        return [(yi, tuple(x.shape[-2:])) for yi in y]
+
+    def __call__(self, batch: dict) -> dict:
+        x = batch["x"]
+        coded = self._latents(x) if x.dtype != object else [self._latents(xi[None])[0] for xi in x]
+        streams = np.empty(len(coded), dtype=object)
+        for i, (yi, _) in enumerate(coded):
             try:
                 streams[i] = self.coder.encode(yi)
             except BitstreamError as e:
                 raise AepipeError(f"image {batch['id'][i]}: {e}") from None
         return {"row": batch["row"], "id": batch["id"], "bitstream": streams,
-                "latent_shape": np.tile(np.array(y.shape[1:], np.int32), (len(y), 1)),
+                "latent_shape": np.array([yi.shape for yi, _ in coded], np.int32).reshape(-1, 3),
+                "image_size": np.array([hw for _, hw in coded], np.int32).reshape(-1, 2),
                 "nbytes": np.array([len(s) for s in streams], np.int64),
                 "crc32": np.array([crc32(s) for s in streams], np.int64)}
 
 
 class BitstreamDecoder(ModelActor):
-    """Bitstreams (checked by the source) -> latents -> images in the data's units."""
+    """Records (bitstreams checked by their source, with their latent shapes and image sizes:
+    aepipe.stores.bitstreams.record) -> latents -> images in the data's units: one array where every
+    image has the model's size, else an object array of images at their own sizes."""
 
     def __init__(self, run_dir: str, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
         self.coder = LatentCoder(self.model.density)
-        self.shape = (self.model.latent_channels, *self.model.latent_hw)
+
+    def _image(self, data: bytes) -> np.ndarray:
+        stream, shape, size = unrecord(data)
+        y = torch.from_numpy(self.coder.decode(stream, shape)).float().to(self.device)
+        with torch.inference_mode():
+            x_hat = self.model.synthesis(y[None], size)[0]
+        x_hat = x_hat.reshape(x_hat.shape[-2:]) if len(self.run.schema.shape) == 2 else x_hat
+        return self.run.normalizer.invert(x_hat.cpu().numpy()[None])[0]
 
     def __call__(self, batch: dict) -> dict:
-        y = np.stack([self.coder.decode(s, self.shape) for s in batch["x"]])
-        with torch.inference_mode():
-            x_hat = self.model.decode_logits(torch.from_numpy(y).float().to(self.device).flatten(1))
-        return {"row": batch["row"], "id": batch["id"], "x": self.run.normalizer.invert(x_hat.cpu().numpy())}
+        images = [self._image(s) for s in batch["x"]]
+        if all(im.shape == tuple(self.run.schema.shape) for im in images):
+            x = np.stack(images) if images else np.zeros((0, *self.run.schema.shape), np.float32)
+        else:
+            x = np.empty(len(images), dtype=object)
+            for i, im in enumerate(images):  # one by one: numpy would stack images of one size into a block
+                x[i] = im
+        return {"row": batch["row"], "id": batch["id"], "x": x}
 
 
 class Decoder(ModelActor):

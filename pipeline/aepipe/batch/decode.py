@@ -13,7 +13,7 @@ from aepipe.batch.actors import BitstreamDecoder, Decoder
 from aepipe.batch.engine import check_job_options, model_job, provenance
 from aepipe.batch.rows import png_range, rows_per_part, select, write_rows
 from aepipe.run import load_run
-from aepipe.stores.bitstreams import BitstreamSource
+from aepipe.stores.bitstreams import BitstreamSource, image_sizes
 from aepipe.sources import locate
 from aepipe.stores.quantize import quant_scale
 from aepipe.stores.read import StoreGuard, open_codes, read_metadata
@@ -38,6 +38,8 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
         raise AepipeError(f"{codes} was encoded by model {attrs['model_fingerprint']} ({attrs.get('model')}), "
                           f"not by {model} ({run.fingerprint})")
     if attrs.get("code_kind") == "bitstream":  # a compress model's store: entropy-coded images
+        if out.suffix != "":
+            _same_sizes(codes, kind, tuple(run.model.chw[1:]), out)
         src = _bitstream_rows(codes, kind, attrs, run.model, rows, ids)
         actor, kwargs = BitstreamDecoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
     else:
@@ -51,12 +53,23 @@ def decode(codes: str, model: str, out: str | Path, rows: str | None = None, ids
     return src.n_rows
 
 
+def _same_sizes(codes: str, kind: str, size: tuple[int, int], out: Path) -> None:
+    """Arrays (.npy, Zarr, Parquet) hold rows of one shape: refuse a store of images at their own
+    sizes unless every one has the model's."""
+    other = [tuple(s) for s in image_sizes(codes, kind) if tuple(s) != size]
+    if other:
+        raise AepipeError(f"--out {out}: {codes} holds images at their own sizes ({other[0][0]}x{other[0][1]} "
+                          f"among them), which rows of {size[0]}x{size[1]} cannot hold; decode to a folder of "
+                          "PNG images (--out without a suffix)")
+
+
 def _bitstream_rows(codes: str, kind: str, attrs: dict, model, rows: str | None, ids) -> BitstreamSource:
     """The selected images of a bitstream store, each bitstream checked as it is read."""
-    src = BitstreamSource(codes, kind, attrs, (model.latent_channels, *model.latent_hw))
+    shape = (model.latent_channels, model.factor, tuple(model.chw[1:]))
+    src = BitstreamSource(codes, kind, attrs, shape)
     if rows:  # positions as in any store; select() checks and parses A:B
         picked = select(src, rows, None).positions
-        return BitstreamSource(codes, kind, attrs, src.latent_shape, (int(picked[0]), int(picked[-1]) + 1))
+        return BitstreamSource(codes, kind, attrs, shape, (int(picked[0]), int(picked[-1]) + 1))
     if ids:  # only the named images' bitstreams are read (and checked)
         return select(src, None, ids)
     return src

@@ -18,7 +18,7 @@ from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe import remote
 from aepipe.sources import Source, input_files, open_for_run, plan, task_range
-from aepipe.stores.bitstreams import encode_sink, stored_bits
+from aepipe.stores.bitstreams import encode_sink, stored_bits, stored_pixels
 from aepipe.stores import PART_BYTES, chunk_rows_for, part_rows, task_rows
 from aepipe.stores.quantize import DTYPES, int8_scale
 from aepipe.stores.read import id_dtype
@@ -94,6 +94,9 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
     src.schema.check_matches(run.schema, data)
     src.schema = run.schema  # columns are read by name, in the order the model was trained on
+    own_sizes = run.meta["family"] == "compress" and hasattr(src, "at_own_sizes") and not (read or {}).get("image_size")
+    if own_sizes:  # a codec codes every image at its own size, unless --image-size asks for one
+        src.at_own_sizes()
     d = run.code_dim
     sf, ao = int8_scale(*run.code_range())
     files = input_files(src)
@@ -101,8 +104,9 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
                        ids=getattr(src, "id_column", None) or getattr(src, "id_kind", "row index"),
                        quantization={"scale_factor": sf, "add_offset": ao} if dtype == "int8" else None,
                        # what `aepipe info` compares the store with
-                       input_bytes=src.n_rows * src.schema.size * 4,
-                       input_file_bytes=sum(size for _, size, _ in files) if files else None)
+                       input_bytes=None if own_sizes else src.n_rows * src.schema.size * 4,
+                       input_file_bytes=sum(size for _, size, _ in files) if files else None,
+                       **({"image_sizes": "own"} if own_sizes else {}))
     # a bitstream's size is not known ahead: chunks are sized for one at about 1 bit per pixel
     row_bytes = run.schema.size // 8 if run.meta["family"] == "compress" else d * np.dtype(dtype).itemsize
     if chunk_rows and chunk_rows * max(row_bytes, 4 * src.schema.size) > MAX_CHUNK_BYTES:
@@ -153,7 +157,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     finally:
         sink.unlock()  # a resumed run locked OUT in prepare, before the job started
     if attrs.get("code_kind") == "bitstream":  # the rate the store really holds, for the summary line
-        attrs["bits_per_pixel"] = stored_bits(out) / ((src.n_rows - len(sink.skipped)) * run.model.pixels)
+        attrs["bits_per_pixel"] = stored_bits(out) / max(stored_pixels(out), 1)
     if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others
         attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
     return attrs

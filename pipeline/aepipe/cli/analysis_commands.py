@@ -21,8 +21,10 @@ def info(path: str = typer.Argument(..., help="A run dir or a codes store."),
          verify: bool = typer.Option(False, "--verify", help="Read every chunk or file and check it: "
                                      "missing or damaged chunks, row counts, checksums.")):
     """Show what a run dir or a codes/reconstruction store holds (--verify: check all of it)."""
+    from aepipe.stores.bitstreams import describe_rate  # brings torch (aepipe.bitstream)
+
     is_run = call(is_run_dir, path)
-    rows = call(describe_run, path) if is_run else call(describe_store, path)
+    rows = call(describe_run, path) if is_run else call(describe_store, path) + call(describe_rate, path)
     if verify:
         call(load_run, path) if is_run else call(verify_store, path)
         rows.append(("verified", "every chunk present and its checksum correct" if not is_run

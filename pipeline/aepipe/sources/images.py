@@ -8,7 +8,10 @@ grayscale scaled onto 0..255 (not clipped), CMYK and palettes converted, alpha d
 animated GIF or a multi-page TIFF by its first frame. Its id is the file's path relative to the folder. Every file is read through Location,
 so a folder on S3 reads like a local one.
 
-Mode and size are what training fits (`fitted()`): encoding reads new images the same way.
+Mode and size are what training fits (`fitted()`): encoding reads new images the same way, but
+for a codec (the compress family), which codes every image at its own size (`at_own_sizes()`): a
+row is then the image as it is, of any size up to MAX_PIXELS, and a batch's "x" an object array of
+them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ SUFFIXES = IMAGES  # as KINDS in __init__.py tests them
 MODES = ("L", "RGB")
 BAD_ROW = ("fail", "skip")
 TASK_BYTES = 2 ** 26  # a read task holds at most ~64 MiB of decoded pixels
+# at their own sizes, one image goes through the codec whole: its transforms hold ~200 bytes a pixel
+# (64 channels at half resolution, with temporaries), so 4096 x 4096 pixels take ~3 GiB at most
+MAX_PIXELS = 2 ** 24
+OWN_STEP = 64  # at their own sizes, at most this many images a read step
 
 
 def open(where: Location, id_column=None, fitted=None, mode=None, image_size=None, on_bad_row=None):
@@ -50,6 +57,7 @@ class ImageSource(Source):
 
     def __init__(self, where: Location, mode: str, size: tuple[int, int] | None, skip: bool):
         self.spec, self.where, self.mode, self.skip = where.spec, where, mode, skip
+        self.own_sizes = False  # see at_own_sizes
         self.paths = where.files(*SUFFIXES)  # sorted: the order fixes each image's global index
         self.n_rows = len(self.paths)
         self.size = size or (self._first_size() if self.paths else (1, 1))
@@ -58,6 +66,17 @@ class ImageSource(Source):
 
     def fitted(self) -> dict:
         return {"mode": self.mode, "image_size": list(self.size)}
+
+    def at_own_sizes(self) -> "ImageSource":
+        """Read every image at its own size (a codec's input), not fitted to the model's: read()'s x
+        is then an object array of float32 images, (H, W) or (3, H, W), each of at most MAX_PIXELS."""
+        self.own_sizes = True
+        return self
+
+    def read(self, start, stop):
+        if not self.own_sizes:
+            return super().read(start, stop)
+        return self._read(start, stop)
 
     def _name(self, path: str) -> str:
         """A file as the user would write it: DATA joined with its path inside the folder."""
@@ -85,7 +104,10 @@ class ImageSource(Source):
         with _open_image(self._bytes(path)) as img:
             img = _as_shown(img, self.mode)  # decodes every pixel: a truncated file fails here
         h, w = self.size
-        if img.size != (w, h):  # cover (H, W), keeping the aspect ratio, then crop the centre
+        if self.own_sizes and img.width * img.height > MAX_PIXELS:
+            raise TooLarge(f"{img.width}x{img.height} pixels is more than the {MAX_PIXELS:,} an image may have "
+                           "here (the codec takes each image whole): downscale or tile it first")
+        if img.size != (w, h) and not self.own_sizes:  # cover (H, W), keeping the aspect ratio, then crop the centre
             img = ImageOps.fit(img, (w, h), method=Image.Resampling.BILINEAR)
         x = np.asarray(img, dtype=np.float32)
         if x.ndim == 2 and self.mode == "RGB":  # 16-bit grayscale, kept as floats: one plane three times
@@ -94,20 +116,29 @@ class ImageSource(Source):
 
     def _read(self, start, stop):
         ids = np.array([self.where.relative(p) for p in self.paths[start:stop]], dtype=object)
-        x = np.zeros((stop - start, *self.schema.shape), np.float32)
+        if self.own_sizes:
+            x = np.empty(stop - start, dtype=object)
+            x[:] = [np.zeros(self.schema.shape, np.float32)] * len(x)  # what a skipped image leaves
+        else:
+            x = np.zeros((stop - start, *self.schema.shape), np.float32)
         for i, path in enumerate(self.paths[start:stop]):
             try:
                 x[i] = self._pixels(path)
             except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+                why = str(e) if isinstance(e, TooLarge) else f"not a readable image ({_why(e)})"
                 if not self.skip:
-                    raise AepipeError(f"{self._name(path)}: not a readable image ({_why(e)})") from None
-                ids[i] = mark_bad(ids[i], _why(e))  # keeps its place; sinks and training drop it
+                    raise AepipeError(f"{self._name(path)}: {why}") from None
+                ids[i] = mark_bad(ids[i], why)  # keeps its place; sinks and training drop it
         return ids, x
 
     def ranges(self, rows_per_task: int = ROWS_PER_TASK) -> list[tuple[int, int]]:
-        # big images: fewer per task, so no read task holds gigabytes of pixels
-        most = max(1, TASK_BYTES // (4 * self.schema.size))
-        return super().ranges(min(rows_per_task, most))
+        # big images: fewer per task, so no read task holds gigabytes of pixels (at their own sizes,
+        # sized by the first image and at most OWN_STEP: the others' sizes are known only once read)
+        pixels = self.schema.size
+        if self.own_sizes and self.paths:
+            pixels = max(pixels, int(np.prod(self._first_size())) * (3 if self.mode == "RGB" else 1))
+        most = max(1, TASK_BYTES // (4 * pixels))
+        return super().ranges(min(rows_per_task, most, OWN_STEP if self.own_sizes else most))
 
 
 ORIENTATION = 0x0112  # the EXIF tag saying how a camera held the picture
@@ -137,6 +168,10 @@ def _open_image(data: bytes):
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return Image.open(io.BytesIO(data))
+
+
+class TooLarge(ValueError):
+    """An image bigger than MAX_PIXELS, read at its own size."""
 
 
 def _why(e: Exception) -> str:

@@ -260,6 +260,8 @@ def compression(size: int, attrs: dict) -> list[tuple[str, str]]:
         return []
     rows = [("bytes per row", f"{size / n:.1f} on disk ({n} rows)")]
     raw, files = attrs.get("input_bytes"), attrs.get("input_file_bytes")
+    if not raw and files and attrs.get("image_sizes") == "own":  # images of many sizes: see bits per pixel
+        return rows + [("vs input", f"input files: {files / n:.1f} B/image on disk, {files / size:.1f}x the store")]
     if not raw:
         return rows + [("vs input", "input size not recorded (store written by an older aepipe)")]
     parts = [f"raw input: {raw / n:.0f} B/row ({n} rows x {raw // n // 4} float32), {raw / size:.1f}x the store"]
