@@ -266,3 +266,18 @@ def test_images_over_the_codecs_limit_are_refused_or_skipped(photo_folder, monke
                       "--on-bad-row", "skip")
     assert "skipped 1 bad row: c.png" in proc.stdout
     assert list(zarr.open_group(str(tmp / "big.zarr"), mode="r")["ids"][:]) == ["a.png", "sub/b.jpg"]
+
+
+def test_the_density_learns_at_ten_times_the_rate_through_the_schedule():
+    """aepipe train's schedule scales every parameter group's own rate: the compress family's density
+    keeps its 10x (it was set back to --lr each epoch, so `aepipe train` never gave it the 10x)."""
+    from aepipe.training.config import set_lr
+
+    model = tiny()
+    opt = torch.optim.AdamW(model.param_groups(1e-3), lr=1e-3)  # as training.loop makes it
+    tcfg = TrainConfig(epochs=10, lr=1e-3)
+    for epoch in (0, 5, 9):
+        set_lr(opt, tcfg, epoch)
+        rest, density = (g["lr"] for g in opt.param_groups)
+        assert density == pytest.approx(10 * rest) and rest <= 1e-3
+    assert rest < 1e-3 / 2  # the cosine schedule has come down

@@ -29,10 +29,12 @@ def budget(tcfg: TrainConfig, n_train: int) -> TrainConfig:
 
 
 def set_lr(opt, tcfg: TrainConfig, epoch: int) -> None:
-    """The learning rate for whole-model epoch `epoch` (0-based) of tcfg.epochs."""
+    """The learning rate for whole-model epoch `epoch` (0-based) of tcfg.epochs: each parameter
+    group's own rate times the schedule's share (a model's param_groups may give a group another
+    rate than --lr: the compress family's density learns at 10x)."""
     if tcfg.schedule == "cosine":
         share = LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * epoch / max(tcfg.epochs, 1)))
     else:
         share = 1.0
     for g in opt.param_groups:
-        g["lr"] = tcfg.lr * share
+        g["lr"] = g.setdefault("initial_lr", g["lr"]) * share
