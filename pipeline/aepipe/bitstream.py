@@ -47,6 +47,7 @@ RECORD = struct.Struct("<5i")
 
 
 def record(stream: bytes, latent_shape, image_size) -> bytes:
+    """One image's bitstream with its latent shape and image size, as a decode task takes it."""
     return RECORD.pack(*latent_shape, *image_size) + stream
 
 

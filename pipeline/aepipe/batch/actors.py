@@ -101,24 +101,32 @@ class BitstreamEncoder(ModelActor):
 
 class BitstreamDecoder(ModelActor):
     """Records (bitstreams checked by their source, with their latent shapes and image sizes:
-    aepipe.stores.bitstreams.record) -> latents -> images in the data's units: one array where every
-    image has the model's size, else an object array of images at their own sizes."""
+    aepipe.bitstream.record) -> latents -> images in the data's units: one array where every image
+    has the model's size, else an object array of images at their own sizes. Images of one size go
+    through the synthesis together."""
 
     def __init__(self, run_dir: str, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
         self.coder = LatentCoder(self.model.density)
 
-    def _image(self, data: bytes) -> np.ndarray:
-        stream, shape, size = unrecord(data)
-        y = torch.from_numpy(self.coder.decode(stream, shape)).float().to(self.device)
+    def _images(self, records: list, size: tuple[int, int]) -> np.ndarray:
+        """Records of images of one size -> those images, (N, [C,] H, W) in the data's units."""
+        y = np.stack([self.coder.decode(stream, shape) for stream, shape, _ in records])
         with torch.inference_mode():
-            x_hat = self.model.synthesis(y[None], size)[0]
-        x_hat = x_hat.reshape(x_hat.shape[-2:]) if len(self.run.schema.shape) == 2 else x_hat
-        return self.run.normalizer.invert(x_hat.cpu().numpy()[None])[0]
+            x_hat = self.model.synthesis(torch.from_numpy(y).float().to(self.device), size)
+        x_hat = x_hat[:, 0] if len(self.run.schema.shape) == 2 else x_hat  # grayscale rows are (H, W)
+        return self.run.normalizer.invert(x_hat.cpu().numpy())
 
     def __call__(self, batch: dict) -> dict:
-        images = [self._image(s) for s in batch["x"]]
+        records = [unrecord(r) for r in batch["x"]]
+        by_size: dict[tuple, list[int]] = {}
+        for i, (_, _, size) in enumerate(records):
+            by_size.setdefault(size, []).append(i)
+        images = [None] * len(records)
+        for size, rows in by_size.items():
+            for i, image in zip(rows, self._images([records[i] for i in rows], size)):
+                images[i] = image
         if all(im.shape == tuple(self.run.schema.shape) for im in images):
             x = np.stack(images) if images else np.zeros((0, *self.run.schema.shape), np.float32)
         else:

@@ -18,7 +18,7 @@ from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe import remote
 from aepipe.sources import Source, input_files, open_for_run, plan, task_range
-from aepipe.stores.bitstreams import encode_sink, stored_bits, stored_pixels
+from aepipe.stores.bitstreams import encode_sink, stored_rate
 from aepipe.stores import PART_BYTES, chunk_rows_for, part_rows, task_rows
 from aepipe.stores.quantize import DTYPES, int8_scale
 from aepipe.stores.read import id_dtype
@@ -157,7 +157,8 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     finally:
         sink.unlock()  # a resumed run locked OUT in prepare, before the job started
     if attrs.get("code_kind") == "bitstream":  # the rate the store really holds, for the summary line
-        attrs["bits_per_pixel"] = stored_bits(out) / max(stored_pixels(out), 1)
+        bits, pixels = stored_rate(out)
+        attrs["bits_per_pixel"] = bits / max(pixels, 1)
     if sink.skipped:  # --on-bad-row skip: the store holds fewer rows, and lists the others
         attrs.update(n_rows=src.n_rows - len(sink.skipped), skipped=sink.skipped)
     return attrs

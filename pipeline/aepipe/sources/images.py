@@ -134,11 +134,11 @@ class ImageSource(Source):
     def ranges(self, rows_per_task: int = ROWS_PER_TASK) -> list[tuple[int, int]]:
         # big images: fewer per task, so no read task holds gigabytes of pixels (at their own sizes,
         # sized by the first image and at most OWN_STEP: the others' sizes are known only once read)
-        pixels = self.schema.size
+        pixels, most = self.schema.size, rows_per_task
         if self.own_sizes and self.paths:
             pixels = max(pixels, int(np.prod(self._first_size())) * (3 if self.mode == "RGB" else 1))
-        most = max(1, TASK_BYTES // (4 * pixels))
-        return super().ranges(min(rows_per_task, most, OWN_STEP if self.own_sizes else most))
+            most = min(most, OWN_STEP)
+        return super().ranges(min(most, max(1, TASK_BYTES // (4 * pixels))))
 
 
 ORIENTATION = 0x0112  # the EXIF tag saying how a camera held the picture

@@ -44,20 +44,22 @@ def encode_sink(out, src, attrs: dict, ids_kind: str, chunk_rows: int, ranges, s
     return ParquetSink(out, src.n_rows, cols, attrs, ranges, settings)
 
 
-def stored_bits(out) -> int:
-    """Bits of every bitstream in a finished store: the rate that the store really holds."""
-    return 8 * int(_columns(str(out), read_metadata_kind(str(out)), ("nbytes",))["nbytes"].sum())
+def stored_rate(out) -> tuple[int, int]:
+    """(bits, pixels) of a finished store: its bitstreams' bits, the rate it really holds, and its
+    images' pixels (H x W, each at the size it was coded at; 0 for a store written before sizes were
+    kept). One read of both columns."""
+    cols = _columns(str(out), read_metadata_kind(str(out)), ("nbytes", "image_size"))
+    return 8 * int(cols["nbytes"].sum()), int(np.prod(_sizes(cols.get("image_size", [])), axis=1).sum())
 
 
 def image_sizes(path, kind: str | None = None) -> np.ndarray:
     """(H, W) of every image in a store, (n, 2); none (0, 2) for a store written before they were kept."""
-    sizes = _columns(str(path), kind or read_metadata_kind(str(path)), ("image_size",)).get("image_size", [])
-    return np.stack(list(sizes)).astype(np.int64).reshape(-1, 2) if len(sizes) else np.zeros((0, 2), np.int64)
+    return _sizes(_columns(str(path), kind or read_metadata_kind(str(path)), ("image_size",)).get("image_size", []))
 
 
-def stored_pixels(out) -> int:
-    """Pixels (H x W) of every image in a finished store, each at the size it was coded at."""
-    return int(np.prod(image_sizes(out), axis=1).sum())
+def _sizes(column) -> np.ndarray:
+    """A stored image_size column (rows of (H, W)) as an (n, 2) array."""
+    return np.stack(list(column)).astype(np.int64).reshape(-1, 2) if len(column) else np.zeros((0, 2), np.int64)
 
 
 def describe_rate(path) -> list[tuple[str, str]]:
@@ -65,7 +67,7 @@ def describe_rate(path) -> list[tuple[str, str]]:
     kind, attrs = read_metadata(str(path))
     if attrs.get("code_kind") != KIND:
         return []
-    bits, pixels = stored_bits(path), stored_pixels(path)
+    bits, pixels = stored_rate(path)
     if not pixels:  # written before image sizes were stored
         return [("bits per pixel", f"{bits:,} bits stored; image sizes not recorded (an older store)")]
     return [("bits per pixel", f"{bits / pixels:.4f}: {bits:,} bits of bitstreams over {pixels:,} pixels"
@@ -106,7 +108,6 @@ class BitstreamSource(Source):
 
     def __init__(self, path: str, kind: str, attrs: dict, model: tuple, rows: tuple[int, int] | None = None):
         self.spec, self.path, self.kind, self.model = str(path), str(path), kind, model
-        self.own_sizes = attrs.get("image_sizes") == "own"
         self.cols = None if kind == "zarr" else _columns(self.path, kind, ("id", "bitstream", *COLUMNS))
         n = len(self.cols["id"]) if self.cols else _zarr_rows(self.path)
         self.first, stop = rows or (0, n)
