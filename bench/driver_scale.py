@@ -11,7 +11,9 @@ Zarr chunk (AEPIPE_TASK_ROWS=8, --chunk-rows 8), to Zarr and to Parquet. Measure
 time per task, the driver's peak memory above its start (RSS sampled every 0.05 s) per task, and
 the commit (the sink's on_write_complete, on the driver: joining every task's result, removing
 the resume markers, the manifest or consolidated metadata) in total and per task. Flat columns
-mean the driver's cost grows with the task count and no faster.
+mean the driver's cost grows with the task count and no faster. A job of more than 4,096 tasks runs
+as Ray Datasets of 4,096 tasks, one after another (aepipe.batch.engine.WAVE_TASKS), so the driver's
+peak should stay at one wave's while the tasks grow.
 """
 
 from __future__ import annotations

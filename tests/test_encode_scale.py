@@ -57,6 +57,7 @@ def kill_mid_encode(cmd, partial, ray_address):
 def test_resume_after_sigkill_finishes_without_rewriting(ray_local, digits_run, digits_npy, tmp_path, suffix,
                                                          monkeypatch):
     monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")  # many small tasks: a few are done at the kill, most not
+    monkeypatch.setenv("AEPIPE_WAVE_TASKS", "3")  # and in waves: the kill and the rerun span several
     out = tmp_path / f"codes{suffix}"
     partial = tmp_path / f"codes{suffix}.partial"
     cmd = [AEPIPE, "encode", str(digits_npy), "--model", str(digits_run), "--out", str(out),
@@ -196,6 +197,38 @@ def test_encode_in_process_writes_what_ray_writes(ray_local, digits_run, digits_
     np.testing.assert_array_equal(here["codes"][:], ray_["codes"][:])
     a, b = (pads.dataset(str(tmp_path / f"{k}.parquet")).to_table().sort_by("id") for k in ("here", "ray"))
     assert a.column("id").to_pylist() == list(range(N)) and a.column("code").equals(b.column("code"))
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".parquet"])
+def test_a_job_of_many_tasks_runs_in_waves_into_one_store(ray_local, digits_run, digits_npy, tmp_path, monkeypatch,
+                                                          suffix):
+    """Ray Data's driver holds every task's read task and result until its Dataset ends: a job of more
+    than AEPIPE_WAVE_TASKS tasks runs as several Datasets, one after another, into one store
+    committed once, the same store as one Dataset writes."""
+    from aepipe.batch import engine
+
+    monkeypatch.setenv("AEPIPE_TASK_ROWS", "4096")  # 8 tasks
+    encode(str(digits_npy), str(digits_run), tmp_path / f"one{suffix}", chunk_rows=256, engine="ray")
+    monkeypatch.setenv("AEPIPE_WAVE_TASKS", "3")  # 8 tasks: waves of 3, 3 and 2
+    waves, real = [], engine.RayRows.waves
+
+    def counted(self):
+        for ds in real(self):
+            waves.append(ds)
+            yield ds
+
+    monkeypatch.setattr(engine.RayRows, "waves", counted)
+    out = tmp_path / f"waves{suffix}"
+    encode(str(digits_npy), str(digits_run), out, chunk_rows=256, engine="ray")
+    assert len(waves) == 3 and not (tmp_path / f"waves{suffix}.partial").exists()
+    if suffix == ".zarr":
+        one, many = (zarr.open_group(str(tmp_path / f"{k}.zarr"), mode="r") for k in ("one", "waves"))
+        assert many.attrs["complete"]
+        np.testing.assert_array_equal(many["ids"][:], np.arange(N))
+        np.testing.assert_array_equal(many["codes"][:], one["codes"][:])
+    else:
+        a, b = (pads.dataset(str(tmp_path / f"{k}.parquet")).to_table().sort_by("id") for k in ("one", "waves"))
+        assert b.column("id").to_pylist() == list(range(N)) and a.column("code").equals(b.column("code"))
 
 
 def test_tasks_are_planned_on_part_edges_from_the_sources_own_steps():

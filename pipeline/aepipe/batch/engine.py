@@ -2,10 +2,13 @@
 its provenance, the choice between a Ray Data pass and this process for a model actor (see
 aepipe.batch.actors), and the write of a job's rows into a sink.
 
-    model_job(src, Actor, kwargs) -> Ray Dataset, CPUs      one task per row range reads, runs the
+    model_job(src, Actor, kwargs) -> RayRows, CPUs          one task per row range reads, runs the
                                                             model and writes (Ray fuses the three)
-                                  -> Ray Dataset, GPUs      reads -> an actor pool on the GPUs -> writes
+                                  -> RayRows, GPUs          reads -> an actor pool on the GPUs -> writes
                                   -> LocalRows              small asks: no Ray started at all
+
+RayRows runs a job as Ray Datasets of at most WAVE_TASKS tasks each, one after another, into one
+sink: Ray Data's driver holds every task's read task and write result until its Dataset ends.
 
 Both answer `write_datasink(sink)` and `iter_batches(...)`, so a job writes its output the same way
 whichever ran it. The cut (engine "auto"): jobs of up to LOCAL_ROWS rows run in this process, and so
@@ -41,6 +44,11 @@ LOCAL_ROWS = 20_000  # at most this many rows run in-process (measured: bench/RE
 # torch): ~10 s on a 2-CPU machine, measured 2026-11-24 (bench/RESULTS.md, "encode_throughput")
 RAY_START_S = 10.0
 ENGINES = ("auto", "local", "ray")
+# A Ray Dataset's driver keeps ~25 KiB a task until the Dataset ends (its read task, put up front,
+# and its write result, a one-row pandas frame, gathered at the end): 2 GiB at 100,000 tasks,
+# measured (bench/RESULTS.md, "driver_scale"). A job of more tasks runs as Datasets of this many,
+# one after another, into one sink: the driver's memory stays at one wave's (~100 MiB) at any size.
+WAVE_TASKS = 4096
 
 
 def actor_pool(concurrency: int, num_gpus: float) -> dict:
@@ -160,12 +168,45 @@ def model_job(src: Source, actor, kwargs: dict, batch_size: int = 1024, concurre
     cpus = None if num_gpus else concurrency
     opts.resource_limits = opts.resource_limits.copy(object_store_memory=STREAM_BYTES, cpu=cpus)
     if num_gpus:
-        return to_dataset(src, tasks=tasks).map_batches(
-            actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
-            **actor_pool(concurrency or 1, num_gpus))
+        pool = actor_pool(concurrency or 1, num_gpus)
+        return RayRows(tasks, lambda wave: to_dataset(src, tasks=wave).map_batches(
+            actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy", **pool))
     # batch_size=None and no task-pool size of its own: Ray fuses the read, this step and the write
-    return to_dataset(src, tasks=tasks).map_batches(
-        PerProcess(actor, kwargs, batch_size), batch_size=None, batch_format="numpy")
+    fn = PerProcess(actor, kwargs, batch_size)  # one for every wave: a worker loads the model once
+    return RayRows(tasks, lambda wave: to_dataset(src, tasks=wave).map_batches(fn, batch_size=None,
+                                                                               batch_format="numpy"))
+
+
+class RayRows:
+    """A model job on Ray: its tasks in waves of WAVE_TASKS (AEPIPE_WAVE_TASKS, where set), each
+    wave a Ray Dataset (`dataset(tasks)`) run to its end before the next starts. Writes go into one
+    sink, which Ray's calls reach only for its writes: the job starts it once, gathers every wave's
+    results and commits (or fails) it once, as LocalRows does."""
+
+    def __init__(self, tasks: list, dataset):
+        self.tasks, self.dataset = tasks, dataset
+        self.wave = int(os.environ.get("AEPIPE_WAVE_TASKS", WAVE_TASKS))
+
+    def waves(self):
+        for i in range(0, len(self.tasks), self.wave):
+            yield self.dataset(self.tasks[i:i + self.wave])
+
+    def iter_batches(self, **args):
+        for ds in self.waves():
+            yield from ds.iter_batches(**args)
+
+    def write_datasink(self, sink) -> None:
+        try:
+            sink.on_write_start()
+            results = []
+            for ds in self.waves():
+                target = as_datasink(sink)
+                ds.write_datasink(target)
+                results += target.results
+            sink.on_write_complete(results)
+        except BaseException as e:
+            sink.on_write_failed(e)
+            raise
 
 
 class LocalRows:
@@ -200,7 +241,7 @@ class LocalRows:
         for task in self._tasks():
             yield from task
 
-    def write_datasink(self, sink, **ray_args) -> None:
+    def write_datasink(self, sink) -> None:
         """The calls Ray makes on a Datasink, in its order, so sinks stay staged and all-or-nothing."""
         try:
             sink.on_write_start()
@@ -224,12 +265,11 @@ def check_job_options(batch_size: int, concurrency: int, num_gpus: float, engine
     at_least("gpus", num_gpus, 0)
 
 
-def write(ds, sink, **write_args) -> None:
+def write(ds, sink) -> None:
     """Run the job into `sink`: Ray errors back as user errors, Ctrl-C removes the partial store."""
     sink.lock()  # first: a job refused here must not clear another writer's partial
     try:
         with user_errors(sink.final, kept=lambda: sink.kept):
-            target = sink if isinstance(ds, LocalRows) else as_datasink(sink)
-            run_interruptibly(ds.write_datasink, target, partial=[sink.tmp], kept=lambda: sink.kept, **write_args)
+            run_interruptibly(ds.write_datasink, sink, partial=[sink.tmp], kept=lambda: sink.kept)
     finally:
         sink.unlock()  # committed, failed or interrupted: OUT is free for the next writer

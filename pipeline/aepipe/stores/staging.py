@@ -1,9 +1,10 @@
 """Writing a store all-or-nothing, shared by every sink (zarr_sink, parquet_sink, png_sink): the
 staging in OUT.partial, the row count, the commit, --resume, one writer per output, URI outputs.
 
-Sinks are driven by Ray Data (through `aepipe.stores.raydata.as_datasink`) or by a small job in this
-process (aepipe.batch.engine.LocalRows), which then never imports Ray Data (over a second of a small
-ask's start-up).
+Sinks are started, fed and committed by a job's engine (aepipe.batch.engine): on Ray, Ray Data's
+write tasks call `write` (through `aepipe.stores.raydata.as_datasink`) in waves of tasks, and the job
+commits once; a small job in this process (LocalRows) never imports Ray Data (over a second of a
+small ask's start-up).
 
 Every sink writes into `OUT.partial` and renames it to OUT only once every row is in and counted,
 so a store at OUT is always complete; a failed job removes its `.partial`. A store at a URI
