@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from aepipe.bitstream import BitstreamError, LatentCoder, crc32
+from aepipe.bitstream import BitstreamError, crc32
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import row_errors, row_scores
@@ -67,17 +67,17 @@ class Encoder(ModelActor):
 
 
 class BitstreamEncoder(ModelActor):
-    """Images -> rounded latents -> one bitstream each (the coder's tables built once per actor)."""
+    """Images -> latents -> one bitstream each (the coder's tables built once per actor)."""
 
     def __init__(self, run_dir: str, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
-        self.coder = LatentCoder(self.model.density)
+        self.coder = self.model.latent_coder()
 
     def __call__(self, batch: dict) -> dict:
         x = torch.from_numpy(self.run.normalizer.apply(batch["x"])).to(self.device)
         with torch.inference_mode():
-            y = torch.round(self.model.analysis(x)).cpu().numpy().astype(np.int64)
+            y = self.model.analysis(x).cpu().numpy()  # unrounded: the coder quantises
         streams = np.empty(len(y), dtype=object)
         for i, yi in enumerate(y):
             try:
@@ -96,7 +96,7 @@ class BitstreamDecoder(ModelActor):
     def __init__(self, run_dir: str, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
-        self.coder = LatentCoder(self.model.density)
+        self.coder = self.model.latent_coder()
         self.shape = (self.model.latent_channels, *self.model.latent_hw)
 
     def __call__(self, batch: dict) -> dict:
