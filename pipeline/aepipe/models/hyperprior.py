@@ -89,6 +89,9 @@ class HyperPrior(nn.Module):
 
     def side(self, y):  # y (B, M, h, w) -> z (B, N, h / 4, w / 4), not rounded; y padded by its edge
         h, w = y.shape[-2:]
+        # h_a sees y in units of each channel's base scale: the floor's DC (10x the high frequencies'
+        # spread) does not drown the rest, and z's start is the same whatever step --lmbda sets
+        y = y / torch.exp(SPEED * self.log_scale.detach())
         return self.h_a(F.pad(y, (0, -w % HYPER_FACTOR, 0, -h % HYPER_FACTOR), mode="replicate"))
 
     def params(self, z_hat, hw):  # -> (means, scales) of y, cropped to the latent's hw
