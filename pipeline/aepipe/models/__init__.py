@@ -12,6 +12,7 @@
     conv.py        conv
     recurrent.py   recurrent
     compress.py    compress: GDN, the factorized density, the block DCT floor
+    hyperprior.py  compress --prior hyperprior: the mean-scale hyperprior (side information z)
 
 Each family module registers its classes as it is imported: the imports below, in this order,
 are the order `aepipe models` lists the families in. These modules know torch only: no Ray, no

@@ -194,7 +194,8 @@ def register(name: str):
 
 
 CHOICES = {"loss": LOSSES, "sparsity": ("l1", "kl"), "noise": ("gaussian", "mask"),
-           "up": ("transpose", "upsample"), "down": ("stride", "pool"), "cell": ("gru", "lstm"), "init": ("pca", "none")}
+           "up": ("transpose", "upsample"), "down": ("stride", "pool"), "cell": ("gru", "lstm"), "init": ("pca", "none"),
+           "prior": ("factorized", "hyperprior")}
 
 
 def check_config(cfg: ModelConfig) -> None:
