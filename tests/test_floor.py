@@ -1,6 +1,7 @@
 """The linear floor: every run reports PCA with its code size on its validation rows, --init pca
 starts as exactly that PCA (the denoising family: the best linear denoiser in PCA's components,
-judged on noisy rows), a model that stays at its floor ends as the floor of every training row,
+judged on noisy rows; the vae: probabilistic PCA, judged by likelihood), a model that stays at its
+floor ends as the floor of every training row,
 and every family ends no worse than its floor on held-out rows of digits, a table and a folder of
 real photographs' patches. Few epochs: the floor needs none."""
 
