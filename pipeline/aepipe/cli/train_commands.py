@@ -190,16 +190,17 @@ def _given(**values) -> dict:
 
 def _versus_pca(mcfg, m: dict) -> str:
     """The summary's note: the model's validation reconstruction loss beside its linear floor's with
-    the same code size (PCA; a denoiser's: the linear denoiser, both on noisy rows), which is epoch 0
-    under --init pca; one warning line first when the model ends worse (possible only with --init none)."""
+    the same code size (PCA; a denoiser's: the linear denoiser, both on noisy rows; the vae's: its
+    negative ELBO beside PPCA's negative log-likelihood, per value), which is epoch 0 under --init
+    pca; one warning line first when the model ends worse (possible only with --init none)."""
     pca = m.get("pca") or {}
     if m.get("val_recon") is None or pca.get("val_loss") is None:
         return ""
     mine, floor, name = m["val_recon"], pca["val_loss"], f"{pca.get('floor', 'PCA')} {pca['code_dim']}"
-    if mine > floor * (1 + 1e-6):
+    if mine > floor + 1e-6 * abs(floor):  # a likelihood's figure may be negative
         typer.echo(f"aepipe: warning: the model ends worse than {name} on the validation rows "
                    f"({mine:.4g} > {floor:.4g}); --init pca starts from it and cannot end worse", err=True)
-    return f" (val {mcfg.loss} {mine:.4g}, {name}: {floor:.4g})"
+    return f" (val {pca.get('figure', mcfg.loss)} {mine:.4g}, {name}: {floor:.4g})"
 
 
 def demo(
