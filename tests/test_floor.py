@@ -225,7 +225,7 @@ def test_a_denoiser_starts_as_the_linear_denoiser_and_is_judged_by_denoising():
 def test_a_vae_starts_as_ppca_and_ends_no_worse_on_held_out_rows():
     """The vae's floor is probabilistic PCA: before training its code is PPCA's posterior mean and
     its negative ELBO on each row is PPCA's negative log-likelihood (scikit-learn's, on the same
-    rows), the figure the fit reports for its floor; after a short fit its negative ELBO on held-out
+    rows), the figure the fit reports for its floor; a code reconstructs as PCA; after a short fit its negative ELBO on held-out
     rows is below PPCA's; and a run dir from before the PPCA floor loads and codes as before."""
     from aepipe.analysis.metrics import digits_split
     from aepipe.models import ModelConfig, build_model
@@ -249,6 +249,12 @@ def test_a_vae_starts_as_ppca_and_ends_no_worse_on_held_out_rows():
     code *= np.sign((code * expected).sum(0))  # the components' signs follow each library's convention
     np.testing.assert_allclose(code, expected, atol=1e-4)
     np.testing.assert_allclose(nll, -ppca.score_samples(x[val]), rtol=1e-4, atol=1e-3)
+    # a code's reconstruction is PCA's (the shrinkage undone), the generative mean W z + mean PPCA's
+    u = ppca.components_.T
+    with torch.no_grad():
+        recon, mean = (f(model.encode(rows)).numpy() for f in (model.decode, model.generate))
+    np.testing.assert_allclose(recon, (x[val] - ppca.mean_) @ u @ u.T + ppca.mean_, atol=1e-3)
+    np.testing.assert_allclose(mean, ((x[val] - ppca.mean_) @ u * (var - noise) / var) @ u.T + ppca.mean_, atol=1e-3)
 
     model, st = fit_local(cfg, TrainConfig(epochs=20, seed=0), train, x[val])
     assert st.pca["logvar"].shape == (CODE,) and st.init_val == pytest.approx(st.pca_val, rel=1e-5)
