@@ -1,6 +1,8 @@
 """Training budgets and --init on digits: each family fitted in this process (fit_local, the same
 loop as `aepipe train`) on the digits train split, then its reconstruction MSE on the test split
 beside PCA with the same code size; also the validation loss at epoch 0 (PCA's, under --init pca).
+The vae's validation figures under --init pca are its negative ELBO and PPCA's negative
+log-likelihood, nats per value ("vae (-ELBO; PPCA)"), its floor being PPCA.
 
     .venv/bin/python bench/budgets.py                                   # defaults
     .venv/bin/python bench/budgets.py --train '{"epochs": 30, "patience": 10, "schedule": "constant"}'
@@ -46,7 +48,8 @@ def main():
         with torch.no_grad():
             te = torch.from_numpy(xte.reshape(-1, 8, 8).astype(np.float32))
             mse = float((model.decode(model.encode(te)) - te).pow(2).mean())
-        rows.append([family, "-" if st.init_val is None else st.init_val, st.pca_val, st.best_recon,
+        name = family + (" (-ELBO; PPCA)" if model.figure == "neg_elbo" else "")
+        rows.append([name, "-" if st.init_val is None else st.init_val, st.pca_val, st.best_recon,
                      f"{st.best_epoch + 1}/{len(st.history)}", mse, pca_test, f"{time.time() - t0:.0f}"])
         print(rows[-1], flush=True)
     table = format_table(["family", "epoch-0 val", "PCA val", "best val", "best/run epochs", "test MSE",

@@ -23,6 +23,10 @@ PCA is fitted on all the training rows, the same rows the model saw. One table:
               vs PCA = test MSE / PCA MSE (below 1: better)
   probe       linear-probe accuracy (aepipe.analysis.metrics.probe_accuracy) of the test codes,
               the probe fitted on the training rows' codes; PCA probe: the same on PCA's codes
+              (PPCA's codes, its posterior means, are PCA's scaled per dimension: the same probe)
+  -ELBO       vae only: its negative ELBO on the test rows, nats per value, the mean of 8 draws of z
+              (model.row_figures); PPCA NLL: PPCA's negative log-likelihood of the same rows, nats
+              per value (scikit-learn's PCA.score_samples, fitted on all the training rows)
   fit s       seconds fit_local took
 
     .venv/bin/python bench/heldout.py                               # everything, 21 fits
@@ -116,8 +120,9 @@ def codes_and_mse(model, shape, data, denoise=False):
 
 
 def baseline(data):
-    """(test MSE, probe accuracy, the linear denoiser's and PCA's MSE on noisy test rows) of PCA
-    with the models' code size, fitted on all training rows."""
+    """(test MSE, probe accuracy, the linear denoiser's and PCA's MSE on noisy test rows, PPCA's
+    negative log-likelihood per value of the test rows) of PCA with the models' code size, fitted
+    on all training rows."""
     from sklearn.decomposition import PCA
 
     z_tr, z_te, recon = pca_baseline(data.code_dim, data.x_train, data.x_test)
@@ -127,10 +132,21 @@ def baseline(data):
     wiener = p.inverse_transform(z_noisy * var / (var + SIGMA ** 2))
     mse = lambda r: float(np.mean((r - data.x_test) ** 2))  # noqa: E731
     return (mse(recon), probe_accuracy(z_tr, data.y_train, z_te, data.y_test), mse(wiener),
-            mse(p.inverse_transform(z_noisy)))
+            mse(p.inverse_transform(z_noisy)), float(-p.score_samples(data.x_test).mean() / data.x_test.shape[1]))
 
 
-def family_row(name, family, data, pca_mse, pca_probe, denoiser_mse):
+def neg_elbo(model, shape, data, draws=8) -> float:
+    """The vae's negative ELBO per value of the test rows, the mean of `draws` draws of z."""
+    import torch
+
+    from aepipe.training.loop import same_noise
+
+    with torch.inference_mode(), same_noise():
+        x = torch.from_numpy(data.x_test.reshape(-1, *shape))
+        return float(np.mean([model.row_figures(x).mean() for _ in range(draws)]))
+
+
+def family_row(name, family, data, pca_mse, pca_probe, denoiser_mse, ppca_nll):
     shape = data.shapes[family]
     mcfg = ModelConfig(family=family, input_shape=shape, code_dim=data.code_dim)
     x = data.x_train.reshape(-1, *shape)
@@ -141,8 +157,9 @@ def family_row(name, family, data, pca_mse, pca_probe, denoiser_mse):
     z_tr, z_te, mse = codes_and_mse(model, shape, data, denoise=family == "denoising")
     probe = probe_accuracy(z_tr, data.y_train, z_te, data.y_test)
     floor = denoiser_mse if family == "denoising" else pca_mse
+    likelihood = [neg_elbo(model, shape, data), ppca_nll] if family == "vae" else ["-", "-"]
     return [name, family + (" (noisy rows)" if family == "denoising" else ""), mse, floor,
-            f"{mse / floor:.3f}", probe, pca_probe, f"{seconds:.0f}"]
+            f"{mse / floor:.3f}", probe, pca_probe, *likelihood, f"{seconds:.0f}"]
 
 
 def main():
@@ -158,14 +175,15 @@ def main():
     rows = []
     for name in args.datasets.split(","):
         data = load(name)
-        pca_mse, pca_probe, denoiser_mse, pca_noisy = baseline(data)
+        pca_mse, pca_probe, denoiser_mse, pca_noisy, ppca_nll = baseline(data)
         if "denoising" in families:
             rows.append([name, "PCA (noisy rows)", pca_noisy, denoiser_mse, f"{pca_noisy / denoiser_mse:.3f}",
-                         "-", "-", "-"])
+                         "-", "-", "-", "-", "-"])
         for family in (f for f in families if f in data.shapes):
-            rows.append(family_row(name, family, data, pca_mse, pca_probe, denoiser_mse))
+            rows.append(family_row(name, family, data, pca_mse, pca_probe, denoiser_mse, ppca_nll))
             print("  " + "  ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in rows[-1]), flush=True)
-    table = format_table(["dataset", "model", "test MSE", "PCA MSE", "vs PCA", "probe", "PCA probe", "fit s"], rows)
+    table = format_table(["dataset", "model", "test MSE", "PCA MSE", "vs PCA", "probe", "PCA probe", "-ELBO",
+                          "PPCA NLL", "fit s"], rows)
     print(table)
     record("heldout", table)
 

@@ -30,10 +30,14 @@ With --init pca (the default) each lambda trains from its own DCT floor; with --
 (CompressAI's transforms from random weights) lambdas are trained in increasing order, each starting
 from the previous one's weights, the first for twice the steps. --anchors-only measures and records
 the anchors alone (JPEG, WebP, AVIF, PCA) without training, in seconds, as their own section of
-bench/RESULTS.md (rate_distortion_anchors[_rgb]), so a full run's section is kept.
+bench/RESULTS.md (rate_distortion_anchors[_rgb]), so a full run's section is kept. --prior
+hyperprior trains and scores the mean-scale hyperprior instead of the factorized prior (its bpp
+counts the side information's bytes too: one bitstream holds both), recorded as its own section
+(rate_distortion_hyperprior[_rgb]) beside the factorized one.
 
     .venv/bin/python bench/rate_distortion.py --out runs/rd     # about 25 min on 2 quiet cores
     .venv/bin/python bench/rate_distortion.py --lmbdas 0.005 --steps 200 --out /tmp/rd  # a smoke run
+    .venv/bin/python bench/rate_distortion.py --prior hyperprior --out runs/rd_hp  # the hyperprior
     .venv/bin/python bench/rate_distortion.py --anchors-only --rgb --out /tmp/rd        # seconds
 """
 
@@ -49,7 +53,6 @@ import torch
 from rd_anchors import ANCHORS, anchor_curves, bd_rate_text, codec_versions, pooled
 from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
-from aepipe.bitstream import LatentCoder
 from aepipe.models import ModelConfig, build_model
 
 TRAIN = ["astronaut", "chelsea", "rocket", "horse", "moon", "grass", "brick"]
@@ -141,15 +144,15 @@ def evaluate(model, images):
     """Real bitstreams: encode each whole image, decode it back from the bytes alone, count bytes.
     Returns (bits, squared error, image) per image, as pooled() takes them."""
     model.eval()
-    coder = LatentCoder(model.density)
+    coder = model.latent_coder()
     res = []
     for im in images:
         chw = np.moveaxis(im, -1, 0) if im.ndim == 3 else im[None]
         x = torch.from_numpy(chw[None] / 255.0).float()
-        y = torch.round(model.analysis(x))[0].numpy().astype(np.int64)
+        y = model.analysis(x)[0].numpy()
         data = coder.encode(y)
         y_back = coder.decode(data, y.shape)
-        assert (y_back == y).all(), "entropy-coded round trip differs"
+        assert np.array_equal(y_back, coder.quantize(y)), "entropy-coded round trip differs"
         x_hat = model.synthesis(torch.from_numpy(y_back[None]).float(), im.shape[:2])[0].numpy()
         dec = np.clip(np.round(x_hat * 255), 0, 255)
         res.append((len(data) * 8, ((dec - chw) ** 2).sum(), im))
@@ -194,6 +197,9 @@ def parse_args():
     ap.add_argument("--init", default="pca", choices=("pca", "none"),
                     help="pca: the block-DCT floor under the model (each lambda from it); none: CompressAI's "
                          "transforms from random weights (each lambda warm-starts from the previous one)")
+    ap.add_argument("--prior", default="factorized", choices=("factorized", "hyperprior"),
+                    help="the latent's entropy model (aepipe train --prior): factorized, or the mean-scale "
+                         "hyperprior, whose side bits count in its bpp; recorded as rate_distortion_hyperprior[_rgb]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/rd"))
     ap.add_argument("--rgb", action="store_true", help=f"colour: train on {', '.join(TRAIN_RGB)}, score "
@@ -210,7 +216,7 @@ def train_models(args, train_images, test_images, test_names):
     model, rows, per_image, times = None, [], [], {}
     for i, lmbda in enumerate(float(v) for v in args.lmbdas.split(",")):
         cfg = ModelConfig(family="compress", input_shape=shape, code_dim=args.latent,
-                          hidden=(args.channels,), lmbda=lmbda, init=args.init)
+                          hidden=(args.channels,), lmbda=lmbda, init=args.init, prior=args.prior)
         fresh = build_model(cfg)
         if model is not None and args.init == "none":  # warm start from the previous lambda
             fresh.load_state_dict(model.state_dict())
@@ -297,7 +303,9 @@ def main():
         out += ["", *per_image_table(per_image), "", *vs_jpeg_lines(rows), "", *bd_rate_lines(rows),
                 "", f"training seconds per lambda: {json.dumps(times)}"]
     print("\n" + "\n".join(out))
-    record("rate_distortion" + ("_anchors" if args.anchors_only else "") + ("_rgb" if args.rgb else ""), "\n".join(out))
+    prior = "_hyperprior" if args.prior == "hyperprior" and not args.anchors_only else ""
+    record("rate_distortion" + ("_anchors" if args.anchors_only else "") + prior + ("_rgb" if args.rgb else ""),
+           "\n".join(out))
     plot(rows, f"held-out {'colour' if args.rgb else 'grayscale'} photos: {', '.join(test_names)}",
          args.out / "rate_distortion.png")
     (args.out / "rate_distortion.json").write_text(json.dumps({"rows": rows, "per_image": per_image,

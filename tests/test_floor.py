@@ -1,6 +1,7 @@
 """The linear floor: every run reports PCA with its code size on its validation rows, --init pca
 starts as exactly that PCA (the denoising family: the best linear denoiser in PCA's components,
-judged on noisy rows), a model that stays at its floor ends as the floor of every training row,
+judged on noisy rows; the vae: probabilistic PCA, judged by likelihood), a model that stays at its
+floor ends as the floor of every training row,
 and every family ends no worse than its floor on held-out rows of digits, a table and a folder of
 real photographs' patches. Few epochs: the floor needs none."""
 
@@ -34,6 +35,30 @@ def _rows(spec, run):
     """DATA's rows as the run reads them, normalised: the model's own input space."""
     src = open_for_run(str(spec), run.meta)
     return run.normalizer.apply(read_block(src, 0, src.n_rows)["x"])
+
+
+def _ppca(x_train, k) -> PCA:
+    """scikit-learn's PCA of the rows, which is PPCA (score_samples: its log-likelihood), with its
+    variances over n rows as aepipe's, not n - 1."""
+    flat = x_train.reshape(len(x_train), -1)
+    p = PCA(k, random_state=0).fit(flat)
+    p.explained_variance_ *= (len(flat) - 1) / len(flat)
+    p.noise_variance_ *= (len(flat) - 1) / len(flat)
+    return p
+
+
+def _ppca_nll(x_train, x_test, k) -> float:
+    """PPCA's mean negative log-likelihood per value of the test rows."""
+    flat = x_test.reshape(len(x_test), -1)
+    return float(-_ppca(x_train, k).score_samples(flat).mean() / flat.shape[1])
+
+
+def _neg_elbo(model, x, draws=8) -> float:
+    """The vae's mean negative ELBO per value of rows x, over a few draws of z (fixed seed)."""
+    from aepipe.training.loop import same_noise
+
+    with torch.no_grad(), same_noise():
+        return float(np.mean([model.row_figures(torch.from_numpy(x)).mean() for _ in range(draws)]))
 
 
 def _pca_mse(x_train, x_test, k, noise_std=0.0, seed=0) -> float:
@@ -123,12 +148,17 @@ def datasets(tmp_path_factory):
 
 @pytest.mark.parametrize("family", [f for f in REGISTRY if REGISTRY[f].pca_floor])  # not compress: no PCA start
 def test_every_family_is_no_worse_than_pca_on_held_out_rows(family, datasets, tmp_path):
+    """... or than its own floor: the denoiser's on noisy rows, the vae's (PPCA) by likelihood."""
     for name, (train, test) in datasets.items():
         if family in ("conv",) and name == "table":
             continue  # conv needs images
         _, meta = _train(train, tmp_path / name, family)
         run = load_run(tmp_path / name)
         x, test_x = _rows(train, run), _rows(test, run)
+        if family == "vae":  # its floor is PPCA, whose reconstruction shrinks PCA's: judged by its ELBO
+            mine, floor = _neg_elbo(run.model, test_x), _ppca_nll(x, test_x, CODE)
+            assert meta["n_rows"] > 100 and mine <= floor + 0.01 * abs(floor), (name, mine, floor)
+            continue
         # a denoiser is judged by denoising: Gaussian noise of its --noise-std on the held-out rows
         sigma = run.model.cfg.noise_std if family == "denoising" else 0.0
         noisy = test_x + sigma * np.random.default_rng(0).normal(size=test_x.shape).astype(np.float32)
@@ -190,6 +220,70 @@ def test_a_denoiser_starts_as_the_linear_denoiser_and_is_judged_by_denoising():
     again = build_model(cfg)
     again.load_state_dict(old)
     assert torch.equal(again.pca_gain, torch.ones(CODE))
+
+
+def test_a_vae_starts_as_ppca_and_ends_no_worse_on_held_out_rows():
+    """The vae's floor is probabilistic PCA: before training its code is PPCA's posterior mean and
+    its negative ELBO on each row is PPCA's negative log-likelihood (scikit-learn's, on the same
+    rows), the figure the fit reports for its floor; a code reconstructs as PCA; after a short fit its negative ELBO on held-out
+    rows is below PPCA's; and a run dir from before the PPCA floor loads and codes as before."""
+    from aepipe.analysis.metrics import digits_split
+    from aepipe.models import ModelConfig, build_model
+    from aepipe.pca import project, reconstruct
+    from aepipe.training import TrainConfig, fit_local
+    from aepipe.training.loop import fit_floor
+
+    x, _, ids, x_test, _, _ = digits_split()
+    x, x_test = x.astype(np.float32), x_test.astype(np.float32)
+    val = in_validation(ids, 0.1)
+    train, rows = x[~val], torch.from_numpy(x[val])
+    cfg = ModelConfig(family="vae", input_shape=(64,), code_dim=CODE, hidden=(32,))
+    model = build_model(cfg).eval()
+    model.set_pca(fit_floor(model, iter([torch.from_numpy(train)]), cfg))
+    ppca = _ppca(train, CODE)
+    var, noise = ppca.explained_variance_, ppca.noise_variance_
+    # PPCA's posterior mean M^-1 W^T (x - mean), W = U (var - noise)^1/2, M = W^T W + noise I = diag(var)
+    expected = (x[val] - ppca.mean_) @ ppca.components_.T * np.sqrt(var - noise) / var
+    with torch.no_grad():
+        code, nll = model.encode(rows).numpy(), model.row_figures(rows).double().numpy() * 64
+    code *= np.sign((code * expected).sum(0))  # the components' signs follow each library's convention
+    np.testing.assert_allclose(code, expected, atol=1e-4)
+    np.testing.assert_allclose(nll, -ppca.score_samples(x[val]), rtol=1e-4, atol=1e-3)
+    # a code's reconstruction is PCA's (the shrinkage undone), the generative mean W z + mean PPCA's
+    u = ppca.components_.T
+    with torch.no_grad():
+        recon, mean = (f(model.encode(rows)).numpy() for f in (model.decode, model.generate))
+    np.testing.assert_allclose(recon, (x[val] - ppca.mean_) @ u @ u.T + ppca.mean_, atol=1e-3)
+    np.testing.assert_allclose(mean, ((x[val] - ppca.mean_) @ u * (var - noise) / var) @ u.T + ppca.mean_, atol=1e-3)
+
+    model, st = fit_local(cfg, TrainConfig(epochs=20, seed=0), train, x[val])
+    assert st.pca["logvar"].shape == (CODE,) and st.init_val == pytest.approx(st.pca_val, rel=1e-5)
+    assert st.pca_val == pytest.approx(_ppca_nll(train, x[val], CODE), rel=1e-4)
+    assert st.best_epoch >= 0 and st.best_recon < st.init_val  # digits' 115 validation rows keep a learned gain
+    assert _neg_elbo(model, x_test) < _ppca_nll(train, x_test, CODE)
+
+    # before the PPCA floor a vae's code was PCA's divided by its std, its output PCA's (no gain)
+    old = {k: v for k, v in model.state_dict().items() if k not in ("pca_gain", "pca_logvar", "logvar_gate", "log_noise")}
+    old["pca_scale"] = torch.from_numpy(np.sqrt(var)).float()
+    again = build_model(cfg).eval()
+    again.load_state_dict(old)
+    t = torch.from_numpy(x_test)
+    with torch.no_grad():
+        z = project(t, old["pca_mean"], old["pca_components"], old["pca_scale"]) + old["code_gate"] * again.own_code(t)
+        out = reconstruct(z, old["pca_mean"], old["pca_components"], old["pca_scale"], "mse") + old["out_gate"] * again.own_logits(z)
+        torch.testing.assert_close(again.encode(t), z)
+        torch.testing.assert_close(again.decode(again.encode(t)), out)
+
+
+def test_a_vae_run_reports_its_elbo_beside_ppca(tmp_path):
+    """aepipe train's summary and aepipe info name the vae's floor and figure: its negative ELBO per
+    value beside PPCA's negative log-likelihood, the model's own at epoch 0."""
+    proc, meta = _train("builtin:digits-train", tmp_path / "run", "vae", epochs=1)
+    pca, mine = meta["metrics"]["pca"], meta["metrics"]["val_recon"]
+    assert pca["floor"] == "PPCA" and pca["figure"] == "-ELBO"
+    assert pca["init_val_loss"] == pytest.approx(pca["val_loss"], rel=1e-5) and mine <= pca["val_loss"]
+    assert f"val -ELBO {mine:.4g}, PPCA {CODE}: {pca['val_loss']:.4g}" in proc.stdout
+    assert f"PPCA {CODE}: {pca['val_loss']:.4g}" in run_aepipe("info", tmp_path / "run").stdout
 
 
 def test_a_model_that_keeps_its_floor_ends_as_pca_of_every_training_row():

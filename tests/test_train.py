@@ -156,7 +156,7 @@ def test_a_run_dir_from_before_the_latest_pointer_encodes_and_resumes(tmp_path):
                  resume=True)
     hist = meta["metrics"]["history"]
     assert len(hist) == 3 and hist[:2] == old["metrics"]["history"]  # epochs 1-2 from its checkpoint
-    assert meta["metrics"]["pca"] == {**old["metrics"]["pca"], "floor": "PCA"}  # the floor it fitted, not fitted again
+    assert meta["metrics"]["pca"] == {**old["metrics"]["pca"], "floor": "PCA", "figure": "mse"}  # the floor it fitted, not fitted again
     assert (run / "checkpoints" / "latest.txt").read_text().strip() == "process/checkpoint_latest"
     assert load_run(run).code_dim == 2
 

@@ -1,7 +1,12 @@
 """Real bitstreams for the compress family: the rounded latent, entropy-coded with constriction's ANS.
 
-    LatentCoder(model).encode(y_hat (M, h, w) ints) -> bytes      one image's bitstream
-    LatentCoder(model).decode(bytes, (M, h, w))     -> y_hat      exactly the same integers
+    model.latent_coder().encode(y (M, h, w) floats, unrounded) -> bytes   one image's bitstream
+    model.latent_coder().decode(bytes, (M, h, w))              -> y_hat   the latent synthesis takes
+    model.latent_coder().quantize(y)                           -> y_hat   the same, without coding
+
+FactorizedCoder (--prior factorized) rounds y and codes it with LatentCoder(density), which codes
+integers (M, h, w) and gives back exactly the same integers; HyperpriorCoder (--prior hyperprior)
+at the end of this module.
 
 The probability tables come from the model's learned density (FactorizedDensity): for channel c,
 P(k) = CDF_c(k + 0.5) - CDF_c(k - 0.5) at every integer k of one range [lo, hi] shared by all
@@ -13,9 +18,15 @@ below, hi + 1: above; each carries its channel's tail mass as probability), foll
 beyond the range, coded uniformly over 0..2^16 - 1. Nothing is clipped: the round trip is exact; a
 distance of 2^16 or more (a broken model) is refused, not truncated.
 
-Layout of one bitstream: the ANS coder's 32-bit words, little-endian. The latent shape, the byte
+Layout of one factorized bitstream: the ANS coder's 32-bit words, little-endian. The latent shape, the byte
 length and a CRC32 are stored beside it (see encode.py), so a truncated or damaged bitstream is
 refused before decoding: ANS decodes any words into some integers, silently.
+
+The hyperprior's bitstream holds two streams: the length in bytes of z's (4 bytes, little-endian),
+z's (a LatentCoder bitstream of the side latent's integers, (N, h/4, w/4) rounded up, from its
+factorized density), then y's words: round(y - mean), each a QuantizedGaussian of zero mean and its
+own scale over -RANGE..RANGE, means and scales computed by h_s from the decoded z in float64 on
+the CPU, on both sides; values outside the range take the escapes above (edge symbols +-(RANGE + 1)).
 """
 
 from __future__ import annotations
@@ -30,6 +41,9 @@ import torch
 TAIL = 1e-6  # the coded range ends where no channel has more than this mass beyond it
 SEARCH = 1024  # the range is looked for within -SEARCH..SEARCH
 ESCAPE_BITS = 16  # an escaped value's distance beyond the range, coded uniformly in this many bits
+# the hyperprior's Gaussian range: each of its 2 * RANGE + 3 symbols keeps at least 2^-24 (constriction's
+# leaky quantiser), which costs under 2e-4 bits a value; wider than any residual a sane model leaves
+RANGE = 1023
 
 
 class BitstreamError(ValueError):
@@ -75,6 +89,28 @@ def probability_table(density) -> tuple[int, np.ndarray]:
     return lo, (table / table.sum(1, keepdim=True)).numpy()
 
 
+def escaped(y: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y clipped to lo - 1..hi + 1, the escape symbols, and each escaped value's distance beyond the
+    range, int32, in row-major order): the escape policy above; a distance of 2^16 or more is refused."""
+    out = (y < lo) | (y > hi)
+    far = np.where(y < lo, lo - 1 - y, y - hi - 1)[out]
+    if far.size and far.max() >= 2 ** ESCAPE_BITS:
+        raise BitstreamError(f"a latent value lies {int(far.max())} beyond the coder's range {lo}..{hi}")
+    return np.clip(y, lo - 1, hi + 1), far.astype(np.int32)
+
+
+def unescaped(clipped: np.ndarray, lo: int, hi: int, distances) -> np.ndarray:
+    """escaped's inverse: distances(k) decodes the k escaped values' distances, in the order encoded."""
+    y = clipped.astype(np.int64)
+    below, above = y < lo, y > hi
+    k = int(below.sum() + above.sum())
+    if k:
+        far = np.asarray(distances(k), dtype=np.int64)
+        esc = below | above
+        y[esc] = np.where(below[esc], lo - 1 - far, hi + 1 + far)
+    return y
+
+
 class LatentCoder:
     """Encodes and decodes one image's latent (M, h, w) of integers with per-channel Categorical
     models (constriction, perfect=False: every symbol keeps a nonzero probability)."""
@@ -90,15 +126,13 @@ class LatentCoder:
 
     def encode(self, y: np.ndarray) -> bytes:
         y = np.asarray(y, dtype=np.int64).reshape(len(self.models), -1)
-        symbols = (np.clip(y, self.lo - 1, self.hi + 1) - (self.lo - 1)).astype(np.int32)
-        far = np.where(y < self.lo, self.lo - 1 - y, y - self.hi - 1)[(y < self.lo) | (y > self.hi)]
-        if far.size and far.max() >= 2 ** ESCAPE_BITS:
-            raise BitstreamError(f"a latent value lies {int(far.max())} beyond the coder's range {self.lo}..{self.hi}")
+        clipped, far = escaped(y, self.lo, self.hi)
+        symbols = (clipped - (self.lo - 1)).astype(np.int32)
         coder = self.cs.stream.stack.AnsCoder()
         # ANS is a stack: what is encoded last is decoded first, so escapes go in before the channels,
         # and the channels in reverse, for the decoder to read channel 0 first and escapes last
         if far.size:
-            coder.encode_reverse(far.astype(np.int32), self.escape)
+            coder.encode_reverse(far, self.escape)
         for c in reversed(range(len(self.models))):
             coder.encode_reverse(symbols[c], self.models[c])
         return coder.get_compressed().astype("<u4").tobytes()
@@ -111,13 +145,85 @@ class LatentCoder:
             raise BitstreamError(f"{len(data)} bytes is not a whole number of 32-bit words")
         coder = self.cs.stream.stack.AnsCoder(np.frombuffer(data, "<u4").astype(np.uint32))
         symbols = np.stack([coder.decode(self.models[c], n) for c in range(m)]).astype(np.int64)
-        y = symbols + (self.lo - 1)
-        below, above = symbols == 0, symbols == self.table.shape[1] - 1
-        k = int(below.sum() + above.sum())
-        if k:  # escapes in the order they were encoded: row-major over (channel, position)
-            far = coder.decode(self.escape, k).astype(np.int64)
-            esc = below | above
-            y[esc] = np.where(below[esc], self.lo - 1 - far, self.hi + 1 + far)
+        y = unescaped(symbols + (self.lo - 1), self.lo, self.hi, lambda k: coder.decode(self.escape, k))
         if not coder.is_empty():
             raise BitstreamError("words are left after the last symbol")
         return y.reshape(shape)
+
+
+class FactorizedCoder:
+    """The factorized prior's latent_coder(): the latent rounded, coded by LatentCoder."""
+
+    def __init__(self, density):
+        self.coder = LatentCoder(density)
+
+    def quantize(self, y: np.ndarray) -> np.ndarray:
+        """The latent decode gives back for y: round(y), float32."""
+        return np.round(y).astype(np.float32)
+
+    def encode(self, y: np.ndarray) -> bytes:
+        return self.coder.encode(np.round(y).astype(np.int64))
+
+    def decode(self, data: bytes, shape) -> np.ndarray:
+        return self.coder.decode(data, shape).astype(np.float32)
+
+
+class HyperpriorCoder:
+    """The hyperprior's latent_coder() (see the module's doc): z = round(h_a(y)) coded by a
+    LatentCoder of z's density, then round(y - mean) by QuantizedGaussian(-RANGE - 1, RANGE + 1)
+    with zero means and the scales, both from h_s(z) (the edge symbols are the escapes)."""
+
+    def __init__(self, hyper):
+        import constriction
+
+        self.cs = constriction
+        # float64 on the CPU, a copy frozen at these weights: encoder and decoder compute the same
+        # means and scales from the same z (ANS decodes any mismatch into wrong values, silently)
+        self.hyper = copy.deepcopy(hyper).cpu().double().eval()
+        self.z_coder = LatentCoder(hyper.density)
+        self.gaussian = constriction.stream.model.QuantizedGaussian(-RANGE - 1, RANGE + 1)
+        self.escape = constriction.stream.model.Uniform(2 ** ESCAPE_BITS)
+
+    @torch.no_grad()
+    def side(self, y: np.ndarray) -> np.ndarray:  # (M, h, w) -> z's integers (N, h / 4, w / 4)
+        z = self.hyper.side(torch.from_numpy(np.asarray(y, np.float64))[None])[0]
+        return torch.round(z).numpy().astype(np.int64)
+
+    @torch.no_grad()
+    def params(self, z: np.ndarray, hw) -> tuple[np.ndarray, np.ndarray]:  # y's means and scales, float64
+        means, scales = self.hyper.params(torch.from_numpy(z.astype(np.float64))[None], hw)
+        if not torch.isfinite(scales).all():
+            raise BitstreamError("the hyperprior predicts an infinite scale: a broken model")
+        return means[0].numpy(), scales[0].numpy()
+
+    def quantize(self, y: np.ndarray) -> np.ndarray:
+        """The latent decode gives back for y: round(y - mean) + mean, float32."""
+        means, _ = self.params(self.side(y), y.shape[1:])
+        return (np.round(y - means) + means).astype(np.float32)
+
+    def encode(self, y: np.ndarray) -> bytes:
+        z = self.side(y)
+        z_bytes = self.z_coder.encode(z)
+        means, scales = self.params(z, y.shape[1:])
+        clipped, far = escaped(np.round(y - means).astype(np.int64).ravel(), -RANGE, RANGE)
+        coder = self.cs.stream.stack.AnsCoder()
+        if far.size:  # decoded last
+            coder.encode_reverse(far, self.escape)
+        coder.encode_reverse(clipped.astype(np.int32), self.gaussian, np.zeros(clipped.size), scales.ravel())
+        return len(z_bytes).to_bytes(4, "little") + z_bytes + coder.get_compressed().astype("<u4").tobytes()
+
+    def decode(self, data: bytes, shape) -> np.ndarray:
+        m, hw = shape[0], tuple(shape[1:])
+        n_z = int.from_bytes(data[:4], "little")
+        if len(data) < 4 or n_z > len(data) - 4 or (len(data) - 4 - n_z) % 4:
+            raise BitstreamError(f"{len(data)} bytes is not a side stream and whole 32-bit words")
+        if m != self.hyper.log_scale.shape[0]:
+            raise BitstreamError(f"latent has {m} channels, the model {self.hyper.log_scale.shape[0]}")
+        z = self.z_coder.decode(data[4:4 + n_z], self.hyper.z_shape(hw))
+        means, scales = self.params(z, hw)
+        coder = self.cs.stream.stack.AnsCoder(np.frombuffer(data[4 + n_z:], "<u4").astype(np.uint32))
+        clipped = coder.decode(self.gaussian, np.zeros(means.size), scales.ravel())
+        q = unescaped(clipped, -RANGE, RANGE, lambda k: coder.decode(self.escape, k))
+        if not coder.is_empty():
+            raise BitstreamError("words are left after the last symbol")
+        return (q.reshape(shape) + means).astype(np.float32)

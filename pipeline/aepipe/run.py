@@ -210,5 +210,6 @@ def _versus_pca(m: dict) -> list[tuple[str, str]]:
     pca, mine = m["metrics"].get("pca") or {}, m["metrics"].get("val_recon")
     if pca.get("val_loss") is None or mine is None:
         return []  # a run dir from before the floor
-    return [("vs PCA", f'val {m["model"]["loss"]} {mine:.4g}, PCA {pca["code_dim"]}: {pca["val_loss"]:.4g} '
+    return [("vs PCA", f'val {pca.get("figure", m["model"]["loss"])} {mine:.4g}, {pca.get("floor", "PCA")} '
+                       f'{pca["code_dim"]}: {pca["val_loss"]:.4g} '
                        f'(init {m["model"].get("init", "none")})')]

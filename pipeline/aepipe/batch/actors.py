@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from aepipe.bitstream import BitstreamError, LatentCoder, crc32, unrecord
+from aepipe.bitstream import BitstreamError, crc32, unrecord
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import row_errors, row_scores
@@ -67,20 +67,20 @@ class Encoder(ModelActor):
 
 
 class BitstreamEncoder(ModelActor):
-    """Images -> rounded latents -> one bitstream each (the coder's tables built once per actor).
+    """Images -> latents -> one bitstream each (the coder's tables built once per actor; it quantises).
     Images of the model's size come as one array and go through the model together; images at
     their own sizes (an object array of them: sources.images at_own_sizes) one at a time."""
 
     def __init__(self, run_dir: str, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
-        self.coder = LatentCoder(self.model.density)
+        self.coder = self.model.latent_coder()
 
     def _latents(self, x: np.ndarray):
-        """(rounded latent, (H, W)) of each image of x, a batch of one size (N, [C,] H, W)."""
+        """(latent, unrounded: the coder quantises, (H, W)) of each image of x, a batch of one size (N, [C,] H, W)."""
         x = torch.from_numpy(self.run.normalizer.apply(x)).to(self.device)
         with torch.inference_mode():
-            y = torch.round(self.model.analysis(x)).cpu().numpy().astype(np.int64)
+            y = self.model.analysis(x).cpu().numpy()
         return [(yi, tuple(x.shape[-2:])) for yi in y]
 
     def __call__(self, batch: dict) -> dict:
@@ -108,7 +108,7 @@ class BitstreamDecoder(ModelActor):
     def __init__(self, run_dir: str, num_gpus: float = 0):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
-        self.coder = LatentCoder(self.model.density)
+        self.coder = self.model.latent_coder()
 
     def _images(self, records: list, size: tuple[int, int]) -> np.ndarray:
         """Records of images of one size -> those images, (N, [C,] H, W) in the data's units."""

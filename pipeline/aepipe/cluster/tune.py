@@ -4,12 +4,16 @@ loss), ASHA stopping trials that fall behind, every trial an ordinary in-process
 
 Trials are ranked by their validation reconstruction loss divided by PCA's with the same code size
 and loss ("vs PCA"): raw losses would always crown the largest code, and mse and bce are not in
-the same units, while the ratio says how far each model got past its own linear floor."""
+the same units, while the ratio says how far each model got past its own linear floor. A vae on
+its PPCA floor is judged by its negative ELBO per value beside PPCA's negative log-likelihood, which
+may be negative: its "vs PCA" is exp(difference), the floor's likelihood over the model's bound per
+value (below 1: better, as the ratio)."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import shutil
 from pathlib import Path
 
@@ -30,13 +34,20 @@ def _trial(config: dict, *, train, data, root, mcfg, tcfg, id_column, read):
     out = Path(root) / "trials" / tune.get_context().get_trial_id()
 
     def on_epoch(row, st):
-        recon = row["val_parts"].get("recon", row["val_loss"])
-        tune.report({"vs_pca": recon / st.pca_val, "val_recon": recon, "pca_val": st.pca_val})
+        likelihood = "neg_elbo" in row["val_parts"]
+        recon = row["val_parts"].get("neg_elbo" if likelihood else "recon", row["val_loss"])
+        tune.report({"vs_pca": _versus(recon, st.pca_val, likelihood), "val_recon": recon, "pca_val": st.pca_val})
 
     meta = train(data, out, m, dataclasses.replace(tcfg, ray_train=False), id_column, read=read, on_epoch=on_epoch)
-    tune.report({"vs_pca": meta["metrics"]["val_recon"] / meta["metrics"]["pca"]["val_loss"],
-                 "val_recon": meta["metrics"]["val_recon"], "pca_val": meta["metrics"]["pca"]["val_loss"],
-                 "run_dir": str(out)})
+    mine, floor = meta["metrics"]["val_recon"], meta["metrics"]["pca"]["val_loss"]
+    tune.report({"vs_pca": _versus(mine, floor, meta["metrics"]["pca"].get("figure") == "-ELBO"),
+                 "val_recon": mine, "pca_val": floor, "run_dir": str(out)})
+
+
+def _versus(mine: float, floor: float, likelihood: bool) -> float:
+    """A trial's figure against its floor's, below 1 where better: the ratio of two losses, or for
+    a negative ELBO beside PPCA's negative log-likelihood (per value, either sign) exp(mine - floor)."""
+    return math.exp(mine - floor) if likelihood else mine / floor
 
 
 def tune(data: str, out: str | Path, mcfg: ModelConfig, tcfg, space: dict, trials: int,

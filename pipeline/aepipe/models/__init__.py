@@ -3,7 +3,8 @@
     encode(x) -> z          x: (B, *input_shape), z: (B, code_dim)
     decode(z) -> x_hat      x_hat: (B, *input_shape)
     loss(x) -> (total, parts)
-    forward(x) -> {"x_hat", "z", "loss", "loss_parts"}   (what training calls, so DDP sees it)
+    forward(x) -> {"x_hat", "z", "loss", "loss_parts"}   (what training calls, so DDP sees it; the
+                            vae adds "figures": its negative ELBO, which the fit judges it by)
     sample(n)               VAE only
 
     base.py        ModelConfig, the Autoencoder interface and the PCA floor, REGISTRY, build_model
@@ -12,6 +13,7 @@
     conv.py        conv
     recurrent.py   recurrent
     compress.py    compress: GDN, the factorized density, the block DCT floor
+    hyperprior.py  compress --prior hyperprior: the mean-scale hyperprior (side information z)
 
 Each family module registers its classes as it is imported: the imports below, in this order,
 are the order `aepipe models` lists the families in. These modules know torch only: no Ray, no

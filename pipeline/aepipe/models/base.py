@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from aepipe.config import LOSSES, ModelConfig
-from aepipe.pca import project, reconstruct
+from aepipe.pca import project, reconstruct, val_loss
+from aepipe.scores import row_errors
 
 
 def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
@@ -57,14 +58,20 @@ class Autoencoder(nn.Module):
     its share of the floor through the hooks: learned_code is the part of the code its own
     networks give (Contractive penalises that Jacobian only: on the whole code, its 8-d probe fell
     below PCA's, the penalty shrank the code); own_training_code is the code it trains on (the
-    VAE's sample: its noise and KL act on the correction); whitened_floor divides PCA's codes by
-    their std (the VAE, so that its N(0, I) prior still fits). Sparse L1 penalises the whole code.
+    VAE's sample: its noise and KL act on the correction); linear_floor is the family's floor from
+    PCA (the denoiser's weighs each component, the VAE's is probabilistic PCA), floor_loss its
+    validation figure and figure/row_figures the model's (the mean reconstruction loss, or the VAE's
+    negative ELBO); whitened_floor divides PCA's codes by their std where the floor names no scale
+    (the VAE off its PPCA floor, so that its N(0, I) prior still fits). Sparse L1 penalises the
+    whole code.
     """
 
     default_hidden: tuple[int, ...] = (256, 64)  # widths when --hidden is not given
     options: tuple[str, ...] = ()  # the ModelConfig fields this family reads, for `aepipe models`
     pca_floor: bool = True  # --init pca applies: the code is a vector PCA can start
     whitened_floor: bool = False  # the floor's codes are PCA's divided by their std
+    gates: tuple[str, ...] = ("code_gate", "out_gate")  # the learned corrections' gates, zero at the floor
+    figure: str = "recon"  # the validation loss part the floor is compared on (loop.fit keeps the best by it)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -111,16 +118,33 @@ class Autoencoder(nn.Module):
         family's objective has a better linear answer (a denoiser shrinks noisy components)."""
         return torch.ones_like(variance)
 
+    def linear_floor(self, pca: dict) -> dict:
+        """The family's linear floor from fit_pca's dict: PCA with each component's gain (floor_gain);
+        a family whose floor is another linear model adds what set_pca needs for it."""
+        return {**pca, "gain": self.floor_gain(pca["variance"])}
+
+    def floor_loss(self, pca: dict, batches, reduce=lambda t: t) -> float:
+        """The floor's validation figure (the model's `figure` at the floor): its mean reconstruction
+        loss, on rows corrupted as in training (a denoiser's floor is judged on noisy rows)."""
+        return val_loss(pca, batches, self.cfg.loss, reduce, self.corrupt)
+
+    def row_figures(self, x, x_in=None):
+        """(B,) each row's share of `figure`: its mean elementwise reconstruction loss, from x_in
+        (a corrupted x) where there is one."""
+        return row_errors(self, x, x_in).mean(1)
+
     # the floor
     @torch.no_grad()
     def set_pca(self, pca: dict) -> None:
-        """Start the floor at fit_pca's {"mean", "components", "variance"} (and "gain", if given),
-        on whatever device they are (copy_ moves them to the model's)."""
+        """Start the floor at linear_floor's {"mean", "components", "variance"} (and "gain", "scale",
+        if given), on whatever device they are (copy_ moves them to the model's)."""
         self.pca_mean.copy_(pca["mean"])
         self.pca_components.copy_(pca["components"])
         if "gain" in pca:
             self.pca_gain.copy_(pca["gain"])
-        if self.whitened_floor:
+        if "scale" in pca:
+            self.pca_scale.copy_(pca["scale"])
+        elif self.whitened_floor:
             std = pca["variance"].sqrt()
             self.pca_scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
@@ -194,7 +218,8 @@ def register(name: str):
 
 
 CHOICES = {"loss": LOSSES, "sparsity": ("l1", "kl"), "noise": ("gaussian", "mask"),
-           "up": ("transpose", "upsample"), "down": ("stride", "pool"), "cell": ("gru", "lstm"), "init": ("pca", "none")}
+           "up": ("transpose", "upsample"), "down": ("stride", "pool"), "cell": ("gru", "lstm"), "init": ("pca", "none"),
+           "prior": ("factorized", "hyperprior")}
 
 
 def check_config(cfg: ModelConfig) -> None:

@@ -1,5 +1,6 @@
 """Learned image compression (the compress family) and its parts: GDN, the factorized density
-that prices and codes the latent, and the block DCT floor under it."""
+that prices and codes the latent, and the block DCT floor under it. The hyperprior (--prior
+hyperprior) is in hyperprior.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aepipe.models.base import Autoencoder, ModelConfig, image_chw, register, widths
+from aepipe.models.hyperprior import HyperPrior
 
 class GDN(nn.Module):
     """Generalised divisive normalisation (Balle et al. 2016): y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2);
@@ -110,10 +112,14 @@ class Compress(Autoencoder):
     latent has one channel per DCT coefficient (--code-dim is not used): 64 for grayscale; colour
     images go through JPEG's YCbCr first (a learned 1x1 convolution that starts there) and JPEG's
     4:2:0 (chroma at half resolution): 64 + 16 + 16 channels.
-    --init none: CompressAI's four strided convs with GDN (16x smaller), --code-dim channels."""
+    --init none: CompressAI's four strided convs with GDN (16x smaller), --code-dim channels.
+
+    --prior factorized (the default) prices the latent with the per-channel learned density above;
+    --prior hyperprior with a mean-scale hyperprior (hyperprior.py): side information z, coded
+    first, gives each latent value its own Gaussian; bits per pixel count y's and z's bits."""
 
     default_hidden = (64,)  # channels of the transforms' hidden layers (CompressAI's N)
-    options = ("lmbda",)
+    options = ("lmbda", "prior")
     pca_floor = False  # its floor is its own (the block DCT), not a PCA of whole images
 
     def __init__(self, cfg: ModelConfig):
@@ -151,14 +157,16 @@ class Compress(Autoencoder):
         else:
             self.g_a = nn.Sequential(down(c, n), GDN(n), down(n, n), GDN(n), down(n, n), GDN(n), down(n, m))
             self.g_s = nn.Sequential(up(m, n), GDN(n, True), up(n, n), GDN(n, True), up(n, n), GDN(n, True), up(n, c))
-        self.density = FactorizedDensity(m)
+        # the hyperprior's side latent has N channels, as CompressAI's MeanScaleHyperprior
+        self.hyper = HyperPrior(m, n, FactorizedDensity(n)) if cfg.prior == "hyperprior" else None
+        self.density = FactorizedDensity(m) if self.hyper is None else None
         self.latent_hw = tuple(-(-s // self.factor) for s in self.chw[1:])
         self.pixels = math.prod(self.chw[1:])  # per image, whatever its channels: bits per pixel counts these
 
     def param_groups(self, lr: float, density_lr: float | None = None) -> list[dict]:
         """The density at 10x the rate (unless density_lr says): it learns 64+ distributions from a
         wide start, and until it has, the rate it prices is far above the transforms' real one."""
-        density = list(self.density.parameters())
+        density = list(self.density.parameters()) if self.hyper is None else self.hyper.entropy_parameters()
         rest = [p for p in self.parameters() if all(p is not d for d in density)]
         return [{"params": rest, "lr": lr}, {"params": density, "lr": 10 * lr if density_lr is None else density_lr}]
 
@@ -183,19 +191,36 @@ class Compress(Autoencoder):
         x = back + 0.5 + self.gate_s * self.g_s(y_hat)
         return x[..., :h, :w]
 
-    def own_code(self, x):  # the rounded latent, flat: the integers the bitstream carries
-        return torch.round(self.analysis(x)).flatten(1)
+    def quantize(self, y):  # the latent as the bitstream carries it: rounded (hyperprior: about its mean)
+        return torch.round(y) if self.hyper is None else self.hyper(y, noisy=False)[0]
+
+    def latent_coder(self):
+        """One image's entropy coder, tables built once from the current weights: encode(y) with y
+        the unrounded latent (M, h, w) -> bytes; decode(bytes, (M, h, w)) -> the latent synthesis takes."""
+        from aepipe.bitstream import FactorizedCoder, HyperpriorCoder
+
+        return FactorizedCoder(self.density) if self.hyper is None else HyperpriorCoder(self.hyper)
+
+    def own_code(self, x):  # the quantised latent, flat: what the bitstream carries
+        return self.quantize(self.analysis(x)).flatten(1)
 
     def own_logits(self, z):
         return self.synthesis(z.view(-1, self.latent_channels, *self.latent_hw)).reshape(-1, *self.cfg.input_shape)
 
     def forward(self, x, corrupt: bool | None = None):  # nothing to corrupt: rounding is its noise
-        y = self.analysis(x)
-        # training: additive uniform noise stands in for rounding (differentiable, same rate in expectation)
-        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
+        y_hat, bits, side_bits = self.rate(self.analysis(x))
         x_hat = self.synthesis(y_hat, x.shape[-2:]).reshape(x.shape)
-        bpp = -torch.log2(self.density.likelihood(y_hat)).sum() / (x.shape[0] * self.pixels)
+        bpp = (bits + side_bits) / (x.shape[0] * self.pixels)
         mse = F.mse_loss(x_hat, x)
         # CompressAI's scale: MSE on [0, 1] pixels times 255^2, so lmbda 0.01 sits near 0.3-0.5 bpp
         parts = {"bpp": bpp, "distortion": self.cfg.lmbda * 255 ** 2 * mse}
-        return {"x_hat": x_hat, "z": y_hat.flatten(1), "loss": bpp + parts["distortion"], "loss_parts": parts}
+        return {"x_hat": x_hat, "z": y_hat.flatten(1), "loss": bpp + parts["distortion"], "loss_parts": parts,
+                "side_bpp": side_bits / (x.shape[0] * self.pixels)}
+
+    def rate(self, y):
+        """(y_hat, bits of y, bits of the side information z; 0 for the factorized prior) of a batch.
+        Training: additive uniform noise stands in for rounding (differentiable, same rate in expectation)."""
+        if self.hyper is not None:
+            return self.hyper(y, noisy=self.training)
+        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
+        return y_hat, -torch.log2(self.density.likelihood(y_hat)).sum(), y.new_zeros(())

@@ -159,7 +159,8 @@ def _write_run(out: Path, data: str, src, mcfg, tcfg, fitted: Fitted, started: f
         "metrics": {"history": st.history, "best_epoch": st.best_epoch, "best_val_loss": st.best_val,
                     # the linear floor beside the model, on the same validation rows and loss
                     "val_recon": st.best_recon, "pca": {"code_dim": mcfg.code_dim, "val_loss": st.pca_val,
-                                                       "init_val_loss": st.init_val, "floor": floor_name(st.pca)},
+                                                       "init_val_loss": st.init_val, "floor": floor_name(st.pca),
+                                                       "figure": figure_name(st.pca, mcfg)},
                     "stopped_early": len(st.history) < len(schedule(mcfg, tcfg)), "device": st.device,
                     "path": fitted.path, "seconds": time.time() - t0, "streamed": bool(fitted.streamed),
                     # where this call's wall time went (bench/train_overhead.py reads it)
@@ -172,10 +173,19 @@ def _write_run(out: Path, data: str, src, mcfg, tcfg, fitted: Fitted, started: f
 
 
 def floor_name(pca: dict | None) -> str:
-    """What the linear floor is: PCA, or (its components weighed by a gain, for a denoiser's objective)
-    the linear denoiser."""
-    gain = (pca or {}).get("gain")
+    """What the linear floor is: PCA, (its components weighed by a gain, for a denoiser's objective)
+    the linear denoiser, or (with a posterior's log-variance, the vae's) PPCA."""
+    pca = pca or {}
+    if "logvar" in pca:
+        return "PPCA"
+    gain = pca.get("gain")
     return "PCA" if gain is None or bool((gain == 1).all()) else "linear denoiser"
+
+
+def figure_name(pca: dict | None, mcfg: ModelConfig) -> str:
+    """What val_recon and the floor's val_loss measure: the loss (mse, l1, bce) per value, or, on
+    PPCA's floor, the negative ELBO per value (PPCA's: its negative log-likelihood), in nats."""
+    return "-ELBO" if floor_name(pca) == "PPCA" else mcfg.loss
 
 
 def _train_to_uri(data, out, mcfg, tcfg, id_column, resume, address, read) -> dict:

@@ -18,8 +18,8 @@ import torch
 from aepipe.errors import AepipeError
 from aepipe.config import ModelConfig
 from aepipe.models.base import build_model, widths
-from aepipe.pca import fit_pca, val_loss as pca_val_loss
-from aepipe.scores import fit_density, row_errors, training_quantiles
+from aepipe.pca import fit_pca
+from aepipe.scores import fit_density, training_quantiles
 from aepipe.training.config import TrainConfig, budget, set_lr
 from aepipe.training.state import FitState
 
@@ -61,8 +61,9 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: FitState,
     inner = getattr(model, "module", model)  # DDP wraps the model; its state dict is the inner one's
     epochs = schedule(mcfg, tcfg)
     floor(inner, batches, mcfg, st)
-    # the floor is a promise about reconstruction: with it, penalties shape the path, not the pick
-    monitor = "recon" if inner.has_pca_floor else "loss"
+    # the floor is a promise about its figure (reconstruction; the vae's: the ELBO): with it,
+    # penalties and weights (--beta) shape the path, not the pick
+    monitor = inner.figure if inner.has_pca_floor else "loss"
     while st.step < len(epochs) and not (tcfg.patience and st.bad >= tcfg.patience):
         stage, t0 = epochs[st.step], time.time()
         whole = st.step - (len(epochs) - tcfg.epochs)  # the whole model's epoch, < 0 in layer-wise stages
@@ -75,7 +76,7 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: FitState,
         st.step += 1
         if stage is None:  # early stopping and best weights only count on the whole model
             if va[monitor] < st.best_val:
-                st.keep_best(va[monitor], va.get("recon"), row["epoch"], inner)
+                st.keep_best(va[monitor], va.get(inner.figure), row["epoch"], inner)
             else:
                 st.bad += 1
         if not math.isfinite(tr["loss"]):
@@ -95,7 +96,8 @@ def fit(model, opt, batches, mcfg: ModelConfig, tcfg: TrainConfig, st: FitState,
 
 def epoch(model, batches, opt=None, stage=None) -> dict:
     """One pass over `batches` (x tensors): training with opt, else validation (the same corruption
-    as training, the same draw every time); returns the loss parts averaged over all workers."""
+    as training, the same draw every time); returns the loss, its parts and the model's figures
+    (the vae's negative ELBO) averaged over all workers."""
     sums, n = {}, 0
     model.train(opt is not None)
     with contextlib.nullcontext() if opt is not None else same_noise():
@@ -106,7 +108,7 @@ def epoch(model, batches, opt=None, stage=None) -> dict:
                 opt.zero_grad()
                 out["loss"].backward()
                 opt.step()
-            for k, v in {"loss": out["loss"], **out["loss_parts"]}.items():
+            for k, v in {"loss": out["loss"], **out["loss_parts"], **out.get("figures", {})}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
             n += len(x)
     keys = sorted(sums)
@@ -134,8 +136,9 @@ def all_reduce(t: torch.Tensor, model, op=None) -> torch.Tensor:
 
 def floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
     """Before the first epoch: the linear floor with the code size — PCA, with each component's
-    gain for the family's objective (a denoiser's) — fitted on the training rows, kept in st (the
-    run dir gets pca.npz); its loss on the validation rows under the family's objective; and, under
+    gain for the family's objective (a denoiser's), or PPCA (the vae's) — fitted on the training
+    rows, kept in st (the run dir gets pca.npz); its figure on the validation rows under the
+    family's objective (a reconstruction loss; the vae's: PPCA's negative log-likelihood); and, under
     --init pca, the model set to it and scored as epoch 0, its weights the best so far: a learned
     correction is kept only where it beats the floor on the validation rows. A resumed fit has all
     of these already. (Where the floor stays the best, refit_floor fits it again on every row.)"""
@@ -143,20 +146,20 @@ def floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
         return
     st.pca = fit_floor(inner, batches("train", None), mcfg)
     with same_noise():
-        st.pca_val = pca_val_loss(st.pca, batches("val", None), mcfg.loss, lambda t: all_reduce(t, inner),
-                                  inner.corrupt)
+        st.pca_val = inner.floor_loss(st.pca, batches("val", None), lambda t: all_reduce(t, inner))
     if inner.has_pca_floor and st.step == 0:
         inner.set_pca(st.pca)
         va = epoch(inner, batches("val", None))
-        st.init_val = va["recon"]
-        st.keep_best(va["recon"], va["recon"], -1, inner)
+        st.init_val = va[inner.figure]
+        st.keep_best(va[inner.figure], va[inner.figure], -1, inner)
 
 
 def fit_floor(inner, rows, mcfg: ModelConfig) -> dict:
-    """PCA of the rows with the code size, and each component's gain for the family's objective."""
+    """PCA of the rows with the code size, made the family's linear floor (a denoiser's gains, the
+    vae's PPCA)."""
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     pca = fit_pca(rows, inner.n_in, mcfg.code_dim, lambda t: all_reduce(t, inner), rank)
-    return {**pca, "gain": inner.floor_gain(pca["variance"])}
+    return inner.linear_floor(pca)
 
 
 # A learned correction is kept where its mean gain over the floor on the validation rows is at
@@ -167,15 +170,16 @@ SIGNIFICANT = 2.0
 
 
 def beats_floor(inner, batches, st: FitState) -> bool:
-    """Whether the model's per-row validation losses beat its floor's (the same corrupted rows, the
-    same noise, every worker's rows) by SIGNIFICANT standard errors."""
+    """Whether the model's per-row validation figures (row_figures: the reconstruction loss, the
+    vae's negative ELBO) beat its floor's (the same corrupted rows, the same noise, every worker's
+    rows) by SIGNIFICANT standard errors."""
     floor_model = set_floor(copy.deepcopy(inner), st.pca).eval()
     inner.eval()
     sums = torch.zeros(3, dtype=torch.float64)
     with same_noise(), torch.no_grad():
         for x in batches:
             x_in = inner.corrupt(x)
-            gain = (row_errors(floor_model, x, x_in).mean(1) - row_errors(inner, x, x_in).mean(1)).double().cpu()
+            gain = (floor_model.row_figures(x, x_in) - inner.row_figures(x, x_in)).double().cpu()
             sums += torch.stack([torch.tensor(float(len(gain))), gain.sum(), gain.pow(2).sum()])
     return clearly_positive(*all_reduce(sums, inner).tolist())
 
@@ -191,10 +195,11 @@ def clearly_positive(n: float, total: float, squares: float) -> bool:
 
 
 def set_floor(model, pca: dict):
-    """The model made its floor: PCA (with its gains) and the learned corrections' gates at zero."""
+    """The model made its floor: PCA (with its gains; the vae's PPCA) and the learned corrections'
+    gates at zero."""
     with torch.no_grad():
-        model.code_gate.zero_()
-        model.out_gate.zero_()
+        for gate in model.gates:
+            getattr(model, gate).zero_()
     model.set_pca(pca)
     return model
 

@@ -20,7 +20,7 @@ class FitState:
     best_state: dict | None = None  # the best weights so far (CPU tensors); restored at the end
     bad: int = 0  # whole-model epochs since the best, for early stopping
     best_epoch: int = -1  # -1: the PCA start (--init pca) is still the best
-    best_recon: float | None = None  # the best weights' validation reconstruction loss
+    best_recon: float | None = None  # the best weights' validation figure: reconstruction loss (the vae's: -ELBO)
     timings: dict = dataclasses.field(default_factory=dict)  # this call's seconds in epochs and checkpoints
     # the PCA floor, fitted before the first epoch (see loop.floor)
     pca: dict | None = None
