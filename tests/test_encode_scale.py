@@ -231,6 +231,48 @@ def test_a_job_of_many_tasks_runs_in_waves_into_one_store(ray_local, digits_run,
         assert b.column("id").to_pylist() == list(range(N)) and a.column("code").equals(b.column("code"))
 
 
+def test_ctrl_c_starts_no_more_waves(monkeypatch):
+    """Ctrl-C in the main thread (run_interruptibly) while a wave runs: the job's thread, which Python
+    cannot kill, starts no further wave and the sink is failed, not committed."""
+    import _thread
+    import threading
+
+    from aepipe.batch import engine
+    from aepipe.cluster.runtime import Interrupted, run_interruptibly
+
+    monkeypatch.setenv("AEPIPE_WAVE_TASKS", "2")
+    ran, failed, done = [], [], threading.Event()
+
+    class Wave:  # stands in for a wave's Ray Dataset: the first one is interrupted while it runs
+        def __init__(self, tasks):
+            self.tasks = tasks
+
+        def write_datasink(self, target):
+            ran.append(self.tasks)
+            if len(ran) == 1:
+                time.sleep(0.5)  # the main thread is waiting on the job by now
+                _thread.interrupt_main()
+                time.sleep(1)  # the main thread handles Ctrl-C while this wave still runs
+            target.results = []
+
+    class Sink:
+        def on_write_start(self):
+            pass
+
+        def on_write_complete(self, results):
+            raise AssertionError("committed after Ctrl-C")
+
+        def on_write_failed(self, error):
+            failed.append(error)
+            done.set()
+
+    monkeypatch.setattr(engine, "as_datasink", lambda sink: type("T", (), {"results": []})())
+    job = engine.RayRows([[(i, i + 1)] for i in range(6)], Wave)
+    with pytest.raises(Interrupted):
+        run_interruptibly(job.write_datasink, Sink())
+    assert done.wait(5) and ran == [[[(0, 1)], [(1, 2)]]] and isinstance(failed[0], Interrupted)
+
+
 def test_tasks_are_planned_on_part_edges_from_the_sources_own_steps():
     """sources.plan: steps (a source's own ranges, uneven as row groups are) grouped into tasks whose
     edges fall on multiples of part_rows, a step across an edge cut there; every row once, in order."""

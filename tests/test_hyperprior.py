@@ -85,6 +85,30 @@ def test_the_hyperprior_costs_what_the_model_counts_and_escapes_come_back():
     assert np.array_equal(coder.decode(coder.encode(y), y.shape), coder.quantize(y))
 
 
+def test_a_hyperprior_bitstream_decodes_the_same_on_any_number_of_threads():
+    """Encoder and decoder compute y's scales apart (a Ray worker on one thread, a driver on all its
+    CPUs): the coder takes them on one thread, snapped to SCALE_TABLE's levels, so the decoder's
+    probabilities are the encoder's wherever it runs."""
+    from aepipe.bitstream import SCALE_TABLE
+
+    model = hyper_model((200, 120))
+    with torch.no_grad():
+        y = model.analysis(photo((200, 120)))[0].numpy()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        coder = model.latent_coder()
+        data, want = coder.encode(y), coder.quantize(y)
+        torch.set_num_threads(8)
+        again = model.latent_coder()
+        assert np.array_equal(again.decode(data, y.shape), want)
+        assert torch.get_num_threads() == 8  # the coder's one thread was given back
+        _, scales = again.params(again.side(y), y.shape[1:])
+        assert np.isin(scales, SCALE_TABLE).all()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_damaged_hyperprior_bitstream_is_refused():
     from aepipe.bitstream import BitstreamError
 

@@ -44,6 +44,11 @@ ESCAPE_BITS = 16  # an escaped value's distance beyond the range, coded uniforml
 # the hyperprior's Gaussian range: each of its 2 * RANGE + 3 symbols keeps at least 2^-24 (constriction's
 # leaky quantiser), which costs under 2e-4 bits a value; wider than any residual a sane model leaves
 RANGE = 1023
+# The hyperprior's scales as the coder takes them: each rounded up to one of these 64 levels
+# (CompressAI's scale table, 0.11 to 256, 13 % apart). Encoder and decoder compute the scales
+# apart (other threads, other CPUs: float64's last bits may differ), and ANS must see the same
+# probabilities on both sides: only a scale within a rounding error of a level could differ now.
+SCALE_TABLE = np.exp(np.linspace(np.log(0.11), np.log(256), 64))
 
 
 class BitstreamError(ValueError):
@@ -190,11 +195,19 @@ class HyperpriorCoder:
         return torch.round(z).numpy().astype(np.int64)
 
     @torch.no_grad()
-    def params(self, z: np.ndarray, hw) -> tuple[np.ndarray, np.ndarray]:  # y's means and scales, float64
-        means, scales = self.hyper.params(torch.from_numpy(z.astype(np.float64))[None], hw)
+    def params(self, z: np.ndarray, hw) -> tuple[np.ndarray, np.ndarray]:
+        """y's means (float64) and scales (levels of SCALE_TABLE), computed on one thread: a
+        convolution's sums in one order wherever it runs."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            means, scales = self.hyper.params(torch.from_numpy(z.astype(np.float64))[None], hw)
+        finally:
+            torch.set_num_threads(threads)
         if not torch.isfinite(scales).all():
             raise BitstreamError("the hyperprior predicts an infinite scale: a broken model")
-        return means[0].numpy(), scales[0].numpy()
+        level = np.searchsorted(SCALE_TABLE, scales[0].numpy()).clip(0, len(SCALE_TABLE) - 1)
+        return means[0].numpy(), SCALE_TABLE[level]
 
     def quantize(self, y: np.ndarray) -> np.ndarray:
         """The latent decode gives back for y: round(y - mean) + mean, float32."""

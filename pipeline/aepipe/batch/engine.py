@@ -30,7 +30,7 @@ import numpy as np
 
 from aepipe import remote
 from aepipe.checks import at_least, positive
-from aepipe.cluster.runtime import init_ray, require, run_interruptibly, user_errors
+from aepipe.cluster.runtime import STOPPED, Interrupted, init_ray, require, run_interruptibly, user_errors
 from aepipe.errors import AepipeError
 from aepipe.sources import ROWS_PER_TASK, Source, plan, read_block, to_dataset
 from aepipe.stores.raydata import as_datasink
@@ -185,10 +185,12 @@ class RayRows:
 
     def __init__(self, tasks: list, dataset):
         self.tasks, self.dataset = tasks, dataset
-        self.wave = int(os.environ.get("AEPIPE_WAVE_TASKS", WAVE_TASKS))
+        self.wave = max(1, int(os.environ.get("AEPIPE_WAVE_TASKS", WAVE_TASKS)))
 
     def waves(self):
         for i in range(0, len(self.tasks), self.wave):
+            if STOPPED.is_set():  # Ctrl-C: the job's partial is gone, start no more waves
+                raise Interrupted("interrupted")
             yield self.dataset(self.tasks[i:i + self.wave])
 
     def iter_batches(self, **args):
@@ -232,6 +234,8 @@ class LocalRows:
                             leave=False)
         try:
             for steps in self.tasks:
+                if STOPPED.is_set():  # Ctrl-C: the job's partial is gone, run no more tasks
+                    raise Interrupted("interrupted")
                 yield self._task(steps)
         finally:
             if self.bar is not None:

@@ -221,6 +221,11 @@ class Interrupted(AepipeError):
         super().__init__(message, exit_code=130)
 
 
+# Set when Ctrl-C stopped a job: its thread (left running: Python cannot kill it) checks this
+# between its steps (a wave of Ray tasks, an in-process task) and starts no more work
+STOPPED = threading.Event()
+
+
 def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, kept=lambda: None, **kwargs):
     """Run a Ray job so that Ctrl-C stops it. The driver's main thread would sit in a blocking Ray
     call that only notices SIGINT when the job is done; here the job runs in a thread and the main
@@ -235,6 +240,7 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, kept=lambd
         except BaseException as e:  # noqa: BLE001 - handed to the main thread as is
             box["error"] = e
 
+    STOPPED.clear()
     t = threading.Thread(target=target, daemon=True, name="aepipe-job")
     t.start()
     try:
@@ -245,6 +251,7 @@ def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, kept=lambd
         if poll:
             poll()  # what came in the last step
     except KeyboardInterrupt:
+        STOPPED.set()
         stop_started_ray()  # an embedded Ray's processes; a cluster stops a job's work when its driver exits
         removed = [p for p in partial if _remove(p)]
         _keep_removed(partial)  # (removes again: a no-op when the first removal took)

@@ -59,8 +59,8 @@ def to_dataset(src, rows_per_task: int = ROWS_PER_TASK, tasks: list | None = Non
             yield BlockAccessor.batch_to_block(read_block(src, a, b))
 
     class RowRanges(Datasource):
-        def estimate_inmemory_data_size(self):
-            return src.n_rows * (src.schema.size * 4 + 16)
+        def estimate_inmemory_data_size(self):  # of these tasks' rows (a job's wave may be a share of it)
+            return sum(b - a for steps in tasks for a, b in steps) * (src.schema.size * 4 + 16)
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             return [ReadTask(lambda steps=steps: read(steps),
