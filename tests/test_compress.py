@@ -250,6 +250,41 @@ def test_a_codec_keeps_every_image_at_its_own_size(photo_folder, ray_local):
     assert proc.returncode == 2 and "own sizes" in proc.stderr and proc.stderr.count("\n") == 1
 
 
+def test_compare_gives_each_images_bytes_and_bits_per_pixel(photo_folder, tmp_path):
+    """aepipe compare --codes, in this process: an image's bytes are its stored bitstream's length (Zarr
+    or Parquet), its bits per pixel 8 x bytes over its own pixels, the mean row's the rate encode
+    printed; an original the store lacks is refused in one line naming its id."""
+    import csv
+    import shutil
+
+    tmp = photo_folder
+    for fmt in ("zarr", "parquet"):
+        run = run_aepipe("encode", tmp / "photos", "--model", tmp / "run", "--out", tmp_path / f"q.{fmt}",
+                         "--engine", "local")
+    run_aepipe("decode", tmp_path / "q.zarr", "--model", tmp / "run", "--out", tmp_path / "dec", "--engine", "local")
+    g = zarr.open_group(str(tmp_path / "q.zarr"), mode="r")
+    nbytes = dict(zip(g["ids"][:], g["nbytes"][:].tolist()))
+    assert nbytes == dict(zip(*pq.read_table(tmp_path / "q.parquet", columns=["id", "nbytes"]).to_pydict().values()))
+    bpp = float(run.stdout.split("bitstreams, ")[1].split(" bits")[0])
+    for fmt in ("zarr", "parquet"):
+        run_aepipe("compare", tmp / "photos", tmp_path / "dec", "--codes", tmp_path / f"q.{fmt}",
+                   "--csv", tmp_path / f"{fmt}.csv")
+        with open(tmp_path / f"{fmt}.csv") as f:
+            rows = {r["image"]: r for r in csv.DictReader(f)}
+        for name, (h, w) in SIZES.items():
+            assert int(rows[name]["bytes"]) == nbytes[name]
+            assert float(rows[name]["bpp"]) == pytest.approx(8 * nbytes[name] / (h * w), rel=1e-12)
+            assert float(rows[name]["psnr"]) > 22 and 0 < float(rows[name]["ms_ssim"]) <= 1
+        assert float(rows["mean"]["bpp"]) == pytest.approx(bpp, abs=1e-4)
+
+    shutil.copytree(tmp / "photos", tmp_path / "more")
+    shutil.copy(tmp / "photos" / "c.png", tmp_path / "more" / "d.png")
+    shutil.copy(tmp_path / "dec" / "c.png", tmp_path / "dec" / "d.png")
+    ran = run_aepipe("compare", tmp_path / "more", tmp_path / "dec", "--codes", tmp_path / "q.zarr", check=False)
+    assert ran.returncode == 2 and ran.stderr.count("\n") == 1, ran.stderr
+    assert 'no bitstream with id "d.png"' in ran.stderr, ran.stderr
+
+
 def test_images_over_the_codecs_limit_are_refused_or_skipped(photo_folder, monkeypatch):
     """An image bigger than images.MAX_PIXELS (here lowered to 3,000 pixels: c.png has 4,096) is refused
     in one line naming it, or skipped with --on-bad-row skip; nothing else is left."""

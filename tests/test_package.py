@@ -52,7 +52,8 @@ LAYERS = {
               "aepipe.models.recurrent", "aepipe.models.compress", "aepipe.models.hyperprior",
               "aepipe.run", "aepipe.statefile", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
-              "aepipe.sources.parquet", "aepipe.sources.csv_rows", "aepipe.sources.dataset", "aepipe.analysis.metrics"},
+              "aepipe.sources.parquet", "aepipe.sources.csv_rows", "aepipe.sources.dataset", "aepipe.analysis.metrics",
+              "aepipe.analysis.codec_quality"},
     "base": {"aepipe.errors", "aepipe.version", "aepipe.config", "aepipe.analysis", "aepipe.cluster"},
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}

@@ -22,6 +22,63 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return float(10 * np.log10(peak ** 2 / np.mean((a - b) ** 2)))
 
 
+# MS-SSIM as CompressAI reports it (pytorch-msssim): Wang, Simoncelli & Bovik 2003
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # scale 1 (full size) to 5
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K = 11, 1.5, (0.01, 0.03)
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, scales: int | None = None) -> float:
+    """MS-SSIM of two grayscale images (H, W): contrast-structure at every scale and luminance at the
+    last, each scale half the one before (2x2 mean), combined with MS_SSIM_WEIGHTS. Five scales need
+    a side of at least 161 pixels (the 11-pixel window must fit the fifth); a smaller image uses as
+    many scales as fit (or the first `scales`), their weights renormalised to sum to 1, so scales=1
+    is plain SSIM. NaN for an image under 11 pixels on a side."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    fit, side = 0, min(a.shape)
+    while fit < len(MS_SSIM_WEIGHTS) and side >= SSIM_WINDOW:
+        fit, side = fit + 1, -(-side // 2)
+    n = min(fit, scales or fit)
+    if n == 0:
+        return float("nan")
+    weights = np.array(MS_SSIM_WEIGHTS[:n])  # all five as published (they sum to 1.0001), fewer renormalised
+    weights = weights if n == len(MS_SSIM_WEIGHTS) else weights / weights.sum()
+    values = []
+    for _ in range(n - 1):
+        values.append(ssim_terms(a, b, data_range)[1])  # contrast-structure
+        a, b = _halve(a), _halve(b)
+    values.append(ssim_terms(a, b, data_range)[0])  # and luminance too, at the last scale
+    # negative values (anticorrelated images) count as 0, as in pytorch-msssim: the power needs x >= 0
+    return float(np.prod(np.maximum(values, 0) ** weights))
+
+
+def ssim_terms(a: np.ndarray, b: np.ndarray, data_range: float) -> tuple[float, float]:
+    """SSIM at one scale, in two factors: (mean of luminance x contrast-structure, mean of
+    contrast-structure), over the windows that lie wholly inside the image (no padding)."""
+    c1, c2 = (SSIM_K[0] * data_range) ** 2, (SSIM_K[1] * data_range) ** 2
+    mu_a, mu_b = _blur(a), _blur(b)
+    var_a, var_b, cov = _blur(a * a) - mu_a ** 2, _blur(b * b) - mu_b ** 2, _blur(a * b) - mu_a * mu_b
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    luminance = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+    return float(np.mean(luminance * cs)), float(np.mean(cs))
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    """The 11-tap Gaussian window (sigma 1.5), rows then columns, valid part only."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    g = np.exp(-((np.arange(SSIM_WINDOW) - SSIM_WINDOW // 2) ** 2) / (2 * SSIM_SIGMA ** 2))
+    g /= g.sum()
+    return sliding_window_view(sliding_window_view(x, SSIM_WINDOW, axis=0) @ g, SSIM_WINDOW, axis=1) @ g
+
+
+def _halve(x: np.ndarray) -> np.ndarray:
+    """2x2 mean pooling as pytorch-msssim does it (so the figures are CompressAI's): an odd side is
+    padded with a zero at both ends, which counts in the mean of its pair."""
+    x = np.pad(x, [(s % 2, s % 2) for s in x.shape])
+    h, w = x.shape[0] // 2, x.shape[1] // 2
+    return x[:2 * h, :2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3))
+
+
 def linear_probe(train_x, train_y):
     """The linear probe: features standardised on the training rows, then logistic regression
     (max_iter 5000). Standardised, because the regression's penalty is on the weights: codes 4x

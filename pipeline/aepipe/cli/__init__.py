@@ -4,8 +4,8 @@ user error into one line on stderr and exit code 2 (bad input) or 1 (failed at r
 Here: the app, its top-level options, `main(argv) -> int` (one command in this process) and
 `console()` (the installed command). The commands live in train_commands (train, tune, demo,
 models), batch_commands (encode, decode, sample, score, denoise), analysis_commands (info, probe,
-report, export) and cluster_commands (submit); the options they share in options and defaults,
-the error lines in output."""
+compare, report, export) and cluster_commands (submit); the options they share in options and
+defaults, the error lines in output."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ app.command()(train_commands.models)
 app.command()(batch_commands.score)
 app.command()(batch_commands.denoise)
 app.command()(analysis_commands.probe)
+app.command()(analysis_commands.compare)
 app.command()(analysis_commands.report)
 app.command()(cluster_commands.submit)
 

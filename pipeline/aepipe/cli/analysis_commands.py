@@ -1,5 +1,6 @@
 """The commands that look at what the jobs made: info (a run dir or a store), probe (codes against
-labels), report (a page on a model) and export (a run dir's encoder for serving)."""
+labels), compare (a codec's decoded images against the originals), report (a page on a model) and
+export (a run dir's encoder for serving)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,41 @@ def probe(
                "standardised on the train rows\n")
     typer.echo(format_table(["features", "dims", "accuracy", "macro-F1"],
                             [[r["features"], r["dims"], r["accuracy"], r["macro_f1"]] for r in rows]))
+
+
+def compare(
+    originals: str = typer.Argument(..., help="The images that were encoded: a folder (or one image)."),
+    decoded: str = typer.Argument(..., help="What decode wrote of them: a folder of PNGs (or one image)."),
+    codes: Optional[str] = typer.Option(None, "--codes", help="The bitstream store they were decoded from: adds "
+                                        "each image's bytes and bits per pixel."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV, numbers in full "
+                                           "(replaced if it exists)."),
+):
+    """A codec's table, one row per image: bytes, bits per pixel, PSNR and MS-SSIM.
+
+    \b
+      aepipe encode photos --model runs/codec --out bits.zarr
+      aepipe decode bits.zarr --model runs/codec --out restored
+      aepipe compare photos restored --codes bits.zarr --csv quality.csv
+
+    Images are matched by their path without its suffix (photos/sub/b.jpg against restored/sub/b.png);
+    every original needs its decoded image, of the same size and colour. PSNR: peak 255, over every
+    channel. MS-SSIM: Wang et al. 2003 as CompressAI reports it (pytorch-msssim: 11-pixel Gaussian
+    window, 5 scales), on the luma Y = 0.299 R + 0.587 G + 0.114 B for colour images; an image under
+    161 pixels on a side gets as many scales as fit, their weights renormalised (under 11: nan).
+    The mean row: bits per pixel over all pixels, PSNR and MS-SSIM averaged over the images.
+    """
+    from aepipe.analysis.codec_quality import compare as compare_fn, table, write_csv
+
+    rows = call(compare_fn, originals, decoded, codes=codes)
+    typer.echo(f"{len(rows) - 1} images of {originals} against {decoded}"
+               + (f", bitstreams of {codes}" if codes else "") + "\n")
+    typer.echo(table(rows))
+    if any(r["ms_ssim"] != r["ms_ssim"] for r in rows[:-1]):  # nan
+        typer.echo("MS-SSIM nan: an image under 11 pixels on a side (the mean leaves it out)")
+    if csv_out:
+        call(write_csv, rows, csv_out)
+        typer.echo(f"\ntable -> {csv_out}")
 
 
 def report(

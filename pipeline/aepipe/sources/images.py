@@ -170,6 +170,20 @@ def _open_image(data: bytes):
         return Image.open(io.BytesIO(data))
 
 
+def read_as_shown(where: Location, path: str, name: str) -> np.ndarray:
+    """One image file's pixels as encode reads them (upright, palettes and alpha resolved, 16-bit
+    grayscale scaled onto 0..255), in the file's own colour: (H, W) for grayscale, (H, W, 3) for
+    colour; float32. An unreadable file is one AepipeError naming it as `name`."""
+    with where.open(path) as f:
+        data = f.read()
+    try:
+        with _open_image(data) as img:
+            gray = img.getbands()[0] in ("L", "1", "I", "F")  # with or without alpha; a palette counts as colour
+            return np.asarray(_as_shown(img, "L" if gray else "RGB"), dtype=np.float32)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... for bad files
+        raise AepipeError(f"{name}: not a readable image ({_why(e)})") from None
+
+
 class TooLarge(ValueError):
     """An image bigger than MAX_PIXELS, read at its own size."""
 

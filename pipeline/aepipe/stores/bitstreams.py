@@ -52,6 +52,17 @@ def stored_rate(out) -> tuple[int, int]:
     return 8 * int(cols["nbytes"].sum()), int(np.prod(_sizes(cols.get("image_size", [])), axis=1).sum())
 
 
+def stored_bytes(path) -> dict[str, int]:
+    """Each image's bitstream length in bytes, by id (what `aepipe compare --codes` counts); a store
+    of any other kind is refused."""
+    kind, attrs = read_metadata(str(path))
+    if attrs.get("code_kind") != KIND:
+        raise AepipeError(f"{path}: not a bitstream store (it holds {attrs.get('dtype', 'float')} codes, not one "
+                          "bitstream per image as a --family compress model encodes)")
+    cols = _columns(str(path), kind, ("id", "nbytes"))
+    return {str(i): int(n) for i, n in zip(cols["id"], cols["nbytes"])}
+
+
 def image_sizes(path, kind: str | None = None) -> np.ndarray:
     """(H, W) of every image in a store, (n, 2); none (0, 2) for a store written before they were kept."""
     return _sizes(_columns(str(path), kind or read_metadata_kind(str(path)), ("image_size",)).get("image_size", []))
@@ -84,7 +95,7 @@ def _columns(path: str, kind: str, names) -> dict:
     if kind == "zarr":
         g = open_zarr(path)
         n = g["ids"].shape[0]
-        return {k: read_rows(g, "codes" if k == "bitstream" else k, 0, n, path) for k in names
+        return {k: read_rows(g, {"bitstream": "codes", "id": "ids"}.get(k, k), 0, n, path) for k in names
                 if k in ("bitstream", "id") or k in g}
     import pyarrow.parquet as pq
 
