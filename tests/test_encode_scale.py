@@ -238,8 +238,11 @@ def test_ctrl_c_starts_no_more_waves(monkeypatch):
     import threading
 
     from aepipe.batch import engine
+    from aepipe.cluster import runtime
     from aepipe.cluster.runtime import Interrupted, run_interruptibly
 
+    # Ctrl-C kills an embedded Ray's processes: here that would be the test session's own Ray
+    monkeypatch.setattr(runtime, "stop_started_ray", lambda: None)
     monkeypatch.setenv("AEPIPE_WAVE_TASKS", "2")
     ran, failed, done = [], [], threading.Event()
 
