@@ -210,13 +210,34 @@ def photo_folder(tmp_path_factory):
 SIZES = {"a.png": (40, 56), "sub/b.jpg": (33, 70), "c.png": (64, 64)}
 
 
+def decoded_as_the_model_codes(photos, dec, run_dir) -> list:
+    """Each of SIZES decoded at its size and within one grey level of the model's own quantised
+    round trip of the whole image (model.quantize: rounding, or the hyperprior's about its means);
+    (original, decoded) pixels of each."""
+    from PIL import Image
+
+    from aepipe.run import load_run
+
+    run = load_run(run_dir)
+    model = run.model.eval()
+    pairs = []
+    for name, size in SIZES.items():
+        original = np.asarray(Image.open(photos / name), np.float32)
+        decoded = np.asarray(Image.open(dec / name.replace(".jpg", ".png")), np.float32)
+        assert decoded.shape == original.shape == size
+        with torch.no_grad():
+            x = torch.from_numpy(run.normalizer.apply(original[None]))
+            want = run.normalizer.invert(model.synthesis(model.quantize(model.analysis(x)), size)[0, 0].numpy()[None])[0]
+        assert np.abs(decoded - np.clip(np.rint(want), 0, 255)).max() <= 1
+        pairs.append((original, decoded))
+    return pairs
+
+
 def test_a_codec_keeps_every_image_at_its_own_size(photo_folder, ray_local):
     """encode codes each image at its own size (not resized to the model's 32x32 tiles), on Ray as in
     this process; the rate counts the real pixels; decode gives PNGs of the original names and sizes,
     the model's own round trip of each whole image."""
-    from PIL import Image
 
-    from aepipe.run import load_run
 
     tmp = photo_folder
     here = run_aepipe("encode", tmp / "photos", "--model", tmp / "run", "--out", tmp / "b.parquet",
@@ -235,16 +256,7 @@ def test_a_codec_keeps_every_image_at_its_own_size(photo_folder, ray_local):
 
     run_aepipe("decode", tmp / "b.zarr", "--model", tmp / "run", "--out", tmp / "dec", "--engine", "ray",
                address=ray_local)
-    run = load_run(tmp / "run")
-    model = run.model.eval()
-    for name, size in SIZES.items():
-        original = np.asarray(Image.open(tmp / "photos" / name), np.float32)
-        decoded = np.asarray(Image.open(tmp / "dec" / name.replace(".jpg", ".png")), np.float32)
-        assert decoded.shape == original.shape == size
-        with torch.no_grad():  # the model's own round trip of the whole image, at its size
-            x = torch.from_numpy(run.normalizer.apply(original[None]))
-            want = run.normalizer.invert(model.synthesis(torch.round(model.analysis(x)), size)[0, 0].numpy()[None])[0]
-        assert np.abs(decoded - np.clip(np.rint(want), 0, 255)).max() <= 1
+    for original, decoded in decoded_as_the_model_codes(tmp / "photos", tmp / "dec", tmp / "run"):
         assert 10 * np.log10(255 ** 2 / np.mean((decoded - original) ** 2)) > 22  # an image, not noise
     proc = run_aepipe("decode", tmp / "b.zarr", "--model", tmp / "run", "--out", tmp / "d.npy", check=False)
     assert proc.returncode == 2 and "own sizes" in proc.stderr and proc.stderr.count("\n") == 1
@@ -321,9 +333,7 @@ def test_the_density_learns_at_ten_times_the_rate_through_the_schedule():
 def test_a_hyperprior_codec_keeps_every_image_at_its_own_size(photo_folder, tmp_path):
     """--prior hyperprior through encode and decode (in this process): each image at its own size, its
     side latent z rounded up from the latent's odd sizes; decoded = the model's own quantised round trip."""
-    from PIL import Image
 
-    from aepipe.run import load_run
 
     tmp = photo_folder
     run_aepipe("train", tmp / "train", "--family", "compress", "--prior", "hyperprior", "--hidden", 8, "--lmbda", 0.01,
@@ -332,13 +342,4 @@ def test_a_hyperprior_codec_keeps_every_image_at_its_own_size(photo_folder, tmp_
     assert [tuple(s) for s in zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["image_size"][:]] == [
         SIZES["a.png"], SIZES["c.png"], SIZES["sub/b.jpg"]]
     run_aepipe("decode", tmp_path / "b.zarr", "--model", tmp_path / "run", "--out", tmp_path / "dec", "--engine", "local")
-    run = load_run(tmp_path / "run")
-    model = run.model.eval()
-    for name, size in SIZES.items():
-        original = np.asarray(Image.open(tmp / "photos" / name), np.float32)
-        decoded = np.asarray(Image.open(tmp_path / "dec" / name.replace(".jpg", ".png")), np.float32)
-        assert decoded.shape == original.shape == size
-        with torch.no_grad():
-            x = torch.from_numpy(run.normalizer.apply(original[None]))
-            want = run.normalizer.invert(model.synthesis(model.quantize(model.analysis(x)), size)[0, 0].numpy()[None])[0]
-        assert np.abs(decoded - np.clip(np.rint(want), 0, 255)).max() <= 1
+    decoded_as_the_model_codes(tmp / "photos", tmp_path / "dec", tmp_path / "run")

@@ -30,7 +30,7 @@ import numpy as np
 
 from aepipe import remote
 from aepipe.checks import at_least, positive
-from aepipe.cluster.runtime import STOPPED, Interrupted, init_ray, require, run_interruptibly, user_errors
+from aepipe.cluster.runtime import init_ray, require, run_interruptibly, stop_if_interrupted, user_errors
 from aepipe.errors import AepipeError
 from aepipe.sources import ROWS_PER_TASK, Source, plan, read_block, to_dataset
 from aepipe.stores.raydata import as_datasink
@@ -189,8 +189,7 @@ class RayRows:
 
     def waves(self):
         for i in range(0, len(self.tasks), self.wave):
-            if STOPPED.is_set():  # Ctrl-C: the job's partial is gone, start no more waves
-                raise Interrupted("interrupted")
+            stop_if_interrupted()
             yield self.dataset(self.tasks[i:i + self.wave])
 
     def iter_batches(self, **args):
@@ -198,17 +197,13 @@ class RayRows:
             yield from ds.iter_batches(**args)
 
     def write_datasink(self, sink) -> None:
-        try:
-            sink.on_write_start()
-            results = []
-            for ds in self.waves():
-                target = as_datasink(sink)
-                ds.write_datasink(target)
-                results += target.results
-            sink.on_write_complete(results)
-        except BaseException as e:
-            sink.on_write_failed(e)
-            raise
+        staged(sink, lambda: [r for ds in self.waves() for r in self._wave(ds, sink)])
+
+    @staticmethod
+    def _wave(ds, sink) -> list:
+        target = as_datasink(sink)
+        ds.write_datasink(target)
+        return target.results
 
 
 class LocalRows:
@@ -234,8 +229,7 @@ class LocalRows:
                             leave=False)
         try:
             for steps in self.tasks:
-                if STOPPED.is_set():  # Ctrl-C: the job's partial is gone, run no more tasks
-                    raise Interrupted("interrupted")
+                stop_if_interrupted()
                 yield self._task(steps)
         finally:
             if self.bar is not None:
@@ -246,13 +240,18 @@ class LocalRows:
             yield from task
 
     def write_datasink(self, sink) -> None:
-        """The calls Ray makes on a Datasink, in its order, so sinks stay staged and all-or-nothing."""
-        try:
-            sink.on_write_start()
-            sink.on_write_complete([sink.write(task) for task in self._tasks()])
-        except BaseException as e:
-            sink.on_write_failed(e)
-            raise
+        staged(sink, lambda: [sink.write(task) for task in self._tasks()])
+
+
+def staged(sink, results) -> None:
+    """A job's write into a staged sink, whichever engine ran it: the calls Ray makes on a Datasink,
+    in its order (start, the writes' results(), commit; or fail), so sinks stay all-or-nothing."""
+    try:
+        sink.on_write_start()
+        sink.on_write_complete(results())
+    except BaseException as e:
+        sink.on_write_failed(e)
+        raise
 
 
 def provenance(run, data: str, **extra) -> dict:

@@ -226,6 +226,12 @@ class Interrupted(AepipeError):
 STOPPED = threading.Event()
 
 
+def stop_if_interrupted() -> None:
+    """Between a job's steps: after Ctrl-C (STOPPED) its partial is gone, so it starts no more work."""
+    if STOPPED.is_set():
+        raise Interrupted("interrupted")
+
+
 def run_interruptibly(fn, *args, partial: list[Path] = (), poll=None, kept=lambda: None, **kwargs):
     """Run a Ray job so that Ctrl-C stops it. The driver's main thread would sit in a blocking Ray
     call that only notices SIGINT when the job is done; here the job runs in a thread and the main

@@ -166,10 +166,12 @@ class Autoencoder(nn.Module):
             return self.pca_code(x) + self.code_gate * self.own_training_code(x)
         return self.own_training_code(x)
 
-    def decode_logits(self, z):  # (B, *input_shape), before the output squashing
+    def decode_logits(self, z, gain=None):  # (B, *input_shape), before the output squashing
+        """gain: each PCA component's weight in the floor's output (None: the floor's own, pca_gain)."""
         if not self.has_pca_floor:
             return self.own_logits(z)
-        pca = reconstruct(z * self.pca_gain, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
+        gain = self.pca_gain if gain is None else gain
+        pca = reconstruct(z * gain, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
         return pca.view(-1, *self.cfg.input_shape) + self.out_gate * self.own_logits(z)
 
     def squash(self, logits):
