@@ -57,8 +57,13 @@ from aepipe.models import ModelConfig, build_model
 
 TRAIN = ["astronaut", "chelsea", "rocket", "horse", "moon", "grass", "brick"]
 HELD_OUT = ["camera", "coffee", "coins", "gravel"]
-# --rgb: the colour photographs scikit-image ships, coffee held out as in grayscale
-TRAIN_RGB, HELD_OUT_RGB = ["astronaut", "chelsea", "rocket"], ["coffee"]
+# --rgb: every colour photograph scikit-image ships without a download (colorwheel and logo are
+# drawings), coffee held out as in grayscale
+TRAIN_RGB = ["astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"]
+HELD_OUT_RGB = ["coffee"]
+# crops are drawn with each image weighted by its area, up to rocket's (427 x 640, the largest of
+# the everyday photographs): retina's 1411 x 1411 would otherwise take half of the colour crops
+MOST_AREA = 427 * 640
 
 
 def rgb(name: str) -> np.ndarray:
@@ -105,8 +110,9 @@ def pca_curve(train_images, images, ks=(1, 2, 4)):
 
 
 def crops(images, n, size, rng):
-    """n random size x size crops in [0, 1], drawn with the images weighted by their area."""
-    sizes = np.array([i.size for i in images], float)
+    """n random size x size crops in [0, 1], drawn with the images weighted by their area (at most
+    MOST_AREA)."""
+    sizes = np.array([min(i.shape[0] * i.shape[1], MOST_AREA) for i in images], float)
     which = rng.choice(len(images), n, p=sizes / sizes.sum())
     out = np.empty((n, *images[0].shape[2:], size, size), np.float32)  # colour: channels first
     for j, k in enumerate(which):
