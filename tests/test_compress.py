@@ -237,8 +237,6 @@ def test_a_codec_keeps_every_image_at_its_own_size(photo_folder, ray_local):
     """encode codes each image at its own size (not resized to the model's 32x32 tiles), on Ray as in
     this process; the rate counts the real pixels; decode gives PNGs of the original names and sizes,
     the model's own round trip of each whole image."""
-
-
     tmp = photo_folder
     here = run_aepipe("encode", tmp / "photos", "--model", tmp / "run", "--out", tmp / "b.parquet",
                       "--engine", "local")
@@ -333,8 +331,6 @@ def test_the_density_learns_at_ten_times_the_rate_through_the_schedule():
 def test_a_hyperprior_codec_keeps_every_image_at_its_own_size(photo_folder, tmp_path):
     """--prior hyperprior through encode and decode (in this process): each image at its own size, its
     side latent z rounded up from the latent's odd sizes; decoded = the model's own quantised round trip."""
-
-
     tmp = photo_folder
     run_aepipe("train", tmp / "train", "--family", "compress", "--prior", "hyperprior", "--hidden", 8, "--lmbda", 0.01,
                "--epochs", 3, "--in-process", "--out", tmp_path / "run")
