@@ -10,6 +10,7 @@ CHECKPOINT_EVERY_S and at the end.
     config   TrainConfig, the step budget, the learning-rate schedule
     state    FitState: where a fit stands, as a checkpoint keeps it
     loop     the epoch loop, the PCA floor before it and the code statistics after it
+    crosscheck  small sets: a correction the validation rows cannot confirm, checked over k folds
     data     statistics, normaliser and splits, in memory or as Ray Data; which path a fit takes
     local    the in-process driver
     on_ray   the Ray Train driver and its workers' loop
@@ -39,8 +40,8 @@ from aepipe.cluster.runtime import Interrupted, user_errors
 from aepipe.sources import open_source
 from aepipe.training.config import TrainConfig, budget
 from aepipe.training.data import Laps, fit_path, prepare_here, prepare_on_ray, split_rows
-from aepipe.training.local import fit_here
-from aepipe.training.loop import fit_local, schedule
+from aepipe.training.local import fit_here, fit_local
+from aepipe.training.loop import schedule
 from aepipe.training.on_ray import fit_on_ray, start_ray
 from aepipe.training.rundir import latest_checkpoint, load_checkpoint, plot_loss
 from aepipe.training.state import FitState
@@ -162,6 +163,7 @@ def _write_run(out: Path, data: str, src, mcfg, tcfg, fitted: Fitted, started: f
                                                        "init_val_loss": st.init_val, "floor": floor_name(st.pca),
                                                        "figure": figure_name(st.pca, mcfg)},
                     "stopped_early": len(st.history) < len(schedule(mcfg, tcfg)), "device": st.device,
+                    **({"cross_check": st.cross_check} if st.cross_check else {}),
                     "path": fitted.path, "seconds": time.time() - t0, "streamed": bool(fitted.streamed),
                     # where this call's wall time went (bench/train_overhead.py reads it)
                     "timings": {**tm, "before_save": time.time()}},

@@ -12,7 +12,6 @@ import math
 import os
 import time
 
-import numpy as np
 import torch
 
 from aepipe.errors import AepipeError
@@ -20,7 +19,7 @@ from aepipe.config import ModelConfig
 from aepipe.models.base import build_model, widths
 from aepipe.pca import fit_pca
 from aepipe.scores import fit_density, training_quantiles
-from aepipe.training.config import TrainConfig, budget, set_lr
+from aepipe.training.config import TrainConfig, set_lr
 from aepipe.training.state import FitState
 
 # Sub-second epochs would spend more time checkpointing than fitting: the best weights stay in
@@ -206,7 +205,8 @@ def set_floor(model, pca: dict):
 
 def back_to_floor(inner, st: FitState) -> None:
     """The model set back to its floor, which is what the fit keeps: the correction's gain on the
-    validation rows was within their noise."""
+    validation rows was within their noise (on a small set, crosscheck may look again)."""
+    st.rejected_epoch = st.best_epoch
     set_floor(inner, st.pca)
     st.best_val, st.best_recon, st.best_epoch = st.init_val, st.init_val, -1
     st.keep_weights(inner)
@@ -299,12 +299,3 @@ def array_batches(arrays: dict, batch_size: int):
             yield x[order[i:i + batch_size]] if order is not None else x[i:i + batch_size]
 
     return batches
-
-
-def fit_local(mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_val: np.ndarray):
-    """The same fit in this process, on arrays already normalised, writing nothing: for benchmarks
-    that train a hundred small models. Returns the model (eval mode) and its FitState."""
-    tcfg = budget(tcfg, len(x_train))
-    model, _, opt, st = start(mcfg, tcfg, None)
-    st = fit(model, opt, array_batches({"train": x_train, "val": x_val}, tcfg.batch_size), mcfg, tcfg, st)
-    return model.eval(), st
