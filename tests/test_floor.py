@@ -371,8 +371,9 @@ def test_a_small_sets_correction_is_cross_checked_over_every_row():
 
 
 def test_train_says_what_the_cross_check_found(tmp_path):
-    """aepipe train on a small table says the k-fold check's verdict and keeps it in aepipe.json (the
-    rows as they are: on this little data the correction's gain depends on their scale)."""
+    """aepipe train on a small table says the k-fold check's verdict and keeps it in aepipe.json,
+    which aepipe info shows (the rows as they are: on this little data the correction's gain
+    depends on their scale)."""
     x = _curve(40)
     pq.write_table(pa.table({f"c{i}": x[:, i] for i in range(8)}), tmp_path / "curve.parquet")
     proc = run_aepipe("train", tmp_path / "curve.parquet", "--code-dim", 1, "--hidden", 32, "--epochs", 200, "--lr", 0.01,
@@ -381,3 +382,4 @@ def test_train_says_what_the_cross_check_found(tmp_path):
     assert check["kept"] and check["rows"] == 40
     assert "checking the correction over 5 folds of all 40 rows" in proc.stdout
     assert f"kept, fitted again on every row for {check['epochs']} epochs" in proc.stdout
+    assert f"5 folds of 40 rows: gain over the floor {check['gain']:.3g}" in run_aepipe("info", tmp_path / "run").stdout

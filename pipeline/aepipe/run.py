@@ -198,11 +198,21 @@ def describe_run(path: Path) -> list[tuple[str, str]]:
             ("normalisation", m["normalizer"]["kind"]),
             ("epochs run", f'{len(hist)} (best {m["metrics"]["best_epoch"] + 1}, val loss '
                            f'{m["metrics"]["best_val_loss"]:.5g}{", stopped early" if m["metrics"]["stopped_early"] else ""})'),
-            *_versus_pca(m),
+            *_versus_pca(m), *_cross_check(m),
             ("workers", f'{m["train"]["workers"]} x {m["train"]["gpus_per_worker"]} GPU'),
             ("options", json.dumps(opts)), ("data fingerprint", m["data_fingerprint"]),
             ("model fingerprint", m["model_fingerprint"]), ("aepipe version", m["aepipe_version"]),
             ("created", m["created"])]
+
+
+def _cross_check(m: dict) -> list[tuple[str, str]]:
+    """info's line for a small set's k-fold check of the correction (training.crosscheck), if it ran."""
+    c = m["metrics"].get("cross_check")
+    if not c:
+        return []
+    return [("cross-check", f'{c["folds"]} folds of {c["rows"]} rows: gain over the floor {c["gain"]:.3g} +- '
+                            f'{c["se"]:.2g} at epoch {c["epochs"]}, '
+                            + ("kept (fitted again on every row)" if c["kept"] else "within the noise (floor kept)"))]
 
 
 def _versus_pca(m: dict) -> list[tuple[str, str]]:
