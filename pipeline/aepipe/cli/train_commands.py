@@ -62,7 +62,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed: same seed, same data, same weights on the CPU."),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP)."),
     gpus_per_worker: Optional[float] = typer.Option(None, help="GPUs per worker; 0 trains on CPUs."),
-    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: a tenth of the epochs, and at least 10 and a tenth of --steps in optimiser steps]"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: a tenth of the epochs, at least 10]"),
     val_fraction: Optional[float] = typer.Option(None, help="Rows held out for validation."),
     normalize: Optional[str] = typer.Option(None, help="global, feature, standard or none. [default: global for arrays, feature for tables]"),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),

@@ -18,17 +18,13 @@ SCHEDULES = ("cosine", "constant")
 def budget(tcfg: TrainConfig, n_train: int) -> TrainConfig:
     """Epochs and patience made concrete for n_train training rows. A fixed epoch count under-trains
     small data: 150 images at batch 64 are 3 steps an epoch, so 60 epochs are 180 steps. Counting in
-    optimiser steps gives them more epochs. Patience is a tenth of the epochs, since with a cosine
-    schedule the validation loss still falls late, as the learning rate does; and at least a tenth
-    of the step budget in steps: UCR GunPoint's 45 rows are one step an epoch, and 100 of them
-    stopped a correction whose validation loss fell again until epoch 245."""
-    per_epoch = max(1, math.ceil(n_train / (tcfg.batch_size * tcfg.workers)))
+    optimiser steps gives them more epochs; patience grows with the epochs (a tenth of them), since
+    with a cosine schedule the validation loss still falls late, as the learning rate does."""
     epochs = tcfg.epochs
     if epochs is None:
+        per_epoch = max(1, math.ceil(n_train / (tcfg.batch_size * tcfg.workers)))
         epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(tcfg.steps / per_epoch)))
-    patience = tcfg.patience
-    if patience is None:
-        patience = max(10, epochs // 10, math.ceil(tcfg.steps / 10 / per_epoch))
+    patience = tcfg.patience if tcfg.patience is not None else max(10, epochs // 10)
     return dataclasses.replace(tcfg, epochs=epochs, patience=patience)
 
 
