@@ -102,6 +102,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="breast cancer,wine,digits", help="comma-separated")
     args = ap.parse_args()
+    unknown = set(args.datasets.split(",")) - {"breast cancer", "wine", "digits"}
+    if unknown:
+        ap.error(f"unknown dataset {sorted(unknown)[0]!r}: breast cancer, wine or digits")
     warnings.filterwarnings("ignore")  # PyOD's and torch's deprecation notes
     torch.set_num_threads(1)
     rows = []
