@@ -206,7 +206,7 @@ def describe_run(path: Path) -> list[tuple[str, str]]:
 
 
 def _cross_check(m: dict) -> list[tuple[str, str]]:
-    """info's line for a small set's k-fold check of the correction (training.crosscheck), if it ran."""
+    """info's line for a small set's k-fold check of the correction (training.local.cross_check), if it ran."""
     c = m["metrics"].get("cross_check")
     if not c:
         return []

@@ -10,9 +10,8 @@ CHECKPOINT_EVERY_S and at the end.
     config   TrainConfig, the step budget, the learning-rate schedule
     state    FitState: where a fit stands, as a checkpoint keeps it
     loop     the epoch loop, the PCA floor before it and the code statistics after it
-    crosscheck  small sets: a correction the validation rows cannot confirm, checked over k folds
     data     statistics, normaliser and splits, in memory or as Ray Data; which path a fit takes
-    local    the in-process driver
+    local    the in-process driver, and its k-fold check of small sets' corrections
     on_ray   the Ray Train driver and its workers' loop
     rundir   checkpoints/ (and latest.txt, naming the latest) and loss_curve.png
 """

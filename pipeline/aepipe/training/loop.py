@@ -205,7 +205,7 @@ def set_floor(model, pca: dict):
 
 def back_to_floor(inner, st: FitState) -> None:
     """The model set back to its floor, which is what the fit keeps: the correction's gain on the
-    validation rows was within their noise (on a small set, crosscheck may look again)."""
+    validation rows was within their noise (on a small set, local.cross_check looks again)."""
     st.rejected_epoch = st.best_epoch
     set_floor(inner, st.pca)
     st.best_val, st.best_recon, st.best_epoch = st.init_val, st.init_val, -1

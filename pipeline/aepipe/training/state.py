@@ -28,7 +28,7 @@ class FitState:
     init_val: float | None = None
     floor_refitted: bool | None = None  # the floor stayed the best and was fitted again on every row
     rejected_epoch: int | None = None  # the best epoch of a correction whose gain was within the noise
-    cross_check: dict | None = None  # small sets: the k-fold check of that correction (see crosscheck)
+    cross_check: dict | None = None  # small sets: the k-fold check of that correction (see local.cross_check)
     # over the training rows with the best weights, after the fit (see loop.finish)
     code_lo: list | None = None
     code_hi: list | None = None
