@@ -189,20 +189,28 @@ def read_meta(path: str | Path) -> dict:
 def describe_run(path: Path) -> list[tuple[str, str]]:
     """What `aepipe info RUN_DIR` prints."""
     m = read_meta(path)
-    hist = m["metrics"]["history"]
     opts = {k: v for k, v in m["model"].items() if k not in ("family", "input_shape", "code_dim", "hidden", "loss")}
     return [("run dir", str(path)), ("family", m["family"]), ("code size", str(m["model"]["code_dim"])),
             ("hidden", str(m["model"]["hidden"] or "family default")), ("loss", m["model"]["loss"]),
             ("input", f'{m["schema"]["shape"]} from {m["source"]} ({m["n_rows"]} rows)'),
             ("columns", ", ".join(m["schema"]["columns"][:8]) + (" ..." if len(m["schema"]["columns"]) > 8 else "")),
             ("normalisation", m["normalizer"]["kind"]),
-            ("epochs run", f'{len(hist)} (best {m["metrics"]["best_epoch"] + 1}, val loss '
-                           f'{m["metrics"]["best_val_loss"]:.5g}{", stopped early" if m["metrics"]["stopped_early"] else ""})'),
+            ("epochs run", _epochs_run(m["metrics"])),
             *_versus_pca(m), *_cross_check(m),
             ("workers", f'{m["train"]["workers"]} x {m["train"]["gpus_per_worker"]} GPU'),
             ("options", json.dumps(opts)), ("data fingerprint", m["data_fingerprint"]),
             ("model fingerprint", m["model_fingerprint"]), ("aepipe version", m["aepipe_version"]),
             ("created", m["created"])]
+
+
+def _epochs_run(m: dict) -> str:
+    """info's line for the epochs: the fit's, its best and its validation loss; where a small set's
+    k-fold check kept the correction, the epochs of the fit on every row that followed."""
+    c, stopped = m.get("cross_check") or {}, ", stopped early" if m["stopped_early"] else ""
+    if c.get("kept"):
+        return (f'{len(m["history"])}{stopped}, then {c["epochs"]} on every row after the k-fold check '
+                f'(its held-out loss {m["best_val_loss"]:.5g})')
+    return f'{len(m["history"])} (best {m["best_epoch"] + 1}, val loss {m["best_val_loss"]:.5g}{stopped})'
 
 
 def _cross_check(m: dict) -> list[tuple[str, str]]:

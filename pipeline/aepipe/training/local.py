@@ -96,7 +96,7 @@ def cross_check(model, mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, st: F
     if say:
         say(f"checking the correction over {FOLDS} folds of all {len(x)} rows "
             f"(its gain on {len(arrays['val'])} validation rows was within their noise)")
-    steps, floors, figures = pooled_curve(mcfg, tcfg, x, fold)
+    steps, floors, figures = pooled_curve(mcfg, tcfg, x, fold, say)
     gains = floors - figures
     n_rows, total, squares = len(gains), float(gains.sum()), float((gains ** 2).sum())
     kept = steps > 0 and clearly_positive(n_rows, total, squares)
@@ -117,10 +117,11 @@ def cross_check(model, mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, st: F
         st.keep_weights(model)
 
 
-def pooled_curve(mcfg: ModelConfig, tcfg: TrainConfig, x: np.ndarray, fold: np.ndarray):
+def pooled_curve(mcfg: ModelConfig, tcfg: TrainConfig, x: np.ndarray, fold: np.ndarray, say=None):
     """FOLDS fits side by side through the fit's schedule, with early stopping on the pooled
-    held-out figure. Returns the best epoch count (0: the floors were best), each row's figure
-    under its fold's floor and under its fold's model at that count."""
+    held-out figure; say(line) after each epoch, as the fit says its own. Returns the best epoch
+    count (0: the floors were best), each row's figure under its fold's floor and under its fold's
+    model at that count."""
     fits = [Fold(mcfg, tcfg, x[fold != f], x[fold == f]) for f in range(FOLDS)]
     floors = np.concatenate([f.figures() for f in fits])
     best, best_figs, bad = math.inf, floors, 0
@@ -128,6 +129,8 @@ def pooled_curve(mcfg: ModelConfig, tcfg: TrainConfig, x: np.ndarray, fold: np.n
     for i, stage in enumerate(plan):
         whole = i - (len(plan) - tcfg.epochs)
         figs = np.concatenate([f.step(i, max(whole, 0), stage) for f in fits])
+        if say:
+            say(f"cross-check epoch {i + 1}/{len(plan)}  held-out {figs.mean():.5g}  floors {floors.mean():.5g}")
         if stage is not None:  # early stopping counts the whole model only, as the fit does
             continue
         if figs.mean() < best:
