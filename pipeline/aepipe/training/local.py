@@ -146,21 +146,27 @@ def pooled_curve(mcfg: ModelConfig, tcfg: TrainConfig, x: np.ndarray, fold: np.n
 
 class Fold:
     """One fold's model: started at the floor of its training rows, trained an epoch at a time,
-    scored on its held-out rows (corrupted once, with validation's fixed noise)."""
+    scored on its held-out rows (corrupted once, with validation's fixed noise); with none held
+    out, the fit on every row that a kept check ends with (train_for)."""
 
-    def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_held: np.ndarray):
+    def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_held: np.ndarray | None = None):
         self.tcfg = tcfg
         self.model, _, self.opt, _ = start(mcfg, tcfg, None)
         self.batches = array_batches({"train": x_train}, tcfg.batch_size)
         self.floor = fit_floor(self.model, self.batches("train", None), mcfg)
         self.model.set_pca(self.floor)
-        self.x = torch.from_numpy(x_held)
-        with same_noise():
-            self.x_in = self.model.corrupt(self.x)
+        if x_held is not None:
+            self.x = torch.from_numpy(x_held)
+            with same_noise():
+                self.x_in = self.model.corrupt(self.x)
 
-    def step(self, i: int, whole: int, stage) -> np.ndarray:
+    def train(self, i: int, whole: int, stage) -> None:
+        """Epoch i of the schedule (whole: the whole model's epoch, for the learning rate), shuffled as the fit's."""
         set_lr(self.opt, self.tcfg, whole)
         epoch(self.model, self.batches("train", self.tcfg.seed * 100003 + i), self.opt, stage)
+
+    def step(self, i: int, whole: int, stage) -> np.ndarray:
+        self.train(i, whole, stage)
         return self.figures()
 
     def figures(self) -> np.ndarray:
@@ -171,10 +177,9 @@ class Fold:
 
 def train_for(mcfg: ModelConfig, tcfg: TrainConfig, x: np.ndarray, steps: int) -> Fold:
     """A Fold whose model started at the floor of all rows x and trained for the schedule's first `steps` epochs."""
-    fit = Fold(mcfg, tcfg, x, x[:1])
+    fit = Fold(mcfg, tcfg, x)
     plan = schedule(mcfg, tcfg)
     for i, stage in enumerate(plan[:steps]):
-        set_lr(fit.opt, tcfg, max(i - (len(plan) - tcfg.epochs), 0))
-        epoch(fit.model, fit.batches("train", tcfg.seed * 100003 + i), fit.opt, stage)
+        fit.train(i, max(i - (len(plan) - tcfg.epochs), 0), stage)
     fit.model.eval()
     return fit
