@@ -17,7 +17,7 @@ noise draw) beside denoisers that keep no code at all, so that they bound what a
                         a cosine schedule, 10,000 steps
   CNN, no code          five 3x3 convolutions of 64 channels (ReLU) predicting the noise, as the MLP
 
-    .venv/bin/python bench/denoise_ceiling.py             # about 5 minutes on 2 cores
+    .venv/bin/python bench/denoise_ceiling.py             # about 9 minutes on 2 cores (the CNN: 6)
     .venv/bin/python bench/denoise_ceiling.py --steps 2000
 """
 
