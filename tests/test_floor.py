@@ -380,9 +380,9 @@ def test_train_says_what_the_cross_check_found(tmp_path):
                       "--normalize", "none", "--out", tmp_path / "run")
     check = json.loads((tmp_path / "run" / "aepipe.json").read_text())["metrics"]["cross_check"]
     assert check["kept"] and check["rows"] == 40
-    assert "checking the correction over 5 folds of all 40 rows" in proc.stdout
+    assert "checking the correction over 10 folds of all 40 rows" in proc.stdout
     assert f"cross-check epoch {check['epochs']}/200  held-out" in proc.stdout
     assert f"kept, fitted again on every row for {check['epochs']} epochs" in proc.stdout
     info = run_aepipe("info", tmp_path / "run").stdout
-    assert f"5 folds of 40 rows: gain over the floor {check['gain']:.3g}" in info
+    assert f"10 folds of 40 rows: gain over the floor {check['gain']:.3g}" in info
     assert f"then {check['epochs']} on every row after the k-fold check" in info

@@ -65,7 +65,7 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Early stopping: epochs without a better val loss; 0 off. [default: a tenth of the epochs, at least 10]"),
     val_fraction: Optional[float] = typer.Option(None, help="Rows held out for validation (a learned "
                                                 "correction is kept where it beats PCA on them clear of their noise; sets of at "
-                                                "most 1000 rows where they cannot tell are checked over 5 folds of every row)."),
+                                                "most 1000 rows where they cannot tell are checked over 10 folds of every row)."),
     normalize: Optional[str] = typer.Option(None, help="global, feature, standard or none. [default: global for arrays, feature for tables]"),
     id_column: Optional[str] = typer.Option(None, help="Parquet or CSV column holding row ids (default: a column named id)."),
     tied: Optional[bool] = typer.Option(None, "--tied/--untied", help="stacked: decoder uses the encoder's transposed weights."),
