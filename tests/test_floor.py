@@ -360,7 +360,7 @@ def test_a_small_sets_correction_is_cross_checked_over_every_row():
     np.testing.assert_allclose(st.pca["mean"].numpy(), x.mean(0), atol=1e-5)  # the floor of all 40 rows
     with torch.no_grad():
         mse = float((model.decode(model.encode(torch.from_numpy(new))) - torch.from_numpy(new)).pow(2).mean())
-    assert mse < 0.5 * _pca_mse(x, new, 1)  # (measured: 0.11x)
+    assert mse < 0.5 * _pca_mse(x, new, 1)  # (measured: 0.13x)
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(40, 2)) @ rng.normal(size=(2, 8)) + 0.01 * rng.normal(size=(40, 8))).astype(np.float32)
