@@ -27,7 +27,7 @@ import torch
 from aepipe.config import ModelConfig
 from aepipe.training.config import TrainConfig, budget, set_lr
 from aepipe.training.loop import (after_epoch, array_batches, clearly_positive, epoch, finish, fit, fit_floor,
-                                  same_noise, schedule, start)
+                                  mean_and_se, same_noise, schedule, start)
 from aepipe.training.rundir import save_checkpoint
 from aepipe.training.state import FitState, checkpoint
 
@@ -103,8 +103,7 @@ def cross_check(model, mcfg: ModelConfig, tcfg: TrainConfig, arrays: dict, st: F
     gains = floors - figures
     n_rows, total, squares = len(gains), float(gains.sum()), float((gains ** 2).sum())
     kept = steps > 0 and clearly_positive(n_rows, total, squares)
-    mean = total / n_rows
-    se = math.sqrt(max(squares / n_rows - mean ** 2, 0.0) / max(n_rows - 1, 1))
+    mean, se = mean_and_se(n_rows, total, squares)
     st.cross_check = {"folds": FOLDS, "rows": n_rows, "epochs": steps, "gain": mean, "se": se, "kept": kept}
     if say:
         verdict = f"kept, fitted again on every row for {steps} epochs" if kept else "within the noise: the model stays its floor"
@@ -130,8 +129,7 @@ def pooled_curve(mcfg: ModelConfig, tcfg: TrainConfig, x: np.ndarray, fold: np.n
     best, best_figs, bad = math.inf, floors, 0
     best_steps, plan = 0, schedule(mcfg, tcfg)
     for i, stage in enumerate(plan):
-        whole = i - (len(plan) - tcfg.epochs)
-        figs = np.concatenate([f.step(i, max(whole, 0), stage) for f in fits])
+        figs = np.concatenate([f.step(i) for f in fits])
         if say:
             say(f"cross-check epoch {i + 1}/{len(plan)}  held-out {figs.mean():.5g}  floors {floors.mean():.5g}")
         if stage is not None:  # early stopping counts the whole model only, as the fit does
@@ -153,7 +151,7 @@ class Fold:
     out, the fit on every row that a kept check ends with (train_for)."""
 
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, x_train: np.ndarray, x_held: np.ndarray | None = None):
-        self.tcfg = tcfg
+        self.tcfg, self.plan = tcfg, schedule(mcfg, tcfg)
         self.model, _, self.opt, _ = start(mcfg, tcfg, None)
         self.batches = array_batches({"train": x_train}, tcfg.batch_size)
         self.floor = fit_floor(self.model, self.batches("train", None), mcfg)
@@ -163,13 +161,14 @@ class Fold:
             with same_noise():
                 self.x_in = self.model.corrupt(self.x)
 
-    def train(self, i: int, whole: int, stage) -> None:
-        """Epoch i of the schedule (whole: the whole model's epoch, for the learning rate), shuffled as the fit's."""
-        set_lr(self.opt, self.tcfg, whole)
-        epoch(self.model, self.batches("train", self.tcfg.seed * 100003 + i), self.opt, stage)
+    def train(self, i: int) -> None:
+        """Epoch i of the fit's schedule (loop.schedule), with the fit's learning rate and shuffle."""
+        whole = i - (len(self.plan) - self.tcfg.epochs)  # < 0 in layer-wise stages, as in loop.fit
+        set_lr(self.opt, self.tcfg, max(whole, 0))
+        epoch(self.model, self.batches("train", self.tcfg.seed * 100003 + i), self.opt, self.plan[i])
 
-    def step(self, i: int, whole: int, stage) -> np.ndarray:
-        self.train(i, whole, stage)
+    def step(self, i: int) -> np.ndarray:
+        self.train(i)
         return self.figures()
 
     def figures(self) -> np.ndarray:
@@ -181,8 +180,7 @@ class Fold:
 def train_for(mcfg: ModelConfig, tcfg: TrainConfig, x: np.ndarray, steps: int) -> Fold:
     """A Fold whose model started at the floor of all rows x and trained for the schedule's first `steps` epochs."""
     fit = Fold(mcfg, tcfg, x)
-    plan = schedule(mcfg, tcfg)
-    for i, stage in enumerate(plan[:steps]):
-        fit.train(i, max(i - (len(plan) - tcfg.epochs), 0), stage)
+    for i in range(steps):
+        fit.train(i)
     fit.model.eval()
     return fit

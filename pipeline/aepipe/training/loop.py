@@ -188,9 +188,14 @@ def clearly_positive(n: float, total: float, squares: float) -> bool:
     standard errors of it."""
     if n < 2:
         return total > 0
-    mean = total / n
-    se = math.sqrt(max(squares / n - mean ** 2, 0.0) / (n - 1))
+    mean, se = mean_and_se(n, total, squares)
     return mean > SIGNIFICANT * se
+
+
+def mean_and_se(n: float, total: float, squares: float) -> tuple[float, float]:
+    """The mean of values with this count (at least 2), sum and sum of squares, and its standard error."""
+    mean = total / n
+    return mean, math.sqrt(max(squares / n - mean ** 2, 0.0) / (n - 1))
 
 
 def set_floor(model, pca: dict):
