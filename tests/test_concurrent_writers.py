@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 import aepipe
+from aepipe.checks import output_path
 from aepipe.errors import AepipeError
 from aepipe.sources import locate
+from aepipe.stores.parquet_sink import ParquetSink
 from aepipe.stores.read import StoreGuard, open_codes
 from tests.conftest import AEPIPE, run_aepipe
 
@@ -69,6 +71,22 @@ def test_two_encodes_started_together_one_store_whole(digits_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.parquet", "x.npy"]
 
 
+def test_a_store_committed_after_the_output_check_is_not_replaced(digits_run, tmp_path):
+    """The race of the test above, made certain: this run checks OUT (free, no --overwrite), another
+    aepipe writes OUT and commits before this run takes OUT's lock: this run refuses, the other's store
+    stays."""
+    out = tmp_path / "codes.parquet"
+    output_path(out, False, (".parquet",))
+    other = subprocess.run([AEPIPE, "encode", "builtin:digits", "--model", digits_run, "--out", out, "--engine",
+                            "local"], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    sink = ParquetSink(out, 3, {"id": ("id", "scalar")}, {}, [(0, 3)], {"a": 1})
+    with pytest.raises(AepipeError, match="already exists .another aepipe wrote it while this one started."):
+        sink.prepare()
+    assert len(aepipe.load_codes(out)[0]) == 1797
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.parquet"]  # no partial, no lock left
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".parquet"])
 def test_a_store_replaced_between_two_reads_is_refused_not_mixed(digits_run, tmp_path, suffix):
     """A reader reads a store range by range; another run replaces the store between two ranges:
@@ -93,6 +111,7 @@ def test_a_store_replaced_between_two_reads_is_refused_not_mixed(digits_run, tmp
 
 READ_LOOP = """
 import json, os, sys, numpy as np, aepipe
+from aepipe.checks import output_path
 from aepipe.errors import AepipeError
 refs = [np.load(p) for p in sys.argv[2:4]]
 stop = sys.argv[4]

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from aepipe import remote
+from aepipe.stores import staging
 from aepipe.errors import AepipeError
 
 PARTIAL = ".partial"
@@ -159,6 +160,7 @@ def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inp
                               "through a link: give the real path, or remove the link")
     if out.exists() and not overwrite:
         raise AepipeError(f"{out} already exists; pass --overwrite to replace it")
+    staging.new_only(out, not overwrite)
     parent = real.parent
     while not parent.exists():  # missing folders are created; the nearest existing one must be usable
         parent = parent.parent
