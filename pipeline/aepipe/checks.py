@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from aepipe import remote
-from aepipe.stores import staging
+from aepipe.stores import NEW_ONLY
 from aepipe.errors import AepipeError
 
 PARTIAL = ".partial"
@@ -160,7 +160,7 @@ def output_path(out: str | Path, overwrite: bool, suffixes: tuple[str, ...], inp
                               "through a link: give the real path, or remove the link")
     if out.exists() and not overwrite:
         raise AepipeError(f"{out} already exists; pass --overwrite to replace it")
-    staging.new_only(out, not overwrite)
+    (NEW_ONLY.discard if overwrite else NEW_ONLY.add)(str(out.absolute()))  # see aepipe.stores.NEW_ONLY
     parent = real.parent
     while not parent.exists():  # missing folders are created; the nearest existing one must be usable
         parent = parent.parent

@@ -22,6 +22,14 @@ MANIFEST_KEY = b"aepipe_manifest"
 JSON_MANIFEST = "_aepipe_manifest.json"
 
 
+# Local outputs this process found free and was not asked to replace (no --overwrite): the output
+# check (aepipe.checks.output_path) notes them, and a writer, once it holds the output's lock
+# (stores.staging), refuses a store that another aepipe committed there in between, where it would
+# replace it (two runs started together: the second's check can come before the first's commit,
+# its lock after it). Absolute paths; the writer drops its own at its commit or failure.
+NEW_ONLY: set[str] = set()
+
+
 def manifest_table(schema, manifest: dict):
     """The manifest part: no rows, `schema` (the parts'), the manifest in its metadata."""
     meta = {**(schema.metadata or {}), MANIFEST_KEY: json.dumps(manifest).encode()}

@@ -30,6 +30,7 @@ import numpy as np
 
 from aepipe import remote
 from aepipe.errors import FULL, AepipeError, disk_error
+from aepipe.stores import NEW_ONLY
 
 
 def _to_numpy(blocks) -> dict:
@@ -44,18 +45,6 @@ RESUME = "_aepipe_resume.json"  # in OUT.partial: the settings it was started wi
 
 
 _LOCKS: dict[str, int] = {}  # a local output's path -> the lock file this process holds for it
-_NEW_ONLY: set[str] = set()  # local outputs this process was not asked to replace (no --overwrite)
-
-
-def new_only(final: Path, yes: bool) -> None:
-    """Called by the output check (aepipe.checks.output_path), yes where OUT was free and --overwrite
-    not given: once this run holds OUT's lock, a store that another aepipe committed there since the
-    check is refused, never replaced (two runs started together: the second's check can come before
-    the first's commit, its lock after it)."""
-    if yes:
-        _NEW_ONLY.add(str(final.absolute()))
-    else:
-        _NEW_ONLY.discard(str(final.absolute()))
 
 
 def _lock(final: Path) -> None:
@@ -84,7 +73,7 @@ def _lock(final: Path) -> None:
 
 
 def _unlock(final: Path) -> None:
-    _NEW_ONLY.discard(str(final.absolute()))  # this run is over: the next one checks OUT again
+    NEW_ONLY.discard(str(final.absolute()))  # this run is over: the next one checks OUT again
     fd = _LOCKS.pop(str(final.absolute()), None)
     if fd is not None:
         Path(str(final) + ".lock").unlink(missing_ok=True)
@@ -135,7 +124,7 @@ class _Staged:
         return [(a, b) for a, b in self.ranges if not all(u in self.done for u in self._units(a, b))]
 
     def _check_still_free(self) -> None:
-        if not self.remote and str(self.final.absolute()) in _NEW_ONLY and self.final.exists():
+        if not self.remote and str(self.final.absolute()) in NEW_ONLY and self.final.exists():
             raise AepipeError(f"{self.final} already exists (another aepipe wrote it while this one started); "
                               "pass --overwrite to replace it")
 
