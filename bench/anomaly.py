@@ -1,4 +1,4 @@
-"""Anomaly scores: `aepipe score`'s three kinds beside PyOD's detectors, on held-out rows.
+"""Anomaly scores: `aepipe score`'s four kinds beside PyOD's detectors, on held-out rows.
 
   breast cancer  scikit-learn's table: trained on 60 % of the benign rows, scored on the rest of
                  the rows (malignant = anomaly); mean ROC AUC over 10 random splits (seeds 0-9)
@@ -11,7 +11,7 @@ in this process (aepipe.training.fit_local) on rows scaled as `aepipe train` sca
 per column to [0, 1] by the training rows, digits / 16), with the density `train` stores
 (aepipe.scores.fit_density); the scores are aepipe.scores.row_scores, what `aepipe score` writes.
 PyOD's detectors (IForest, PCA, AutoEncoder, VAE) at their defaults on the same scaled rows.
-`--score`'s default is combined for tables, recon for images: the rows marked "(default)".
+`--score`'s default is linear for tables, recon for images: the rows marked "(default)".
 "vs PyOD's best": the mean over the splits of each split's AUC minus that of the PyOD detector with
 the best mean, +- its standard error (the splits' spread, which a difference must clear to mean
 anything).
@@ -39,7 +39,7 @@ from aepipe.normalize import in_validation
 from aepipe.scores import fit_density, row_scores
 from aepipe.training import TrainConfig, fit_local
 
-KINDS = ("recon", "code", "combined")
+KINDS = ("recon", "code", "combined", "linear")
 
 
 def table_splits(name: str, seeds=range(10)):
@@ -110,7 +110,7 @@ def main():
     rows = []
     for name in args.datasets.split(","):
         splits = digit_splits() if name == "digits" else table_splits(name)
-        aucs, secs = evaluate(splits, "recon" if name == "digits" else "combined")
+        aucs, secs = evaluate(splits, "recon" if name == "digits" else "linear")
         best = np.asarray(max((v for k, v in aucs.items() if k.startswith("PyOD")), key=np.mean))
         for detector, v in sorted(aucs.items(), key=lambda kv: -np.mean(kv[1])):
             diff = np.asarray(v) - best

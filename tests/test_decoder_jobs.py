@@ -135,16 +135,21 @@ def test_score_per_feature_keeps_the_tables_id_column(tmp_path):
     per = np.column_stack([t.column(f"c{j}_error").to_numpy() for j in range(4)])
     np.testing.assert_allclose(per, direct_scores(run_dir, x.astype(np.float32)), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(t.column("score").to_numpy(), per.mean(1), rtol=1e-5)
-    # a table's default score is the combined one; the per-feature errors stay the reconstruction's
+    # a table's default score is the linear one; the per-feature errors stay the reconstruction's
     done = run_aepipe("score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "c.parquet",
                       "--per-feature", "--threshold", "auto")
-    assert "(combined: code and residual distance per dimension)" in done.stdout
+    assert "(linear: the linear part's code and residual distance per dimension)" in done.stdout
     c = pq.read_table(tmp_path / "c.parquet")
-    np.testing.assert_allclose(c.column("score").to_numpy(), direct_scores(run_dir, x.astype(np.float32), "combined"),
+    np.testing.assert_allclose(c.column("score").to_numpy(), direct_scores(run_dir, x.astype(np.float32), "linear"),
                                rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.column_stack([c.column(f"c{j}_error").to_numpy() for j in range(4)]), per, rtol=1e-5)
     assert 0.2 < np.median(c.column("score").to_numpy()) < 2  # about 1 for a training row
-    assert json.loads(c.schema.metadata[b"aepipe"])["score_kind"] == "combined"
+    assert json.loads(c.schema.metadata[b"aepipe"])["score_kind"] == "linear"
+    done = run_aepipe("score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "m.parquet",
+                      "--score", "combined")
+    assert "(combined: code and residual distance per dimension)" in done.stdout
+    np.testing.assert_allclose(pq.read_table(tmp_path / "m.parquet").column("score").to_numpy(),
+                               direct_scores(run_dir, x.astype(np.float32), "combined"), rtol=1e-4, atol=1e-6)
     # density.pt lost: refused like altered weights; a run dir from before it: the reconstruction error, said
     old = tmp_path / "old_run"
     shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("checkpoints", "density.pt"))
@@ -158,7 +163,15 @@ def test_score_per_feature_keeps_the_tables_id_column(tmp_path):
     fails_cleanly(["score", tmp_path / "t.parquet", "--model", old, "--out", tmp_path / "p.parquet", "--score", "code"],
                   "--score code: ", tmp_path / "p.parquet")
     fails_cleanly(["score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "p.parquet", "--score", "x"],
-                  '--score "x": choose one of recon, code, combined', tmp_path / "p.parquet")
+                  '--score "x": choose one of recon, code, combined, linear', tmp_path / "p.parquet")
+    # a model without the linear floor: combined by default, linear refused in one line
+    bare = tmp_path / "bare"
+    run_aepipe("train", tmp_path / "t.parquet", "--id-column", "key", "--out", bare, "--code-dim", 2,
+               "--hidden", "8", "--epochs", 2, "--init", "none")
+    done = run_aepipe("score", tmp_path / "t.parquet", "--model", bare, "--out", tmp_path / "b.parquet")
+    assert "(combined: code and residual distance per dimension)" in done.stdout
+    fails_cleanly(["score", tmp_path / "t.parquet", "--model", bare, "--out", tmp_path / "p.parquet", "--score",
+                   "linear"], "--score linear: ", tmp_path / "p.parquet")
     # a table's report draws rows as lines over their columns; labels come from a CSV joined by id
     (tmp_path / "y.csv").write_text("key,y\n" + "".join(f"k{i},{i % 3}\n" for i in range(300)))
     run_aepipe("report", "--model", run_dir, "--out", tmp_path / "rep", "--labels", tmp_path / "y.csv",

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # annotations only
 
 META = "aepipe.json"
 WEIGHTS = "model.pt"
-DENSITY = "density.pt"  # the training codes' and residuals' Gaussians (score's code and combined kinds)
+DENSITY = "density.pt"  # the training codes' and residuals' Gaussians (score's code, combined and linear kinds)
 
 
 def model_config_from_json(d: dict) -> ModelConfig:

@@ -2,14 +2,19 @@
 run dir and what `score` (and `encode --append`, `report`) compares new rows with. Below both
 training and the batch jobs, so neither imports the other for them.
 
-Three kinds (SCORE_KINDS), all larger for rows less like the training rows:
+Four kinds (SCORE_KINDS), all larger for rows less like the training rows:
   recon     the reconstruction error, the per-row mean of the training loss (what encode --scores stores)
   code      how far the code lies from the training codes: its Mahalanobis distance under their
             Gaussian, per code dimension
   combined  the row's distance under a Gaussian of the code and one of the residual (the row minus
             its reconstruction), per input dimension: about 1 for a training row. Tables' columns are
             correlated in ways a reconstruction error weighs equally; on scikit-learn's
-            breast-cancer table this ranks malignant rows above PyOD's detectors (bench/anomaly.py)
+            wine table this ranks anomalies above PyOD's detectors (bench/anomaly.py)
+  linear    the combined score of the model's linear part alone (its PCA floor, the corrections'
+            gates at zero): Hotelling's T^2 of the floor's code plus the distance of the row's part
+            outside it, the classical PCA detector. On a small table a learned correction
+            reconstructs the anomalies better too (breast cancer, 214 rows: combined 0.951, linear
+            0.960, PyOD's best 0.960), so this is the tables' default; only models with the floor
 Both Gaussians are fitted on a sample of the training rows, their covariances shrunk by
 Ledoit-Wolf's rule (towards a multiple of the identity, as far as the rows per dimension call for:
 a one-digit model's 64x64 residual covariance from 160 rows, unshrunk, ranked worse than the
@@ -25,9 +30,9 @@ import torch.nn.functional as F
 from aepipe.errors import AepipeError
 
 QUANTILE_LEVELS = np.round(np.linspace(0.5, 1.0, 501), 4)  # contamination 0.001 .. 0.5 in steps of 0.001
-SCORE_KINDS = ("recon", "code", "combined")
+SCORE_KINDS = ("recon", "code", "combined", "linear")
 SAMPLE_ROWS = 4096  # training rows the Gaussians are fitted on (a uniform sample beyond) ...
-SAMPLE_VALUES = 2 ** 23  # ... and fewer for wide rows: at most 64 MiB of float64 codes and residuals
+SAMPLE_VALUES = 2 ** 23  # ... and fewer for wide rows: at most 64 MiB of float64 codes and residuals (row_parts)
 FULL = 1024  # up to this many dimensions a covariance is kept whole; wider ones, their diagonal
 RESIDUAL_FLOOR = 1e-5  # the least residual variance counted, as a share of the rows' own (see fit_density)
 
@@ -66,6 +71,12 @@ def row_scores(model, x: torch.Tensor, density: dict | None) -> dict:
         out["code"] = (code / z.shape[1]).float()
         # per input dimension: the code takes k of them and the residual about the other d - k
         out["combined"] = ((code + resid) / x[0].numel()).float()
+    if density is not None and "floor_code_mean" in density:
+        fz, flogits = model.floor_code_and_logits(x)
+        code = mahalanobis(fz.double(), density["floor_code_mean"], density["floor_code_precision"])
+        resid = mahalanobis(residual(model, x, flogits).double(), density["floor_resid_mean"],
+                            density["floor_resid_precision"])
+        out["linear"] = ((code + resid) / x[0].numel()).float()
     return out
 
 
@@ -79,45 +90,57 @@ def mahalanobis(v: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) ->
 def fit_density(model, batches) -> dict:
     """The Gaussians of the codes and of the residuals of (a uniform sample of) the training rows,
     every Ray Train worker's sample pooled: {code_mean, code_precision, resid_mean, resid_precision},
+    and the same of the linear part alone (floor_code_*, floor_resid_*) for a model with the floor;
     float64 tensors. Runs at training time, after the fit."""
-    codes, resids, spread = sample_rows(model, batches)
+    parts, spread = sample_rows(model, batches)
     if torch.distributed.is_initialized():  # each worker sampled its own shard: every worker fits on all
-        parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, (codes, resids, spread))
-        codes, resids = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        spread = float(np.mean([p[2] for p in parts]))
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, (parts, spread))
+        parts = {k: np.concatenate([g[0][k] for g in gathered]) for k in parts}
+        spread = float(np.mean([g[1] for g in gathered]))
     out = {}
     # a residual's spread counts down to RESIDUAL_FLOOR of the rows' own: a model that rebuilds all
     # but float noise (a code as wide as the rows) would otherwise weigh that noise (wine, code 16 of
     # 13 columns: ROC AUC 0.950 without the floor, 0.966 with it; breast cancer unchanged, 0.962)
-    for name, v, floor in (("code", codes, 0.0), ("resid", resids, RESIDUAL_FLOOR * spread)):
+    for name, v in parts.items():
+        floor = RESIDUAL_FLOOR * spread if name.endswith("resid") else 0.0
         out[f"{name}_mean"], out[f"{name}_precision"] = (torch.from_numpy(a) for a in shrunk_gaussian(v, floor))
     return out
 
 
-def sample_rows(model, batches) -> tuple[np.ndarray, np.ndarray, float]:
-    """(codes, residuals, the rows' mean variance per feature) of up to SAMPLE_ROWS training rows
-    (fewer for wide rows: SAMPLE_VALUES), each row kept with equal chance (the rows with the
-    largest random keys), in one streamed pass; the variance over every row."""
+def row_parts(model, x) -> dict:
+    """{name: (B, n) float64} what the densities are fitted on: the code and the residual, and the
+    linear part's alone where the model has one."""
+    z = model.encode(x)
+    parts = {"code": z, "resid": residual(model, x, model.decode_logits(z))}
+    if getattr(model, "has_pca_floor", False):
+        fz, flogits = model.floor_code_and_logits(x)
+        parts.update(floor_code=fz, floor_resid=residual(model, x, flogits))
+    return {k: v.double().cpu() for k, v in parts.items()}
+
+
+def sample_rows(model, batches) -> tuple[dict, float]:
+    """({name: rows} of row_parts for up to SAMPLE_ROWS training rows (fewer for wide rows:
+    SAMPLE_VALUES), each row kept with equal chance (the rows with the largest random keys), in one
+    streamed pass; the rows' mean variance per feature, over every row)."""
     g = torch.Generator().manual_seed(0)
-    keys, codes, resids = None, None, None
+    keys, kept = None, {}
     n, total, squares = 0, 0.0, 0.0
     model.eval()
     with torch.no_grad():
         for x in batches:
             flat = x.flatten(1).double().cpu()
             n, total, squares = n + len(flat), total + flat.sum(0), squares + flat.pow(2).sum(0)
-            z = model.encode(x)
-            k, c, r = torch.rand(len(x), generator=g), z.double().cpu(), residual(model, x, model.decode_logits(z)).double().cpu()
+            parts = row_parts(model, x)
+            k = torch.rand(len(x), generator=g)
             keys = k if keys is None else torch.cat([keys, k])
-            codes = c if codes is None else torch.cat([codes, c])
-            resids = r if resids is None else torch.cat([resids, r])
-            most = min(SAMPLE_ROWS, max(256, SAMPLE_VALUES // (c.shape[1] + r.shape[1])))
+            kept = {name: torch.cat([kept[name], v]) if kept else v for name, v in parts.items()}
+            most = min(SAMPLE_ROWS, max(256, SAMPLE_VALUES // sum(v.shape[1] for v in parts.values())))
             if len(keys) > most:
                 top = keys.topk(most).indices
-                keys, codes, resids = keys[top], codes[top], resids[top]
+                keys, kept = keys[top], {name: v[top] for name, v in kept.items()}
     spread = float((squares / n - (total / n) ** 2).clamp(min=0).mean())
-    return codes.numpy(), resids.numpy(), spread
+    return {name: v.numpy() for name, v in kept.items()}, spread
 
 
 def shrunk_gaussian(v: np.ndarray, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@
 A score (--score, see aepipe.scores) is the reconstruction error in the model's own units (recon:
 the per-row mean of its training loss on normalised inputs, which for mse models equals `aepipe
 encode --scores`), the code's distance from the training codes (code), or both the code's and the
-residual's (combined, the default for tables). Each compares with its training quantiles stored in
+residual's (combined), or both of the model's linear part alone (linear, the default for
+tables). Each compares with its training quantiles stored in
 the run dir (`score_quantiles`, see aepipe.scores.training_quantiles).
 """
 
@@ -30,21 +31,28 @@ from aepipe.stores.zarr_sink import ZarrSink
 
 
 def score_kind(run, kind: str | None) -> tuple[str, list[str]]:
-    """The kind of score, and a note where the default had to fall back. Default: combined for
+    """The kind of score, and a note where the default had to fall back. Default: linear for
     tables (measured on the breast-cancer and wine tables: it ranks anomalies well above the
-    reconstruction error), recon for images and arrays (one digit against the rest: the
-    reconstruction error ranks best)."""
+    reconstruction error, and above combined on the small breast-cancer table), combined for a
+    table's model without the linear floor, recon for images and arrays (one digit against the
+    rest: the reconstruction error ranks best)."""
     if kind is not None and kind not in SCORE_KINDS:
         raise AepipeError(f'--score "{kind}": choose one of {", ".join(SCORE_KINDS)}')
     if kind not in (None, "recon") and run.density is None:
         raise AepipeError(f"--score {kind}: {run.path} predates stored training densities; retrain it, "
                           "or pass --score recon")
+    has_linear = run.density is not None and "floor_code_mean" in run.density
+    if kind == "linear" and not has_linear:
+        raise AepipeError(f"--score linear: {run.path} has no linear part's density (a model trained with "
+                          "--init none, or before aepipe stored it); pass --score combined")
     if kind is not None:
         return kind, []
-    if run.schema.tabular and run.density is None:
+    if not run.schema.tabular:
+        return "recon", []
+    if run.density is None:
         return "recon", [f"{run.path} predates stored training densities: scored by reconstruction error "
-                         "(retrain it for the combined score)"]
-    return ("combined" if run.schema.tabular else "recon"), []
+                         "(retrain it for the linear score)"]
+    return ("linear" if has_linear else "combined"), []
 
 
 def parse_threshold(text: str | None, run, contamination: float, kind: str = "recon") -> float | None:

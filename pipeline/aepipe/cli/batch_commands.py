@@ -131,8 +131,10 @@ def score(
     kind: Optional[str] = typer.Option(None, "--score", help="recon: the reconstruction error in the model's "
                                        "units (its training loss per feature); code: the code's distance from the "
                                        "training codes; combined: the code's and the residual's, per dimension "
-                                       "(about 1 for a training row). Default: combined for tables, recon for "
-                                       "images and arrays (see the README: which score when)."),
+                                       "(about 1 for a training row); linear: combined for the model's linear "
+                                       "part alone (its PCA floor), the classical PCA detector. Default: linear "
+                                       "for tables, recon for images and arrays (see the README: which score "
+                                       "when)."),
     id_column: Optional[str] = MODEL_ID_COLUMN,
     job: JobOptions = JOB_BLOCK,
 ):
@@ -143,7 +145,8 @@ def score(
                 contamination=contamination, id_column=id_column, **job.kwargs(), read=call(job.read), kind=kind)
     t = attrs["threshold"]
     what = {"recon": f"{attrs['loss']} per feature", "code": "code distance per dimension",
-            "combined": "combined: code and residual distance per dimension"}[attrs["score_kind"]]
+            "combined": "combined: code and residual distance per dimension",
+            "linear": "linear: the linear part's code and residual distance per dimension"}[attrs["score_kind"]]
     typer.echo(f"scored {attrs['n_rows']} rows ({what})"
                + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}" + notes(attrs)
                + skipped_note(attrs.get("skipped")))

@@ -151,6 +151,12 @@ class Autoencoder(nn.Module):
     def pca_code(self, x):
         return project(x, self.pca_mean, self.pca_components, self.pca_scale)
 
+    def floor_code_and_logits(self, x):
+        """The linear part alone, as if both gates were zero: its code (B, k) and output logits."""
+        z = self.pca_code(x)
+        out = reconstruct(z * self.pca_gain, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
+        return z, out.view(-1, *self.cfg.input_shape)
+
     def learned_code(self, x):
         """The share of the code the family's own networks give: all of it without the floor."""
         return self.code_gate * self.own_code(x) if self.has_pca_floor else self.own_code(x)
