@@ -370,6 +370,39 @@ def test_a_small_sets_correction_is_cross_checked_over_every_row():
     assert st.rejected_epoch is None or not st.cross_check["kept"]
 
 
+@pytest.mark.parametrize("family", ["dense", "denoising"])
+def test_the_folds_train_on_threads_only_where_that_changes_nothing(family, monkeypatch):
+    """The k-fold check trains its folds on parallel threads where training draws no random numbers
+    (dense): the same curve to the last bit as one fold after another. A denoiser's noise comes from
+    torch's one generator, so its folds train one after another whatever the CPUs."""
+    import aepipe.training.local as local
+    from aepipe.models import ModelConfig
+    from aepipe.training import TrainConfig
+
+    x = _curve(40)
+    fold = np.random.default_rng(0).permutation(len(x)) % local.FOLDS
+    cfg, tcfg = ModelConfig(family=family, input_shape=(8,), code_dim=1, hidden=(32,)), TrainConfig(epochs=30, lr=1e-2)
+    pools = []
+    real = local.SideBySide.step
+
+    def step(self, i):
+        out = real(self, i)
+        pools.append(self.pool)
+        return out
+
+    monkeypatch.setattr(local.SideBySide, "step", step)
+    runs = {}
+    for cpus in (1, 4):
+        monkeypatch.setattr(local, "usable_cpus", lambda: cpus)
+        torch.manual_seed(0)
+        runs[cpus] = local.pooled_curve(cfg, tcfg, x, fold)
+        assert all(p is None for p in pools) if cpus == 1 or family == "denoising" else pools[-1] is not None
+        pools.clear()
+    assert runs[1][0] == runs[4][0] > 0
+    for a, b in zip(runs[1][1:], runs[4][1:]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_train_says_what_the_cross_check_found(tmp_path):
     """aepipe train on a small table says the k-fold check's verdict and keeps it in aepipe.json,
     which aepipe info shows (the rows as they are: on this little data the correction's gain

@@ -11,12 +11,11 @@ numpy arrays {"row", "id", "x"} to the job's output columns, as Ray's batch-infe
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 
 from aepipe.bitstream import BitstreamError, crc32, unrecord
+from aepipe.cluster.runtime import held_cpus
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
 from aepipe.scores import row_errors, row_scores
@@ -31,19 +30,6 @@ class ModelActor:
         self.run = load_run(run_dir)
         self.device = torch.device("cuda" if num_gpus and torch.cuda.is_available() else "cpu")
         self.model = self.run.model.to(self.device)
-
-
-def held_cpus() -> int:
-    """CPUs this Ray actor holds, rounded, at least 1; 0 outside a Ray worker (in-process jobs keep
-    torch's default). Ray only sets OMP_NUM_THREADS=1, so without this an actor holding 4 CPUs
-    would run its model on one thread, and one holding a fraction would fight the read tasks."""
-    if "ray" not in sys.modules:  # an in-process small job: importing Ray would cost it a second
-        return 0
-    import ray
-
-    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
-        return 0
-    return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
 class Encoder(ModelActor):

@@ -37,6 +37,25 @@ def _quiet_env() -> dict:
     return env
 
 
+def held_cpus() -> int:
+    """CPUs this Ray actor holds, rounded, at least 1; 0 outside a Ray worker (in-process jobs keep
+    torch's default). Ray only sets OMP_NUM_THREADS=1, so without this an actor holding 4 CPUs
+    would run its model on one thread, and one holding a fraction would fight the read tasks."""
+    if "ray" not in sys.modules:  # an in-process small job: importing Ray would cost it a second
+        return 0
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return 0
+    return max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may keep busy: those its Ray actor holds (an `aepipe tune` trial), else
+    those the OS lets it run on."""
+    return held_cpus() or len(os.sched_getaffinity(0))
+
+
 def check_address(address: str) -> None:
     """Refuse an address nothing answers at, in seconds instead of Ray's minutes of retries."""
     if address in ("auto", "local") or address.startswith(("ray://", "anyscale://")):

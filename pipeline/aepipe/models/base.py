@@ -152,10 +152,16 @@ class Autoencoder(nn.Module):
         return project(x, self.pca_mean, self.pca_components, self.pca_scale)
 
     def floor_code_and_logits(self, x):
-        """The linear part alone, as if both gates were zero: its code (B, k) and output logits."""
+        """The linear part alone, as the model codes and decodes with both gates at zero: its code
+        (B, k) and output logits."""
         z = self.pca_code(x)
-        out = reconstruct(z * self.pca_gain, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
+        out = reconstruct(z * self.reconstruction_gain(), self.pca_mean, self.pca_components, self.pca_scale,
+                          self.cfg.loss)
         return z, out.view(-1, *self.cfg.input_shape)
+
+    def reconstruction_gain(self):
+        """Each PCA component's weight when a code is reconstructed (decode_logits): the floor's own."""
+        return self.pca_gain
 
     def learned_code(self, x):
         """The share of the code the family's own networks give: all of it without the floor."""

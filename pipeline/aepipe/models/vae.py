@@ -71,6 +71,9 @@ class VAE(Autoencoder):
         reconstruction from the code, E[x | code] for PPCA, is PCA's: the floor's output gain of 1."""
         return super().decode_logits(z, gain=1.0 if self.ppca else None)
 
+    def reconstruction_gain(self):
+        return 1.0 if self.ppca else super().reconstruction_gain()
+
     def generate(self, z):
         """The decoder's mean at z (the generative model's, which the ELBO trains): W z + mean plus the
         learned correction on the PPCA floor; what samples from the prior go through."""

@@ -19,11 +19,13 @@ split's answer.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from aepipe.cluster.runtime import usable_cpus
 from aepipe.config import ModelConfig
 from aepipe.training.config import TrainConfig, budget, set_lr
 from aepipe.training.loop import (after_epoch, array_batches, clearly_positive, epoch, finish, fit, fit_floor,
@@ -128,21 +130,57 @@ def pooled_curve(mcfg: ModelConfig, tcfg: TrainConfig, x: np.ndarray, fold: np.n
     floors = np.concatenate([f.figures() for f in fits])
     best, best_figs, bad = math.inf, floors, 0
     best_steps, plan = 0, schedule(mcfg, tcfg)
-    for i, stage in enumerate(plan):
-        figs = np.concatenate([f.step(i) for f in fits])
-        if say:
-            say(f"cross-check epoch {i + 1}/{len(plan)}  held-out {figs.mean():.5g}  floors {floors.mean():.5g}")
-        if stage is not None:  # early stopping counts the whole model only, as the fit does
-            continue
-        if figs.mean() < best:
-            best, best_figs, best_steps, bad = figs.mean(), figs, i + 1, 0
-        else:
-            bad += 1
-        if tcfg.patience and bad >= tcfg.patience:
-            break
+    with SideBySide(fits) as folds:
+        for i, stage in enumerate(plan):
+            figs = np.concatenate(folds.step(i))
+            if say:
+                say(f"cross-check epoch {i + 1}/{len(plan)}  held-out {figs.mean():.5g}  floors {floors.mean():.5g}")
+            if stage is not None:  # early stopping counts the whole model only, as the fit does
+                continue
+            if figs.mean() < best:
+                best, best_figs, best_steps, bad = figs.mean(), figs, i + 1, 0
+            else:
+                bad += 1
+            if tcfg.patience and bad >= tcfg.patience:
+                break
     if best >= floors.mean():
         return 0, floors, floors
     return best_steps, floors, best_figs
+
+
+class SideBySide:
+    """Runs the folds' epochs: their training on parallel threads, one per CPU this process may use
+    (torch's ops release the GIL, and a recurrent model's whole sequence is one op: GunPoint's
+    recurrent check took 407 s one fold after another), where training draws no random numbers;
+    else one after another, since noise and sampling draw from torch's one global generator and
+    threads would interleave their draws differently every run. The first epoch runs one after
+    another and tells which. The held-out figures are always taken one after another (the same
+    validation noise, forked from that generator)."""
+
+    def __init__(self, fits: list):
+        self.fits, self.pool = fits, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def step(self, i: int) -> list[np.ndarray]:
+        if i == 0:
+            before = torch.random.get_rng_state()
+            for f in self.fits:
+                f.train(0)
+            threads = min(len(self.fits), usable_cpus())
+            if threads > 1 and torch.equal(before, torch.random.get_rng_state()):
+                self.pool = ThreadPoolExecutor(threads, thread_name_prefix="aepipe-fold")
+        elif self.pool is None:
+            for f in self.fits:
+                f.train(i)
+        else:
+            list(self.pool.map(lambda f: f.train(i), self.fits))
+        return [f.figures() for f in self.fits]
 
 
 class Fold:
@@ -166,10 +204,6 @@ class Fold:
         whole = i - (len(self.plan) - self.tcfg.epochs)  # < 0 in layer-wise stages, as in loop.fit
         set_lr(self.opt, self.tcfg, max(whole, 0))
         epoch(self.model, self.batches("train", self.tcfg.seed * 100003 + i), self.opt, self.plan[i])
-
-    def step(self, i: int) -> np.ndarray:
-        self.train(i)
-        return self.figures()
 
     def figures(self) -> np.ndarray:
         self.model.eval()
