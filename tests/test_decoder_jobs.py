@@ -21,9 +21,10 @@ import aepipe
 from aepipe.sources import open_source
 from aepipe.batch.decode import decode
 from aepipe.batch.encode import encode
+from aepipe.analysis.report import report
 from aepipe.analysis.metrics import digits_split, fixed_split, probe_scores, psnr
 from aepipe.models import ModelConfig
-from aepipe.scores import row_errors, row_scores
+from aepipe.scores import auto_threshold, row_errors, row_scores
 from aepipe.run import load_run
 from aepipe.training import TrainConfig, train
 from tests.conftest import run_aepipe
@@ -172,11 +173,17 @@ def test_score_per_feature_keeps_the_tables_id_column(tmp_path):
     assert "(combined: code and residual distance per dimension)" in done.stdout
     fails_cleanly(["score", tmp_path / "t.parquet", "--model", bare, "--out", tmp_path / "p.parquet", "--score",
                    "linear"], "--score linear: ", tmp_path / "p.parquet")
-    # a table's report draws rows as lines over their columns; labels come from a CSV joined by id
+    # a table's report draws rows as lines over their columns, and the scores `aepipe score` gives by
+    # default (linear) with their threshold; labels come from a CSV joined by id
     (tmp_path / "y.csv").write_text("key,y\n" + "".join(f"k{i},{i % 3}\n" for i in range(300)))
     run_aepipe("report", "--model", run_dir, "--out", tmp_path / "rep", "--labels", tmp_path / "y.csv",
                "--labels-id-column", "key")
     _check_png(tmp_path / "rep" / "report.png")
+    summary = dict(report(str(run_dir), tmp_path / "rep2", data=str(tmp_path / "t.parquet"))["summary"])
+    mean = c.column("score").to_numpy().mean()
+    assert summary["mean score"] == f"{mean:.4g} (linear: the linear part's code and residual distance per " \
+                                   "dimension, normalised units)"
+    assert summary["threshold"].startswith(f'{auto_threshold(load_run(run_dir), 0.01, "linear"):.4g}: ')
 
 
 def test_scores_rank_a_class_the_model_never_saw_above_pca(ray_local, tmp_path):

@@ -19,7 +19,7 @@ import torch
 from aepipe.analysis.metrics import read_labels
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
-from aepipe.scores import auto_threshold, row_errors
+from aepipe.scores import auto_threshold, describe, row_scores, score_kind
 from aepipe.sources import open_matching
 from aepipe.stores.quantize import dequantize, int8_scale, quantize
 
@@ -47,13 +47,15 @@ def _labels_for(ids, labels: str | None, label_column: str, labels_id_column: st
     return np.array([lookup.get(str(i)) for i in ids], dtype=object)
 
 
-def _model_outputs(run, x: np.ndarray) -> dict:
+def _model_outputs(run, x: np.ndarray, kind: str) -> dict:
+    """The codes, reconstructions and scores (of the kind `aepipe score` gives by default) of rows x."""
     model, xn = run.model, torch.from_numpy(run.normalizer.apply(x))
     scale = int8_scale(*run.code_range())
     with torch.inference_mode():
         z = model.encode(xn)
+        score = row_scores(model, xn, None if kind == "recon" else run.density)[kind]
         out = {"z": z.numpy(), "x_hat": run.normalizer.invert(model.decode(z).numpy()),
-               "score": row_errors(model, xn).mean(1).numpy(), "dtype_error": {}}
+               "score": score.numpy(), "dtype_error": {}}
         for dtype in DTYPE_COLORS:  # the same codes stored at each dtype, decoded back
             zq = torch.from_numpy(dequantize(quantize(out["z"], dtype, scale), dtype, scale))
             out["dtype_error"][dtype] = float((model.decode(zq) - xn).pow(2).mean())
@@ -83,8 +85,10 @@ def report(model: str, out_dir: str | Path, data: str | None = None, labels: str
     spec, ids, x, builtin_labels = _sample(run, data, rows)
     y = _labels_for(ids, labels, label_column, labels_id_column, builtin_labels)
 
-    threshold = auto_threshold(run, 0.01) if run.meta.get("score_quantiles") else None
-    res = _model_outputs(run, x)
+    kind, _ = score_kind(run, None)  # the score `aepipe score` writes by default
+    threshold = auto_threshold(run, 0.01, kind) if run.meta.get("score_quantiles") else None
+    res = _model_outputs(run, x, kind)
+    res["kind"] = kind
     summary = _summary(run, spec, len(x), res, threshold)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / "report.png"
@@ -98,7 +102,8 @@ def _summary(run, spec, n, res, threshold) -> list[tuple[str, str]]:
     rows = [("model", f'{run.meta["family"]}, code {run.code_dim}, loss {run.meta["model"]["loss"]}'),
             ("trained", f'{len(m["history"])} epochs, best val loss {m["best_val_loss"]:.4g} (epoch {m["best_epoch"] + 1})'),
             ("rows shown", f"first {n} of {spec}"),
-            ("mean score", f'{res["score"].mean():.4g} ({run.meta["model"]["loss"]} per value, normalised units)')]
+            ("mean score", f'{res["score"].mean():.4g} ({describe(res["kind"], run.meta["model"]["loss"])}, '
+                           "normalised units)")]
     if threshold is not None:
         rows.append(("threshold", f'{threshold:.4g}: {np.mean(res["score"] > threshold):.1%} of these rows above '
                                   "(1% of training rows)"))
@@ -117,7 +122,7 @@ def _figure(run, x, y, res, threshold, summary, png: Path, tsne: bool) -> None:
     fig.suptitle(f"aepipe report: {run.path.name} ({run.meta['family']}, code {run.code_dim})", fontsize=14)
     _loss_panel(axes[0, 0], run.meta["metrics"])
     _recon_panel(axes[0, 1], run, x, res)
-    _score_panel(axes[0, 2], res["score"], threshold, run.meta["model"]["loss"])
+    _score_panel(axes[0, 2], res["score"], threshold, res["kind"], run.meta["model"]["loss"])
     _code_map_panel(axes[1, 0], res["z"], y, tsne)
     _dtype_panel(axes[1, 1], res, run.code_dim)
     ax = axes[1, 2]
@@ -192,14 +197,20 @@ def _montage(ax, kinds: dict, shape, lo: float, hi: float) -> None:
     ax.set_title(f"first {n} rows, one per column (kinds on the left)")
 
 
-def _score_panel(ax, score, threshold, loss) -> None:
-    ax.hist(score, bins=50, color="#4c72b0")
+def _score_panel(ax, score, threshold, kind: str, loss: str) -> None:
+    # distances have long tails (breast cancer's malignant rows: 100x the median): then log bins
+    wide = score.min() > 0 and score.max() > 50 * np.median(score)
+    bins = np.geomspace(score.min(), score.max(), 50) if wide else 50
+    ax.hist(score, bins=bins, color="#4c72b0")
+    if wide:
+        ax.set_xscale("log")
     if threshold is not None:
         ax.axvline(threshold, color="#c44e52", lw=2,
                    label=f"threshold {threshold:.3g}\n({np.mean(score > threshold):.1%} of rows above)")
         ax.legend(loc="best")
-    ax.set(title="anomaly score per row", xlabel=f"reconstruction error ({loss}, normalised units)",
-           ylabel="rows")
+    what = f"reconstruction error ({loss}, normalised units)" if kind == "recon" else \
+        f"{kind} score (distance per dimension{', log scale' if wide else ''})"
+    ax.set(title="anomaly score per row", xlabel=what, ylabel="rows")
 
 
 def _code_map_panel(ax, z, y, tsne: bool) -> None:

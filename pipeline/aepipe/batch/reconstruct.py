@@ -22,37 +22,12 @@ from aepipe.batch.rows import png_range, rows_per_part, write_rows
 from aepipe.checks import output_path
 from aepipe.errors import AepipeError
 from aepipe.run import load_run
-from aepipe.scores import SCORE_KINDS, auto_threshold
+from aepipe.scores import auto_threshold, score_kind
 from aepipe.sources import open_matching
 from aepipe.stores import chunk_rows_for, task_rows
 from aepipe.stores.read import id_dtype
 from aepipe.stores.parquet_sink import ParquetSink
 from aepipe.stores.zarr_sink import ZarrSink
-
-
-def score_kind(run, kind: str | None) -> tuple[str, list[str]]:
-    """The kind of score, and a note where the default had to fall back. Default: linear for
-    tables (measured on the breast-cancer and wine tables: it ranks anomalies well above the
-    reconstruction error, and above combined on the small breast-cancer table), combined for a
-    table's model without the linear floor, recon for images and arrays (one digit against the
-    rest: the reconstruction error ranks best)."""
-    if kind is not None and kind not in SCORE_KINDS:
-        raise AepipeError(f'--score "{kind}": choose one of {", ".join(SCORE_KINDS)}')
-    if kind not in (None, "recon") and run.density is None:
-        raise AepipeError(f"--score {kind}: {run.path} predates stored training densities; retrain it, "
-                          "or pass --score recon")
-    has_linear = run.density is not None and "floor_code_mean" in run.density
-    if kind == "linear" and not has_linear:
-        raise AepipeError(f"--score linear: {run.path} has no linear part's density (a model trained with "
-                          "--init none, or before aepipe stored it); pass --score combined")
-    if kind is not None:
-        return kind, []
-    if not run.schema.tabular:
-        return "recon", []
-    if run.density is None:
-        return "recon", [f"{run.path} predates stored training densities: scored by reconstruction error "
-                         "(retrain it for the linear score)"]
-    return ("linear" if has_linear else "combined"), []
 
 
 def parse_threshold(text: str | None, run, contamination: float, kind: str = "recon") -> float | None:

@@ -144,9 +144,9 @@ def score(
     attrs = call(score_fn, data, str(model), out, per_feature=per_feature, threshold=threshold,
                 contamination=contamination, id_column=id_column, **job.kwargs(), read=call(job.read), kind=kind)
     t = attrs["threshold"]
-    what = {"recon": f"{attrs['loss']} per feature", "code": "code distance per dimension",
-            "combined": "combined: code and residual distance per dimension",
-            "linear": "linear: the linear part's code and residual distance per dimension"}[attrs["score_kind"]]
+    from aepipe.scores import describe
+
+    what = describe(attrs["score_kind"], attrs["loss"])
     typer.echo(f"scored {attrs['n_rows']} rows ({what})"
                + (f", threshold {t:.6g}" if t is not None else "") + f" -> {out}" + notes(attrs)
                + skipped_note(attrs.get("skipped")))
