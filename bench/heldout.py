@@ -21,9 +21,11 @@ PCA is fitted on all the training rows, the same rows the model saw. One table:
   PCA MSE     the same for PCA's reconstruction (denoising: the linear denoiser's, PCA's codes
               weighed by variance / (variance + sigma^2); "PCA" on its own: PCA's on the noisy rows);
               vs PCA = test MSE / PCA MSE (below 1: better)
-  probe       linear-probe accuracy (aepipe.analysis.metrics.probe_accuracy) of the test codes,
+  probe       linear-probe accuracy (aepipe.analysis.metrics.linear_probe) of the test codes,
               the probe fitted on the training rows' codes; PCA probe: the same on PCA's codes
-              (PPCA's codes, its posterior means, are PCA's scaled per dimension: the same probe)
+              (PPCA's codes, its posterior means, are PCA's scaled per dimension: the same probe);
+              vs PCA: the mean over the test rows of (model's probe right) - (PCA's right), +- its
+              standard error (paired: what a difference must clear to mean anything)
   -ELBO       vae only: its negative ELBO on the test rows, nats per value, the mean of 8 draws of z
               (model.row_figures); PPCA NLL: PPCA's negative log-likelihood of the same rows, nats
               per value (scikit-learn's PCA.score_samples, fitted on all the training rows)
@@ -43,7 +45,7 @@ import numpy as np
 
 from results import record  # bench/results.py: this script's section of bench/RESULTS.md
 
-from aepipe.analysis.metrics import digits_split, format_table, pca_baseline, probe_accuracy
+from aepipe.analysis.metrics import digits_split, format_table, linear_probe, pca_baseline
 from aepipe.models import ModelConfig
 from aepipe.normalize import in_validation
 from aepipe.training import TrainConfig, fit_local
@@ -131,7 +133,7 @@ def baseline(data):
     z_noisy = p.transform(noisy(data.x_test))
     wiener = p.inverse_transform(z_noisy * var / (var + SIGMA ** 2))
     mse = lambda r: float(np.mean((r - data.x_test) ** 2))  # noqa: E731
-    return (mse(recon), probe_accuracy(z_tr, data.y_train, z_te, data.y_test), mse(wiener),
+    return (mse(recon), probe_right(z_tr, z_te, data), mse(wiener),
             mse(p.inverse_transform(z_noisy)), float(-p.score_samples(data.x_test).mean() / data.x_test.shape[1]))
 
 
@@ -146,7 +148,18 @@ def neg_elbo(model, shape, data, draws=8) -> float:
         return float(np.mean([model.row_figures(x).mean() for _ in range(draws)]))
 
 
-def family_row(name, family, data, pca_mse, pca_probe, denoiser_mse, ppca_nll):
+def probe_right(z_tr, z_te, data) -> np.ndarray:
+    """Whether the linear probe (aepipe.analysis.metrics.linear_probe), fitted on the training
+    rows' codes, gets each test row right."""
+    return linear_probe(z_tr, data.y_train).predict(z_te) == data.y_test
+
+
+def paired(right: np.ndarray, pca_right: np.ndarray) -> str:
+    d = right.astype(float) - pca_right
+    return f"{d.mean():+.4f} +- {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
+
+
+def family_row(name, family, data, pca_mse, pca_right, denoiser_mse, ppca_nll):
     shape = data.shapes[family]
     mcfg = ModelConfig(family=family, input_shape=shape, code_dim=data.code_dim)
     x = data.x_train.reshape(-1, *shape)
@@ -155,11 +168,12 @@ def family_row(name, family, data, pca_mse, pca_probe, denoiser_mse, ppca_nll):
     model, _ = fit_local(mcfg, TrainConfig(seed=0), x[~val], x[val])
     seconds = time.time() - t0
     z_tr, z_te, mse = codes_and_mse(model, shape, data, denoise=family == "denoising")
-    probe = probe_accuracy(z_tr, data.y_train, z_te, data.y_test)
+    right = probe_right(z_tr, z_te, data)
     floor = denoiser_mse if family == "denoising" else pca_mse
     likelihood = [neg_elbo(model, shape, data), ppca_nll] if family == "vae" else ["-", "-"]
     return [name, family + (" (noisy rows)" if family == "denoising" else ""), mse, floor,
-            f"{mse / floor:.3f}", probe, pca_probe, *likelihood, f"{seconds:.0f}"]
+            f"{mse / floor:.3f}", right.mean(), pca_right.mean(), paired(right, pca_right), *likelihood,
+            f"{seconds:.0f}"]
 
 
 def main():
@@ -175,14 +189,14 @@ def main():
     rows = []
     for name in args.datasets.split(","):
         data = load(name)
-        pca_mse, pca_probe, denoiser_mse, pca_noisy, ppca_nll = baseline(data)
+        pca_mse, pca_right, denoiser_mse, pca_noisy, ppca_nll = baseline(data)
         if "denoising" in families:
             rows.append([name, "PCA (noisy rows)", pca_noisy, denoiser_mse, f"{pca_noisy / denoiser_mse:.3f}",
-                         "-", "-", "-", "-", "-"])
+                         "-", "-", "-", "-", "-", "-"])
         for family in (f for f in families if f in data.shapes):
-            rows.append(family_row(name, family, data, pca_mse, pca_probe, denoiser_mse, ppca_nll))
+            rows.append(family_row(name, family, data, pca_mse, pca_right, denoiser_mse, ppca_nll))
             print("  " + "  ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in rows[-1]), flush=True)
-    table = format_table(["dataset", "model", "test MSE", "PCA MSE", "vs PCA", "probe", "PCA probe", "-ELBO",
+    table = format_table(["dataset", "model", "test MSE", "PCA MSE", "vs PCA", "probe", "PCA probe", "probe vs PCA", "-ELBO",
                           "PPCA NLL", "fit s"], rows)
     print(table)
     record("heldout", table)
