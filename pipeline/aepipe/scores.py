@@ -15,7 +15,8 @@ Four kinds (SCORE_KINDS), all larger for rows less like the training rows:
             outside it, the classical PCA detector. On a small table a learned correction
             reconstructs the anomalies better too (breast cancer, 214 rows: combined 0.951, linear
             0.960, PyOD's best 0.960), so this is the tables' default; only models with the floor
-Both Gaussians are fitted on a sample of the training rows, their covariances shrunk by
+            (--init pca) have it
+The Gaussians are fitted on a sample of the training rows, their covariances shrunk by
 Ledoit-Wolf's rule (towards a multiple of the identity, as far as the rows per dimension call for:
 a one-digit model's 64x64 residual covariance from 160 rows, unshrunk, ranked worse than the
 reconstruction error).
