@@ -55,7 +55,7 @@ def _model_outputs(run, x: np.ndarray, kind: str) -> dict:
         z = model.encode(xn)
         score = row_scores(model, xn, None if kind == "recon" else run.density)[kind]
         out = {"z": z.numpy(), "x_hat": run.normalizer.invert(model.decode(z).numpy()),
-               "score": score.numpy(), "dtype_error": {}}
+               "score": score.numpy(), "kind": kind, "dtype_error": {}}
         for dtype in DTYPE_COLORS:  # the same codes stored at each dtype, decoded back
             zq = torch.from_numpy(dequantize(quantize(out["z"], dtype, scale), dtype, scale))
             out["dtype_error"][dtype] = float((model.decode(zq) - xn).pow(2).mean())
@@ -88,7 +88,6 @@ def report(model: str, out_dir: str | Path, data: str | None = None, labels: str
     kind, _ = score_kind(run, None)  # the score `aepipe score` writes by default
     threshold = auto_threshold(run, 0.01, kind) if run.meta.get("score_quantiles") else None
     res = _model_outputs(run, x, kind)
-    res["kind"] = kind
     summary = _summary(run, spec, len(x), res, threshold)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / "report.png"

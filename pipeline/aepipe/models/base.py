@@ -155,13 +155,18 @@ class Autoencoder(nn.Module):
         """The linear part alone, as the model codes and decodes with both gates at zero: its code
         (B, k) and output logits."""
         z = self.pca_code(x)
-        out = reconstruct(z * self.reconstruction_gain(), self.pca_mean, self.pca_components, self.pca_scale,
-                          self.cfg.loss)
-        return z, out.view(-1, *self.cfg.input_shape)
+        return z, self.floor_logits(z, self.reconstruction_gain())
+
+    def floor_logits(self, z, gain=None):
+        """The linear part's output logits for codes z; gain: each PCA component's weight in it (None:
+        the floor's own, pca_gain)."""
+        gain = self.pca_gain if gain is None else gain
+        out = reconstruct(z * gain, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
+        return out.view(-1, *self.cfg.input_shape)
 
     def reconstruction_gain(self):
-        """Each PCA component's weight when a code is reconstructed (decode_logits): the floor's own."""
-        return self.pca_gain
+        """The gain a code is reconstructed with (decode, score, denoise): None, the floor's own."""
+        return None
 
     def learned_code(self, x):
         """The share of the code the family's own networks give: all of it without the floor."""
@@ -182,9 +187,7 @@ class Autoencoder(nn.Module):
         """gain: each PCA component's weight in the floor's output (None: the floor's own, pca_gain)."""
         if not self.has_pca_floor:
             return self.own_logits(z)
-        gain = self.pca_gain if gain is None else gain
-        pca = reconstruct(z * gain, self.pca_mean, self.pca_components, self.pca_scale, self.cfg.loss)
-        return pca.view(-1, *self.cfg.input_shape) + self.out_gate * self.own_logits(z)
+        return self.floor_logits(z, gain) + self.out_gate * self.own_logits(z)
 
     def squash(self, logits):
         """Outputs from decode_logits' logits: the sigmoid for bce, the logits themselves otherwise."""

@@ -69,10 +69,10 @@ class VAE(Autoencoder):
         the generative mean W z + mean of it (generate) is shrunk again, so it would reconstruct worse
         than PCA (1.02-1.09x PCA's held-out MSE on the breast-cancer and wine tables). The least-squares
         reconstruction from the code, E[x | code] for PPCA, is PCA's: the floor's output gain of 1."""
-        return super().decode_logits(z, gain=1.0 if self.ppca else None)
+        return super().decode_logits(z, gain=self.reconstruction_gain())
 
     def reconstruction_gain(self):
-        return 1.0 if self.ppca else super().reconstruction_gain()
+        return 1.0 if self.ppca else None
 
     def generate(self, z):
         """The decoder's mean at z (the generative model's, which the ELBO trains): W z + mean plus the
