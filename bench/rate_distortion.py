@@ -30,14 +30,17 @@ With --init pca (the default) each lambda trains from its own DCT floor; with --
 (CompressAI's transforms from random weights) lambdas are trained in increasing order, each starting
 from the previous one's weights, the first for twice the steps. --anchors-only measures and records
 the anchors alone (JPEG, WebP, AVIF, PCA) without training, in seconds, as their own section of
-bench/RESULTS.md (rate_distortion_anchors[_rgb]), so a full run's section is kept. --prior
-hyperprior trains and scores the mean-scale hyperprior instead of the factorized prior (its bpp
-counts the side information's bytes too: one bitstream holds both), recorded as its own section
-(rate_distortion_hyperprior[_rgb]) beside the factorized one.
+bench/RESULTS.md (rate_distortion_anchors[_rgb]), so a full run's section is kept. --prior picks
+the latent's entropy model as aepipe train's does, each recorded as its own section: context (the
+default: a sixteenth of the latent by the per-channel density, the rest priced by its decoded
+neighbours) as rate_distortion_context[_rgb], factorized as rate_distortion[_rgb], hyperprior (its
+bpp counts the side information's bytes too: one bitstream holds both) as
+rate_distortion_hyperprior[_rgb].
 
-    .venv/bin/python bench/rate_distortion.py --out runs/rd     # about 25 min on 2 quiet cores
+    .venv/bin/python bench/rate_distortion.py --out runs/rd     # about 20 min on 2 quiet cores
     .venv/bin/python bench/rate_distortion.py --lmbdas 0.005 --steps 200 --out /tmp/rd  # a smoke run
     .venv/bin/python bench/rate_distortion.py --prior hyperprior --out runs/rd_hp  # the hyperprior
+    .venv/bin/python bench/rate_distortion.py --prior factorized --out runs/rd_f   # the factorized prior
     .venv/bin/python bench/rate_distortion.py --anchors-only --rgb --out /tmp/rd        # seconds
 """
 
@@ -203,9 +206,11 @@ def parse_args():
     ap.add_argument("--init", default="pca", choices=("pca", "none"),
                     help="pca: the block-DCT floor under the model (each lambda from it); none: CompressAI's "
                          "transforms from random weights (each lambda warm-starts from the previous one)")
-    ap.add_argument("--prior", default="factorized", choices=("factorized", "hyperprior"),
-                    help="the latent's entropy model (aepipe train --prior): factorized, or the mean-scale "
-                         "hyperprior, whose side bits count in its bpp; recorded as rate_distortion_hyperprior[_rgb]")
+    ap.add_argument("--prior", default="context", choices=("context", "factorized", "hyperprior"),
+                    help="the latent's entropy model (aepipe train --prior): the spatial context, the "
+                         "factorized density or the mean-scale hyperprior (its side bits count in its bpp); "
+                         "recorded as rate_distortion_context[_rgb], rate_distortion[_rgb] or "
+                         "rate_distortion_hyperprior[_rgb]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/rd"))
     ap.add_argument("--rgb", action="store_true", help=f"colour: train on {', '.join(TRAIN_RGB)}, score "
@@ -309,7 +314,7 @@ def main():
         out += ["", *per_image_table(per_image), "", *vs_jpeg_lines(rows), "", *bd_rate_lines(rows),
                 "", f"training seconds per lambda: {json.dumps(times)}"]
     print("\n" + "\n".join(out))
-    prior = "_hyperprior" if args.prior == "hyperprior" and not args.anchors_only else ""
+    prior = f"_{args.prior}" if args.prior != "factorized" and not args.anchors_only else ""
     record("rate_distortion" + ("_anchors" if args.anchors_only else "") + prior + ("_rgb" if args.rgb else ""),
            "\n".join(out))
     plot(rows, f"held-out {'colour' if args.rgb else 'grayscale'} photos: {', '.join(test_names)}",

@@ -328,11 +328,13 @@ def test_the_density_learns_at_ten_times_the_rate_through_the_schedule():
     assert rest < 1e-3 / 2  # the cosine schedule has come down
 
 
-def test_a_hyperprior_codec_keeps_every_image_at_its_own_size(photo_folder, tmp_path):
-    """--prior hyperprior through encode and decode (in this process): each image at its own size, its
-    side latent z rounded up from the latent's odd sizes; decoded = the model's own quantised round trip."""
+@pytest.mark.parametrize("prior", ["hyperprior", "factorized"])
+def test_the_other_priors_keep_every_image_at_its_own_size(photo_folder, tmp_path, prior):
+    """--prior hyperprior and factorized (the default is context) through encode and decode (in this
+    process): each image at its own size (the hyperprior's side latent z rounded up from the latent's
+    odd sizes); decoded = the model's own quantised round trip."""
     tmp = photo_folder
-    run_aepipe("train", tmp / "train", "--family", "compress", "--prior", "hyperprior", "--hidden", 8, "--lmbda", 0.01,
+    run_aepipe("train", tmp / "train", "--family", "compress", "--prior", prior, "--hidden", 8, "--lmbda", 0.01,
                "--epochs", 3, "--in-process", "--out", tmp_path / "run")
     run_aepipe("encode", tmp / "photos", "--model", tmp_path / "run", "--out", tmp_path / "b.zarr", "--engine", "local")
     assert [tuple(s) for s in zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["image_size"][:]] == [

@@ -150,11 +150,11 @@ def test_the_hyperprior_trains_and_beats_the_factorized_prior_from_the_same_star
 
 
 def test_the_prior_option_is_checked_and_old_run_dirs_load_as_factorized():
-    with pytest.raises(ValueError, match='unknown prior "gaussian"; choose one of factorized, hyperprior'):
+    with pytest.raises(ValueError, match='unknown prior "gaussian"; choose one of factorized, hyperprior, context'):
         check_config(ModelConfig(family="compress", input_shape=(32, 32), prior="gaussian"))
     # a run dir from before --prior: its aepipe.json has no "prior", its weights no hyperprior
     torch.manual_seed(0)
-    old = build_model(ModelConfig(family="compress", input_shape=(32, 32), code_dim=8, hidden=(8,)))
+    old = build_model(ModelConfig(family="compress", input_shape=(32, 32), code_dim=8, hidden=(8,), prior="factorized"))
     cfg = model_config_from_json({"family": "compress", "input_shape": [32, 32], "code_dim": 8, "hidden": [8],
                                   "init": "pca", "lmbda": 0.01})
     assert cfg.prior == "factorized"

@@ -49,7 +49,7 @@ LAYERS = {
               "aepipe.stores.zarr_sink", "aepipe.stores.parquet_sink", "aepipe.stores.png_sink", "aepipe.stores.ids_index", "aepipe.stores.quantize",
               "aepipe.stores.bitstreams", "aepipe.bitstream", "aepipe.models", "aepipe.pca",
               "aepipe.models.base", "aepipe.models.dense", "aepipe.models.vae", "aepipe.models.conv",
-              "aepipe.models.recurrent", "aepipe.models.compress", "aepipe.models.hyperprior",
+              "aepipe.models.recurrent", "aepipe.models.compress", "aepipe.models.hyperprior", "aepipe.models.context",
               "aepipe.run", "aepipe.statefile", "aepipe.normalize", "aepipe.scores", "aepipe.remote", "aepipe.checks",
               "aepipe.sources", "aepipe.sources.arrays", "aepipe.sources.csv", "aepipe.sources.images",
               "aepipe.sources.parquet", "aepipe.sources.csv_rows", "aepipe.sources.dataset", "aepipe.analysis.metrics",

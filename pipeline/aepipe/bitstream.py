@@ -6,7 +6,7 @@
 
 FactorizedCoder (--prior factorized) rounds y and codes it with LatentCoder(density), which codes
 integers (M, h, w) and gives back exactly the same integers; HyperpriorCoder (--prior hyperprior)
-at the end of this module.
+and ContextCoder (--prior context) at the end of this module.
 
 The probability tables come from the model's learned density (FactorizedDensity): for channel c,
 P(k) = CDF_c(k + 0.5) - CDF_c(k - 0.5) at every integer k of one range [lo, hi] shared by all
@@ -27,6 +27,13 @@ z's (a LatentCoder bitstream of the side latent's integers, (N, h/4, w/4) rounde
 factorized density), then y's words: round(y - mean), each a QuantizedGaussian of zero mean and its
 own scale over -RANGE..RANGE, means and scales computed by h_s from the decoded z in float64 on
 the CPU, on both sides; values outside the range take the escapes above (edge symbols +-(RANGE + 1)).
+
+The spatial context's bitstream holds two streams too: the length in bytes of pass 0's (4 bytes,
+little-endian), pass 0's (a LatentCoder bitstream of the rounded latent at every fourth row and
+column, (M, n) in row-major order), then the other passes' words, pass 1 first: each value a
+QuantizedLaplace over -RANGE - 1..RANGE + 1 of the mean and scale its decoded neighbours give
+(aepipe/models/context.py), computed as the hyperprior's are, each scale rounded up to a level of
+LAPLACE_SCALES; escapes as above, each pass's after its values.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ RANGE = 1023
 # apart (other threads, other CPUs: float64's last bits may differ), and ANS must see the same
 # probabilities on both sides: only a scale within a rounding error of a level could differ now.
 SCALE_TABLE = np.exp(np.linspace(np.log(0.11), np.log(256), 64))
+# The spatial context's Laplace scales, likewise: from its own bound (models/context.py's
+# SCALE_BOUND) to 256, 72 levels 13 % apart
+LAPLACE_SCALES = np.exp(np.linspace(np.log(0.03), np.log(256), 72))
 
 
 class BitstreamError(ValueError):
@@ -240,3 +250,81 @@ class HyperpriorCoder:
         if not coder.is_empty():
             raise BitstreamError("words are left after the last symbol")
         return (q.reshape(shape) + means).astype(np.float32)
+
+
+class ContextCoder:
+    """The spatial context's latent_coder() (--prior context; see the module's doc and
+    aepipe/models/context.py): round(y), coded in five passes. Pass 0's values by a LatentCoder of
+    the factorized density; each value of the others by QuantizedLaplace(-RANGE - 1, RANGE + 1)
+    of the mean and scale its decoded neighbours give, computed in float64 on one thread on both
+    sides, scales rounded up to LAPLACE_SCALES' levels (the edge symbols are the escapes)."""
+
+    def __init__(self, density, context):
+        import constriction
+
+        self.cs = constriction
+        self.first = LatentCoder(density)
+        self.context = copy.deepcopy(context).cpu().double().eval()  # frozen at these weights, as the hyperprior's
+        self.laplace = constriction.stream.model.QuantizedLaplace(-RANGE - 1, RANGE + 1)
+        self.escape = constriction.stream.model.Uniform(2 ** ESCAPE_BITS)
+
+    def quantize(self, y: np.ndarray) -> np.ndarray:
+        """The latent decode gives back for y: round(y), float32."""
+        return np.round(y).astype(np.float32)
+
+    @torch.no_grad()
+    def params(self, q: np.ndarray, decoded: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Means (float64) and scales (levels of LAPLACE_SCALES) of pass k's values, in the order q[:, mask]
+        lists them, from q's decoded values (M, h, w), on one thread (see HyperpriorCoder.params)."""
+        from aepipe.models.context import pass_masks
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            means, scales = self.context.params(torch.from_numpy(q.astype(np.float64))[None], decoded, k)
+        finally:
+            torch.set_num_threads(threads)
+        mask = pass_masks(*q.shape[1:])[k]
+        means, scales = means[0][:, mask].numpy().ravel(), scales[0][:, mask].numpy().ravel()
+        if not np.isfinite(scales).all():
+            raise BitstreamError("the context predicts an infinite scale: a broken model")
+        return means, LAPLACE_SCALES[np.searchsorted(LAPLACE_SCALES, scales).clip(0, len(LAPLACE_SCALES) - 1)]
+
+    def encode(self, y: np.ndarray) -> bytes:
+        from aepipe.models.context import PASSES, pass_masks
+
+        q = np.round(y).astype(np.int64)
+        masks = pass_masks(*q.shape[1:])
+        first = self.first.encode(q[:, masks[0].numpy()])
+        coder = self.cs.stream.stack.AnsCoder()
+        # a stack: the last pass goes in first, each pass's escapes before its values, so the decoder
+        # reads pass 1's values, its escapes, then pass 2's (whose means need pass 1's values), ...
+        for k in reversed(range(1, PASSES)):
+            means, scales = self.params(q, masks[:k].any(0), k)
+            clipped, far = escaped(q[:, masks[k].numpy()].ravel(), -RANGE, RANGE)
+            if far.size:
+                coder.encode_reverse(far, self.escape)
+            coder.encode_reverse(clipped.astype(np.int32), self.laplace, means, scales)
+        return len(first).to_bytes(4, "little") + first + coder.get_compressed().astype("<u4").tobytes()
+
+    def decode(self, data: bytes, shape) -> np.ndarray:
+        from aepipe.models.context import PASSES, pass_masks
+
+        m, hw = shape[0], tuple(shape[1:])
+        n_first = int.from_bytes(data[:4], "little")
+        if len(data) < 4 or n_first > len(data) - 4 or (len(data) - 4 - n_first) % 4:
+            raise BitstreamError(f"{len(data)} bytes is not a first pass and whole 32-bit words")
+        if m != self.context.log_scale.shape[1]:
+            raise BitstreamError(f"latent has {m} channels, the model {self.context.log_scale.shape[1]}")
+        masks = pass_masks(*hw)
+        q = np.zeros(shape, np.int64)
+        q[:, masks[0].numpy()] = self.first.decode(data[4:4 + n_first], (m, int(masks[0].sum()))).reshape(m, -1)
+        coder = self.cs.stream.stack.AnsCoder(np.frombuffer(data[4 + n_first:], "<u4").astype(np.uint32))
+        for k in range(1, PASSES):
+            means, scales = self.params(q, masks[:k].any(0), k)
+            clipped = coder.decode(self.laplace, means, scales)
+            q[:, masks[k].numpy()] = unescaped(clipped, -RANGE, RANGE,
+                                               lambda n: coder.decode(self.escape, n)).reshape(m, -1)
+        if not coder.is_empty():
+            raise BitstreamError("words are left after the last symbol")
+        return q.astype(np.float32)

@@ -42,7 +42,7 @@ class ModelConfig:
     cell: str = "gru"  # gru or lstm
     # compress (learned compression): loss = bits per pixel + lmbda * 255^2 * MSE, as CompressAI
     lmbda: float = 0.01  # larger: more bits, higher PSNR
-    prior: str = "factorized"  # the latent's entropy model: factorized, or hyperprior (side information)
+    prior: str = "context"  # the latent's entropy model: context (the default), factorized or hyperprior
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ def model_config_from_json(d: dict) -> ModelConfig:
     d["input_shape"] = tuple(d["input_shape"])
     d["hidden"] = tuple(d["hidden"]) if d.get("hidden") else None
     d.setdefault("init", "none")  # run dirs from before --init pca have no floor in their weights
+    d.setdefault("prior", "factorized")  # nor those from before --prior a prior but the factorized one
     return ModelConfig(**d)
 
 

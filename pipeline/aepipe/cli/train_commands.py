@@ -85,13 +85,16 @@ def train(
     lmbda: Optional[float] = typer.Option(None, help="compress: rate-distortion trade-off, loss = bits per pixel + "
                                           "lmbda * 255^2 * MSE; larger spends more bits for a higher PSNR "
                                           "(0.0018 to 0.05 spans about 0.1 to 1.5 bpp)."),
-    prior: Optional[str] = typer.Option(None, help="compress: the latent's entropy model. factorized: one learned "
-                                        "density per latent channel; hyperprior: a mean-scale hyperprior (Minnen et "
-                                        "al. 2018) sends a small side latent first, from which every latent value "
-                                        "gets its own Gaussian mean and scale (the side bits count in bits per "
-                                        "pixel). The hyperprior adapts to each image region but needs long training "
-                                        "to pay for its side bits: after 1000 steps it still spends more bits than "
-                                        "factorized."),
+    prior: Optional[str] = typer.Option(None, help="compress: the latent's entropy model. context (the default): "
+                                        "a sixteenth of the latent by one learned density per channel, every other "
+                                        "value by a Laplace whose mean and scale come from its already-decoded "
+                                        "neighbours (five passes, no side bits). factorized: the learned densities "
+                                        "for all of it; in the same training budget it spends more bits for the same "
+                                        "PSNR (bench/RESULTS.md). hyperprior: a mean-scale hyperprior (Minnen et al. "
+                                        "2018) sends a small side latent first, from which every latent value gets "
+                                        "its own Gaussian mean and scale (the side bits count in bits per pixel); it "
+                                        "needs long training to pay for its side bits: after 1000 steps it still "
+                                        "spends more bits than factorized."),
     config: Optional[Path] = typer.Option(None, help="JSON or TOML file of these options; flags given here win."),
     resume: bool = typer.Option(False, help="Continue from the run dir's last checkpoint."),
     columns: Optional[str] = COLUMNS,

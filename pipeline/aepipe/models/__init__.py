@@ -14,6 +14,7 @@
     recurrent.py   recurrent
     compress.py    compress: GDN, the factorized density, the block DCT floor
     hyperprior.py  compress --prior hyperprior: the mean-scale hyperprior (side information z)
+    context.py     compress --prior context: the latent priced by its decoded neighbours, in five passes
 
 Each family module registers its classes as it is imported: the imports below, in this order,
 are the order `aepipe models` lists the families in. These modules know torch only: no Ray, no

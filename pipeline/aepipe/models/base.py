@@ -236,7 +236,7 @@ def register(name: str):
 
 CHOICES = {"loss": LOSSES, "sparsity": ("l1", "kl"), "noise": ("gaussian", "mask"),
            "up": ("transpose", "upsample"), "down": ("stride", "pool"), "cell": ("gru", "lstm"), "init": ("pca", "none"),
-           "prior": ("factorized", "hyperprior")}
+           "prior": ("factorized", "hyperprior", "context")}
 
 
 def check_config(cfg: ModelConfig) -> None:

@@ -1,6 +1,6 @@
 """Learned image compression (the compress family) and its parts: GDN, the factorized density
 that prices and codes the latent, and the block DCT floor under it. The hyperprior (--prior
-hyperprior) is in hyperprior.py."""
+hyperprior) is in hyperprior.py, the spatial context (--prior context) in context.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aepipe.models.base import Autoencoder, ModelConfig, image_chw, register, widths
+from aepipe.models.context import SpatialContext
 from aepipe.models.hyperprior import HyperPrior
 
 class GDN(nn.Module):
@@ -114,7 +115,9 @@ class Compress(Autoencoder):
     4:2:0 (chroma at half resolution): 64 + 16 + 16 channels.
     --init none: CompressAI's four strided convs with GDN (16x smaller), --code-dim channels.
 
-    --prior factorized (the default) prices the latent with the per-channel learned density above;
+    --prior context (the default; context.py) codes a sixteenth of the latent with the per-channel
+    learned density above and each other value with a Laplace whose mean and scale its
+    already-decoded neighbours give; --prior factorized prices all of it with the density;
     --prior hyperprior with a mean-scale hyperprior (hyperprior.py): side information z, coded
     first, gives each latent value its own Gaussian; bits per pixel count y's and z's bits."""
 
@@ -160,6 +163,7 @@ class Compress(Autoencoder):
         # the hyperprior's side latent has N channels, as CompressAI's MeanScaleHyperprior
         self.hyper = HyperPrior(m, n, FactorizedDensity(n)) if cfg.prior == "hyperprior" else None
         self.density = FactorizedDensity(m) if self.hyper is None else None
+        self.context = SpatialContext(m) if cfg.prior == "context" else None
         self.latent_hw = tuple(-(-s // self.factor) for s in self.chw[1:])
         self.pixels = math.prod(self.chw[1:])  # per image, whatever its channels: bits per pixel counts these
 
@@ -167,6 +171,7 @@ class Compress(Autoencoder):
         """The density at 10x the rate (unless density_lr says): it learns 64+ distributions from a
         wide start, and until it has, the rate it prices is far above the transforms' real one."""
         density = list(self.density.parameters()) if self.hyper is None else self.hyper.entropy_parameters()
+        density += list(self.context.parameters()) if self.context is not None else []
         rest = [p for p in self.parameters() if all(p is not d for d in density)]
         return [{"params": rest, "lr": lr}, {"params": density, "lr": 10 * lr if density_lr is None else density_lr}]
 
@@ -197,8 +202,10 @@ class Compress(Autoencoder):
     def latent_coder(self):
         """One image's entropy coder, tables built once from the current weights: encode(y) with y
         the unrounded latent (M, h, w) -> bytes; decode(bytes, (M, h, w)) -> the latent synthesis takes."""
-        from aepipe.bitstream import FactorizedCoder, HyperpriorCoder
+        from aepipe.bitstream import ContextCoder, FactorizedCoder, HyperpriorCoder
 
+        if self.context is not None:
+            return ContextCoder(self.density, self.context)
         return FactorizedCoder(self.density) if self.hyper is None else HyperpriorCoder(self.hyper)
 
     def own_code(self, x):  # the quantised latent, flat: what the bitstream carries
@@ -223,4 +230,6 @@ class Compress(Autoencoder):
         if self.hyper is not None:
             return self.hyper(y, noisy=self.training)
         y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
+        if self.context is not None:  # the context reads rounded neighbours, as the decoder will (straight-through)
+            return y_hat, self.context.bits(y_hat, self.density, y + (torch.round(y) - y).detach()), y.new_zeros(())
         return y_hat, -torch.log2(self.density.likelihood(y_hat)).sum(), y.new_zeros(())
