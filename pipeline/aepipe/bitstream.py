@@ -32,8 +32,9 @@ The spatial context's bitstream holds two streams too: the length in bytes of pa
 little-endian), pass 0's (a LatentCoder bitstream of the rounded latent at every fourth row and
 column, (M, n) in row-major order), then the other passes' words, pass 1 first: each value a
 QuantizedLaplace over -RANGE - 1..RANGE + 1 of the mean and scale its decoded neighbours give
-(aepipe/models/context.py), computed as the hyperprior's are, each scale rounded up to a level of
-LAPLACE_SCALES; escapes as above, each pass's after its values.
+(aepipe/models/context.py), from sums of the decoded integers (exact in any order) in float64 on
+the CPU on both sides, each scale rounded up to a level of LAPLACE_SCALES; escapes as above, each
+pass's after its values.
 """
 
 from __future__ import annotations
@@ -256,8 +257,8 @@ class ContextCoder:
     """The spatial context's latent_coder() (--prior context; see the module's doc and
     aepipe/models/context.py): round(y), coded in five passes. Pass 0's values by a LatentCoder of
     the factorized density; each value of the others by QuantizedLaplace(-RANGE - 1, RANGE + 1)
-    of the mean and scale its decoded neighbours give, computed in float64 on one thread on both
-    sides, scales rounded up to LAPLACE_SCALES' levels (the edge symbols are the escapes)."""
+    of the mean and scale its decoded neighbours give, computed in float64 on both sides, scales
+    rounded up to LAPLACE_SCALES' levels (the edge symbols are the escapes)."""
 
     def __init__(self, density, context):
         import constriction
@@ -273,19 +274,12 @@ class ContextCoder:
         return np.round(y).astype(np.float32)
 
     @torch.no_grad()
-    def params(self, q: np.ndarray, decoded: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Means (float64) and scales (levels of LAPLACE_SCALES) of pass k's values, in the order q[:, mask]
-        lists them, from q's decoded values (M, h, w), on one thread (see HyperpriorCoder.params)."""
-        from aepipe.models.context import pass_masks
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            means, scales = self.context.params(torch.from_numpy(q.astype(np.float64))[None], decoded, k)
-        finally:
-            torch.set_num_threads(threads)
-        mask = pass_masks(*q.shape[1:])[k]
-        means, scales = means[0][:, mask].numpy().ravel(), scales[0][:, mask].numpy().ravel()
+    def params(self, q: np.ndarray, masks: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Means (float64) and scales (levels of LAPLACE_SCALES) of pass k's values, in the order
+        q[:, masks[k]] lists them, from the values of q (M, h, w) that passes 0..k-1 decoded: sums of
+        integers (exact in any order) then elementwise functions, in float64."""
+        means, scales = self.context.params_at(torch.from_numpy(q.astype(np.float64)), masks[:k].any(0), masks[k], k)
+        means, scales = means.numpy().ravel(), scales.numpy().ravel()
         if not np.isfinite(scales).all():
             raise BitstreamError("the context predicts an infinite scale: a broken model")
         return means, LAPLACE_SCALES[np.searchsorted(LAPLACE_SCALES, scales).clip(0, len(LAPLACE_SCALES) - 1)]
@@ -300,7 +294,7 @@ class ContextCoder:
         # a stack: the last pass goes in first, each pass's escapes before its values, so the decoder
         # reads pass 1's values, its escapes, then pass 2's (whose means need pass 1's values), ...
         for k in reversed(range(1, PASSES)):
-            means, scales = self.params(q, masks[:k].any(0), k)
+            means, scales = self.params(q, masks, k)
             clipped, far = escaped(q[:, masks[k].numpy()].ravel(), -RANGE, RANGE)
             if far.size:
                 coder.encode_reverse(far, self.escape)
@@ -321,7 +315,7 @@ class ContextCoder:
         q[:, masks[0].numpy()] = self.first.decode(data[4:4 + n_first], (m, int(masks[0].sum()))).reshape(m, -1)
         coder = self.cs.stream.stack.AnsCoder(np.frombuffer(data[4 + n_first:], "<u4").astype(np.uint32))
         for k in range(1, PASSES):
-            means, scales = self.params(q, masks[:k].any(0), k)
+            means, scales = self.params(q, masks, k)
             clipped = coder.decode(self.laplace, means, scales)
             q[:, masks[k].numpy()] = unescaped(clipped, -RANGE, RANGE,
                                                lambda n: coder.decode(self.escape, n)).reshape(m, -1)

@@ -61,6 +61,23 @@ def neighbour_mean(v: torch.Tensor, decoded: torch.Tensor, distance: int) -> tor
     return total / F.conv2d(d, k, **ring).clamp_min(1)
 
 
+def ring_sums(v: torch.Tensor, decoded: torch.Tensor, at: torch.Tensor, distance: int):
+    """(sums of v (C, h, w) over the decoded neighbours on the 3x3 ring at `distance` of the
+    positions `at` (a (h, w) mask), (C, n) in row-major order; their count, (n,)): what
+    neighbour_mean computes everywhere, at the positions of one pass only (the coder's way: a pass
+    holds 1/16 to 1/2 of the latent)."""
+    ii, jj = torch.nonzero(at, as_tuple=True)
+    d = distance
+    pv, pd = F.pad(v * decoded, (d, d, d, d)), F.pad(decoded.to(v.dtype), (d, d, d, d))
+    total, count = v.new_zeros(v.shape[0], len(ii)), v.new_zeros(len(ii))
+    for di in (-d, 0, d):
+        for dj in (-d, 0, d):
+            if di or dj:
+                total += pv[:, ii + d + di, jj + d + dj]
+                count += pd[ii + d + di, jj + d + dj]
+    return total, count
+
+
 def laplace_likelihood(v, scales):
     """P of the bin [v - 0.5, v + 0.5] under a Laplace of mean 0 and scale b (v the value less its
     mean), from the tails' exponentials only: no difference of two numbers near 1."""
@@ -81,19 +98,32 @@ class SpatialContext(nn.Module):
         self.w_energy = nn.Parameter(torch.zeros(PASSES - 1, m))
         self.mean_weight = nn.Parameter(torch.zeros(PASSES - 1, m))
 
+    def predict(self, k: int, value: torch.Tensor, local: torch.Tensor, energy: torch.Tensor):
+        """(means, scales) of pass k's values from their decoded neighbours' means: of the value and
+        of its magnitude in its channel (B, M, ...), and of the magnitude over every channel (B, 1, ...)."""
+        def per_channel(p):
+            return p[k - 1].view(1, -1, *[1] * (value.dim() - 2))
+
+        log_scales = SPEED * per_channel(self.log_scale) + per_channel(self.w_local) * torch.log(0.1 + local) \
+            + per_channel(self.w_energy) * torch.log(0.01 + energy)
+        return per_channel(self.mean_weight) * value, LowerBound.apply(torch.exp(log_scales), SCALE_BOUND)
+
     def params(self, y: torch.Tensor, decoded: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(means, scales), each (B, M, h, w), for pass k >= 1 of latent y given the positions decoded
-        before it (only those values of y are read)."""
-        def per_channel(p):
-            return p[k - 1].view(1, -1, 1, 1)
-
+        before it (only those values of y are read): training's way, every position at once."""
         a, ring = y.abs(), DISTANCE[k]
-        local = torch.log(0.1 + neighbour_mean(a, decoded, ring))
-        energy = torch.log(0.01 + neighbour_mean(a.mean(1, keepdim=True), decoded, ring))
-        log_scales = SPEED * per_channel(self.log_scale) + per_channel(self.w_local) * local \
-            + per_channel(self.w_energy) * energy
-        means = per_channel(self.mean_weight) * neighbour_mean(y, decoded, ring)
-        return means, LowerBound.apply(torch.exp(log_scales), SCALE_BOUND)
+        return self.predict(k, neighbour_mean(y, decoded, ring), neighbour_mean(a, decoded, ring),
+                            neighbour_mean(a.mean(1, keepdim=True), decoded, ring))
+
+    def params_at(self, q: torch.Tensor, decoded: torch.Tensor, at: torch.Tensor, k: int):
+        """(means, scales), each (M, n), of pass k's values (at: its (h, w) mask) of one latent q (M, h, w):
+        the coder's way, the same figures as params at those positions, computed there only."""
+        value, count = ring_sums(q, decoded, at, DISTANCE[k])
+        local, _ = ring_sums(q.abs(), decoded, at, DISTANCE[k])
+        count = count.clamp_min(1)
+        energy = local.sum(0, keepdim=True) / q.shape[0] / count
+        means, scales = self.predict(k, (value / count)[None], (local / count)[None], energy[None])
+        return means[0], scales[0]
 
     def bits(self, y_hat: torch.Tensor, density: nn.Module, seen: torch.Tensor | None = None) -> torch.Tensor:
         """Bits of the (rounded or noisy) latent y_hat (B, M, h, w): pass 0 by the factorized density,
