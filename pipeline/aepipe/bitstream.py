@@ -127,6 +127,27 @@ def unescaped(clipped: np.ndarray, lo: int, hi: int, distances) -> np.ndarray:
     return y
 
 
+def rounded_up(scales: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Each scale rounded up to one of the coder's fixed levels (the widest where beyond them): the
+    probabilities both sides see, whatever the last bits of their float arithmetic."""
+    return levels[np.searchsorted(levels, scales).clip(0, len(levels) - 1)]
+
+
+def two_streams(first: bytes, coder) -> bytes:
+    """One bitstream of two: the first's length in bytes (4, little-endian), the first, then the
+    ANS coder's words (the hyperprior's z then y; the context's pass 0 then the others)."""
+    return len(first).to_bytes(4, "little") + first + coder.get_compressed().astype("<u4").tobytes()
+
+
+def split_streams(data: bytes, first: str) -> tuple[bytes, np.ndarray]:
+    """two_streams' inverse: (the first stream's bytes, the words after it), refused where the
+    length does not fit or the rest is not whole 32-bit words."""
+    n = int.from_bytes(data[:4], "little")
+    if len(data) < 4 or n > len(data) - 4 or (len(data) - 4 - n) % 4:
+        raise BitstreamError(f"{len(data)} bytes is not {first} and whole 32-bit words")
+    return data[4:4 + n], np.frombuffer(data[4 + n:], "<u4").astype(np.uint32)
+
+
 class LatentCoder:
     """Encodes and decodes one image's latent (M, h, w) of integers with per-channel Categorical
     models (constriction, perfect=False: every symbol keeps a nonzero probability)."""
@@ -217,8 +238,7 @@ class HyperpriorCoder:
             torch.set_num_threads(threads)
         if not torch.isfinite(scales).all():
             raise BitstreamError("the hyperprior predicts an infinite scale: a broken model")
-        level = np.searchsorted(SCALE_TABLE, scales[0].numpy()).clip(0, len(SCALE_TABLE) - 1)
-        return means[0].numpy(), SCALE_TABLE[level]
+        return means[0].numpy(), rounded_up(scales[0].numpy(), SCALE_TABLE)
 
     def quantize(self, y: np.ndarray) -> np.ndarray:
         """The latent decode gives back for y: round(y - mean) + mean, float32."""
@@ -234,18 +254,16 @@ class HyperpriorCoder:
         if far.size:  # decoded last
             coder.encode_reverse(far, self.escape)
         coder.encode_reverse(clipped.astype(np.int32), self.gaussian, np.zeros(clipped.size), scales.ravel())
-        return len(z_bytes).to_bytes(4, "little") + z_bytes + coder.get_compressed().astype("<u4").tobytes()
+        return two_streams(z_bytes, coder)
 
     def decode(self, data: bytes, shape) -> np.ndarray:
         m, hw = shape[0], tuple(shape[1:])
-        n_z = int.from_bytes(data[:4], "little")
-        if len(data) < 4 or n_z > len(data) - 4 or (len(data) - 4 - n_z) % 4:
-            raise BitstreamError(f"{len(data)} bytes is not a side stream and whole 32-bit words")
+        z_bytes, words = split_streams(data, "a side stream")
         if m != self.hyper.log_scale.shape[0]:
             raise BitstreamError(f"latent has {m} channels, the model {self.hyper.log_scale.shape[0]}")
-        z = self.z_coder.decode(data[4:4 + n_z], self.hyper.z_shape(hw))
+        z = self.z_coder.decode(z_bytes, self.hyper.z_shape(hw))
         means, scales = self.params(z, hw)
-        coder = self.cs.stream.stack.AnsCoder(np.frombuffer(data[4 + n_z:], "<u4").astype(np.uint32))
+        coder = self.cs.stream.stack.AnsCoder(words)
         clipped = coder.decode(self.gaussian, np.zeros(means.size), scales.ravel())
         q = unescaped(clipped, -RANGE, RANGE, lambda k: coder.decode(self.escape, k))
         if not coder.is_empty():
@@ -282,7 +300,7 @@ class ContextCoder:
         means, scales = means.numpy().ravel(), scales.numpy().ravel()
         if not np.isfinite(scales).all():
             raise BitstreamError("the context predicts an infinite scale: a broken model")
-        return means, LAPLACE_SCALES[np.searchsorted(LAPLACE_SCALES, scales).clip(0, len(LAPLACE_SCALES) - 1)]
+        return means, rounded_up(scales, LAPLACE_SCALES)
 
     def encode(self, y: np.ndarray) -> bytes:
         from aepipe.models.context import PASSES, pass_masks
@@ -299,21 +317,19 @@ class ContextCoder:
             if far.size:
                 coder.encode_reverse(far, self.escape)
             coder.encode_reverse(clipped.astype(np.int32), self.laplace, means, scales)
-        return len(first).to_bytes(4, "little") + first + coder.get_compressed().astype("<u4").tobytes()
+        return two_streams(first, coder)
 
     def decode(self, data: bytes, shape) -> np.ndarray:
         from aepipe.models.context import PASSES, pass_masks
 
         m, hw = shape[0], tuple(shape[1:])
-        n_first = int.from_bytes(data[:4], "little")
-        if len(data) < 4 or n_first > len(data) - 4 or (len(data) - 4 - n_first) % 4:
-            raise BitstreamError(f"{len(data)} bytes is not a first pass and whole 32-bit words")
+        first, words = split_streams(data, "a first pass")
         if m != self.context.log_scale.shape[1]:
             raise BitstreamError(f"latent has {m} channels, the model {self.context.log_scale.shape[1]}")
         masks = pass_masks(*hw)
         q = np.zeros(shape, np.int64)
-        q[:, masks[0].numpy()] = self.first.decode(data[4:4 + n_first], (m, int(masks[0].sum()))).reshape(m, -1)
-        coder = self.cs.stream.stack.AnsCoder(np.frombuffer(data[4 + n_first:], "<u4").astype(np.uint32))
+        q[:, masks[0].numpy()] = self.first.decode(first, (m, int(masks[0].sum()))).reshape(m, -1)
+        coder = self.cs.stream.stack.AnsCoder(words)
         for k in range(1, PASSES):
             means, scales = self.params(q, masks, k)
             clipped = coder.decode(self.laplace, means, scales)

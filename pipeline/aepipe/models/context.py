@@ -118,9 +118,8 @@ class SpatialContext(nn.Module):
     def params_at(self, q: torch.Tensor, decoded: torch.Tensor, at: torch.Tensor, k: int):
         """(means, scales), each (M, n), of pass k's values (at: its (h, w) mask) of one latent q (M, h, w):
         the coder's way, the same figures as params at those positions, computed there only."""
-        value, count = ring_sums(q, decoded, at, DISTANCE[k])
-        local, _ = ring_sums(q.abs(), decoded, at, DISTANCE[k])
-        count = count.clamp_min(1)
+        sums, count = ring_sums(torch.cat([q, q.abs()]), decoded, at, DISTANCE[k])  # values and magnitudes at once
+        value, local, count = *sums.chunk(2), count.clamp_min(1)
         energy = local.sum(0, keepdim=True) / q.shape[0] / count
         means, scales = self.predict(k, (value / count)[None], (local / count)[None], energy[None])
         return means[0], scales[0]
@@ -134,11 +133,12 @@ class SpatialContext(nn.Module):
         worse codec than the factorized prior's 0.49 bpp at 0.7 dB less)."""
         seen = y_hat if seen is None else seen
         masks = pass_masks(*y_hat.shape[-2:], device=y_hat.device)
-        bits = -(torch.log2(density.likelihood(y_hat)) * masks[0]).sum()
+        bits = -torch.log2(density.likelihood(y_hat[:, :, masks[0]])).sum()
         decoded = masks[0]
         for k in range(1, PASSES):
             means, scales = self.params(seen, decoded, k)
-            bits = bits - (torch.log2(laplace_likelihood(y_hat - means, scales)) * masks[k]).sum()
-            decoded = decoded | masks[k]
+            at = masks[k]  # priced where the pass codes only
+            bits = bits - torch.log2(laplace_likelihood((y_hat - means)[:, :, at], scales[:, :, at])).sum()
+            decoded = decoded | at
         return bits
 
