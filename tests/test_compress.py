@@ -111,6 +111,26 @@ def test_rate_falls_as_lmbda_falls():
     assert rates[0.0001] < 0.7 * rates[1.0], rates
 
 
+@pytest.mark.parametrize("prior", ["context", "factorized"])
+def test_training_decodes_the_rounded_latent_and_prices_the_noisy_one(prior):
+    """Mixed quantisation: in training the synthesis reads round(y), as the decoder will, with the
+    gradient passed straight through to the analysis; the rate is priced on y plus noise (it differs
+    from the rounded latent's)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="compress", input_shape=(32, 32), code_dim=8, hidden=(8,), lmbda=0.01,
+                                    prior=prior)).train()
+    x = torch.from_numpy(photo_patches(n=4))
+    y = model.analysis(x)
+    torch.manual_seed(1)
+    y_hat, bits, _ = model.rate(y)
+    assert torch.equal(y_hat, torch.round(y))
+    y_hat.sum().backward()  # straight through: d y_hat / d y is the identity
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (model.dct.weight, model.log_step))
+    with torch.no_grad():
+        rounded_bits = model.eval().rate(y)[1]
+    assert not torch.isclose(bits.detach(), rounded_bits)
+
+
 @pytest.fixture(scope="module")
 def compress_run(ray_local, tmp_path_factory):
     """`aepipe train --family compress` on 64 real 32x32 photo patches, kept as a .npy of 0..255."""

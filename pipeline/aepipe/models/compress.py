@@ -14,6 +14,12 @@ from aepipe.models.base import Autoencoder, ModelConfig, image_chw, register, wi
 from aepipe.models.context import SpatialContext
 from aepipe.models.hyperprior import HyperPrior
 
+
+def straight_through_round(v):
+    """round(v), whose gradient is the identity's: what training's decoder reads (Compress.rate)."""
+    return v + (torch.round(v) - v).detach()
+
+
 class GDN(nn.Module):
     """Generalised divisive normalisation (Balle et al. 2016): y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2);
     inverse=True multiplies instead (IGDN, the synthesis side). beta and gamma are kept positive by
@@ -225,11 +231,24 @@ class Compress(Autoencoder):
                 "side_bpp": side_bits / (x.shape[0] * self.pixels)}
 
     def rate(self, y):
-        """(y_hat, bits of y, bits of the side information z; 0 for the factorized prior) of a batch.
-        Training: additive uniform noise stands in for rounding (differentiable, same rate in expectation)."""
+        """(y_hat, bits of y, bits of the side information z; 0 for the factorized prior) of a batch,
+        y_hat the latent synthesis reads: rounded, as the decoder will have it. Training prices y plus
+        uniform noise (differentiable, the same rate in expectation) but decodes the rounded latent,
+        its gradient passed straight through (mixed quantisation, Minnen & Singh 2020): noise in the
+        synthesis' input would train the decoder on errors of variance 1/12 in every value, where
+        rounding a value near zero errs by the value itself (at the DCT floor, lmbda 0.005, the noisy
+        latent's distortion 0.72 against the rounded one's 0.15: training chased a distortion the
+        codec does not have). Measured on the bench at lmbda 0.005 (scratch /work/scratch/mixq.py,
+        6000 steps): rate + lmbda x distortion -4.7 % under the context prior (0.450 bpp at 29.85 dB
+        against 0.474 at 29.66), -6.3 % under the factorized (0.455 at 29.39 against 0.466 at 28.90).
+        The hyperprior keeps noise in both: rounded about its means it measured +4.1 % (0.674 bpp at
+        30.16 dB against 0.621 at 29.97)."""
         if self.hyper is not None:
             return self.hyper(y, noisy=self.training)
-        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
-        if self.context is not None:  # the context reads rounded neighbours, as the decoder will (straight-through)
-            return y_hat, self.context.bits(y_hat, self.density, y + (torch.round(y) - y).detach()), y.new_zeros(())
-        return y_hat, -torch.log2(self.density.likelihood(y_hat)).sum(), y.new_zeros(())
+        if self.training:
+            y_hat, priced = straight_through_round(y), y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        else:
+            y_hat = priced = torch.round(y)
+        if self.context is not None:  # the context reads rounded neighbours, as the decoder will
+            return y_hat, self.context.bits(priced, self.density, y_hat), y.new_zeros(())
+        return y_hat, -torch.log2(self.density.likelihood(priced)).sum(), y.new_zeros(())
