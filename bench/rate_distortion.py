@@ -35,13 +35,17 @@ the latent's entropy model as aepipe train's does, each recorded as its own sect
 default: a sixteenth of the latent by the per-channel density, the rest priced by its decoded
 neighbours) as rate_distortion_context[_rgb], factorized as rate_distortion[_rgb], hyperprior (its
 bpp counts the side information's bytes too: one bitstream holds both) as
-rate_distortion_hyperprior[_rgb].
+rate_distortion_hyperprior[_rgb]. --refine STEPS codes every held-out image a second time with its
+latent refined for STEPS steps (aepipe encode --refine: each image's own bits + lambda x distortion
+optimised, the model fixed), the "refined" rows and their BD-rates beside the plain ones, recorded as
+..._refine; --models DIR takes the weights an earlier run saved in its --out instead of training.
 
     .venv/bin/python bench/rate_distortion.py --out runs/rd     # about 20 min on 2 quiet cores
     .venv/bin/python bench/rate_distortion.py --lmbdas 0.005 --steps 200 --out /tmp/rd  # a smoke run
     .venv/bin/python bench/rate_distortion.py --prior hyperprior --out runs/rd_hp  # the hyperprior
     .venv/bin/python bench/rate_distortion.py --prior factorized --out runs/rd_f   # the factorized prior
     .venv/bin/python bench/rate_distortion.py --anchors-only --rgb --out /tmp/rd        # seconds
+    .venv/bin/python bench/rate_distortion.py --refine 200 --models runs/rd_ctx --out runs/rd_ctx_refine
 """
 
 from __future__ import annotations
@@ -148,9 +152,9 @@ def train(model, images, steps, batch, size, lr, seed, density_lr):
     return time.time() - t0
 
 
-@torch.no_grad()
-def evaluate(model, images):
-    """Real bitstreams: encode each whole image, decode it back from the bytes alone, count bytes.
+def evaluate(model, images, refine: int = 0):
+    """Real bitstreams: encode each whole image (its latent refined for `refine` steps, as `aepipe
+    encode --refine` does), decode it back from the bytes alone, count bytes.
     Returns (bits, squared error, image) per image, as pooled() takes them."""
     model.eval()
     coder = model.latent_coder()
@@ -158,11 +162,16 @@ def evaluate(model, images):
     for im in images:
         chw = np.moveaxis(im, -1, 0) if im.ndim == 3 else im[None]
         x = torch.from_numpy(chw[None] / 255.0).float()
-        y = model.analysis(x)[0].numpy()
+        if refine:
+            y = model.refine(x, refine)[0].numpy()
+        else:
+            with torch.no_grad():
+                y = model.analysis(x)[0].numpy()
         data = coder.encode(y)
         y_back = coder.decode(data, y.shape)
         assert np.array_equal(y_back, coder.quantize(y)), "entropy-coded round trip differs"
-        x_hat = model.synthesis(torch.from_numpy(y_back[None]).float(), im.shape[:2])[0].numpy()
+        with torch.no_grad():
+            x_hat = model.synthesis(torch.from_numpy(y_back[None]).float(), im.shape[:2])[0].numpy()
         dec = np.clip(np.round(x_hat * 255), 0, 255)
         res.append((len(data) * 8, ((dec - chw) ** 2).sum(), im))
     return res
@@ -175,8 +184,8 @@ def plot(rows, title: str, path: Path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    styles = (("compress", "o-"), ("DCT floor", "x-."), ("JPEG", "s--"), ("WebP", "D--"), ("AVIF", "v--"),
-              ("PCA", "^:"))
+    styles = (("compress", "o-"), ("refined", "o:"), ("DCT floor", "x-."), ("JPEG", "s--"), ("WebP", "D--"),
+              ("AVIF", "v--"), ("PCA", "^:"))
     for prefix, style in styles:
         pts = points(rows, prefix)
         if pts:
@@ -211,6 +220,11 @@ def parse_args():
                          "factorized density or the mean-scale hyperprior (its side bits count in its bpp); "
                          "recorded as rate_distortion_context[_rgb], rate_distortion[_rgb] or "
                          "rate_distortion_hyperprior[_rgb]")
+    ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                    help="also code every held-out image with its latent refined for STEPS steps (aepipe encode "
+                         "--refine): the refined rows beside the plain ones; recorded with _refine in the section's name")
+    ap.add_argument("--models", type=Path, default=None, metavar="DIR",
+                    help="no training: the compress_LAMBDA.pt weights an earlier run of the same options saved in DIR")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/rd"))
     ap.add_argument("--rgb", action="store_true", help=f"colour: train on {', '.join(TRAIN_RGB)}, score "
@@ -221,34 +235,54 @@ def parse_args():
 
 
 def train_models(args, train_images, test_images, test_names):
-    """Each lambda's DCT floor (--init pca) and trained model on the held-out images: the pooled rows,
-    the compress model's figure on each image, and the training seconds per lambda."""
+    """Each lambda's DCT floor (--init pca) and trained model on the held-out images (--models: the
+    weights an earlier run saved, no floor, no training): the pooled rows, the compress model's figure
+    on each image, the training seconds per lambda and, with --refine, the refinement's seconds."""
     shape = (3, args.crop, args.crop) if args.rgb else (args.crop, args.crop)
-    model, rows, per_image, times = None, [], [], {}
+    model, rows, per_image, times, refine_times = None, [], [], {}, {}
     for i, lmbda in enumerate(float(v) for v in args.lmbdas.split(",")):
         cfg = ModelConfig(family="compress", input_shape=shape, code_dim=args.latent,
                           hidden=(args.channels,), lmbda=lmbda, init=args.init, prior=args.prior)
         fresh = build_model(cfg)
-        if model is not None and args.init == "none":  # warm start from the previous lambda
+        if args.models:
+            fresh.load_state_dict(torch.load(args.models / f"compress_{lmbda}.pt"))
+        elif model is not None and args.init == "none":  # warm start from the previous lambda
             fresh.load_state_dict(model.state_dict())
         model = fresh
-        if args.init == "pca":  # where the floor starts: the DCT with the density fitted alone
-            train(model, train_images, args.steps // 5, args.batch, args.crop, 0.0, seed=100 + i,
-                  density_lr=args.lr * args.density_lr)
-            bpp, db = pooled(evaluate(model, test_images))
-            rows.append((f"DCT floor lmbda {lmbda}", float(bpp), float(db)))
-            print(f"lmbda {lmbda}: the floor alone (DCT, density fitted): {bpp:.3f} bpp, {db:.2f} dB", flush=True)
-        print(f"lmbda {lmbda}: training", flush=True)
-        steps = args.steps * (2 if i == 0 and args.init == "none" else 1)
-        times[lmbda] = train(model, train_images, steps, args.batch, args.crop, args.lr, seed=i,
-                             density_lr=args.lr * args.density_lr)
+        if not args.models:
+            train_one(args, model, lmbda, i, train_images, test_images, rows, times)
         res = evaluate(model, test_images)
         bpp, db = pooled(res)
         rows.append((f"compress lmbda {lmbda}", float(bpp), float(db)))
         per_image += [(f"compress lmbda {lmbda}", name, *image_figures(*r)) for name, r in zip(test_names, res)]
-        print(f"lmbda {lmbda}: {bpp:.3f} bpp, {db:.2f} dB, trained {times[lmbda]:.0f} s", flush=True)
-        torch.save(model.state_dict(), args.out / f"compress_{lmbda}.pt")
-    return rows, per_image, times
+        print(f"lmbda {lmbda}: {bpp:.3f} bpp, {db:.2f} dB", flush=True)
+        if args.refine:  # the same model, each image's latent refined before coding (aepipe encode --refine)
+            t0 = time.time()
+            res = evaluate(model, test_images, args.refine)
+            refine_times[lmbda] = time.time() - t0
+            bpp, db = pooled(res)
+            rows.append((f"refined lmbda {lmbda}", float(bpp), float(db)))
+            per_image += [(f"refined lmbda {lmbda}", name, *image_figures(*r)) for name, r in zip(test_names, res)]
+            print(f"lmbda {lmbda}: refined {args.refine} steps: {bpp:.3f} bpp, {db:.2f} dB "
+                  f"({refine_times[lmbda]:.0f} s)", flush=True)
+        if not args.models:
+            torch.save(model.state_dict(), args.out / f"compress_{lmbda}.pt")
+    return rows, per_image, times, refine_times
+
+
+def train_one(args, model, lmbda, i, train_images, test_images, rows, times):
+    """One lambda's training (--init pca: from its DCT floor, whose figure is a row of its own)."""
+    if args.init == "pca":  # where the floor starts: the DCT with the density fitted alone
+        train(model, train_images, args.steps // 5, args.batch, args.crop, 0.0, seed=100 + i,
+              density_lr=args.lr * args.density_lr)
+        bpp, db = pooled(evaluate(model, test_images))
+        rows.append((f"DCT floor lmbda {lmbda}", float(bpp), float(db)))
+        print(f"lmbda {lmbda}: the floor alone (DCT, density fitted): {bpp:.3f} bpp, {db:.2f} dB", flush=True)
+    print(f"lmbda {lmbda}: training", flush=True)
+    steps = args.steps * (2 if i == 0 and args.init == "none" else 1)
+    times[lmbda] = train(model, train_images, steps, args.batch, args.crop, args.lr, seed=i,
+                         density_lr=args.lr * args.density_lr)
+    print(f"lmbda {lmbda}: trained {times[lmbda]:.0f} s", flush=True)
 
 
 def image_figures(bits, se, im):
@@ -283,11 +317,11 @@ def vs_jpeg_lines(rows):
 
 
 def bd_rate_lines(rows):
-    """BD-rate of the compress points and of the DCT floor's against each anchor measured."""
+    """BD-rate of the compress points (plain and refined) and of the DCT floor's against each anchor measured."""
     anchors = [name for name, *_ in ANCHORS if points(rows, name + " q")]
     out = ["BD-rate (Bjontegaard, VCEG-M33: log rate cubic in PSNR): % more bits than the anchor at equal PSNR, "
            "negative = fewer:", ""]
-    for tested in ("compress", "DCT floor"):
+    for tested in ("compress", "refined", "DCT floor"):
         test = points(rows, tested)
         out += [f"- {tested} vs {a}: {bd_rate_text(points(rows, a + ' q'), test)}" for a in anchors if test]
     return out
@@ -302,9 +336,9 @@ def main():
     load = rgb if args.rgb else gray
     train_images, test_images = [load(n) for n in train_names], [load(n) for n in test_names]
     rows = anchor_curves(test_images) + ([] if args.rgb else pca_curve(train_images, test_images))
-    per_image, times = [], {}
+    per_image, times, refine_times = [], {}, {}
     if not args.anchors_only:
-        model_rows, per_image, times = train_models(args, train_images, test_images, test_names)
+        model_rows, per_image, times, refine_times = train_models(args, train_images, test_images, test_names)
         rows += model_rows
     trained = "anchors only, no training" if args.anchors_only else f"trained on crops of: {', '.join(train_names)}"
     out = [f"held out: {', '.join(test_names)}; {trained}", f"anchors: {codec_versions()}", "",
@@ -312,15 +346,19 @@ def main():
     out += [f"| {name} | {bpp:.3f} | {db:.2f} |" for name, bpp, db in rows]
     if not args.anchors_only:
         out += ["", *per_image_table(per_image), "", *vs_jpeg_lines(rows), "", *bd_rate_lines(rows),
-                "", f"training seconds per lambda: {json.dumps(times)}"]
+                "", f"training seconds per lambda: {json.dumps(times) if times else f'none, weights from {args.models}'}"]
+        if args.refine:
+            out.append(f"refinement seconds per lambda ({args.refine} steps, every held-out image): "
+                       f"{json.dumps(refine_times)}")
     print("\n" + "\n".join(out))
     prior = f"_{args.prior}" if args.prior != "factorized" and not args.anchors_only else ""
+    prior += "_refine" if args.refine and not args.anchors_only else ""
     record("rate_distortion" + ("_anchors" if args.anchors_only else "") + prior + ("_rgb" if args.rgb else ""),
            "\n".join(out))
     plot(rows, f"held-out {'colour' if args.rgb else 'grayscale'} photos: {', '.join(test_names)}",
          args.out / "rate_distortion.png")
     (args.out / "rate_distortion.json").write_text(json.dumps({"rows": rows, "per_image": per_image,
-                                                               "train_seconds": times,
+                                                               "train_seconds": times, "refine_seconds": refine_times,
                                                                "args": vars(args) | {"out": str(args.out)}}, indent=1))
     print(f"curves -> {args.out / 'rate_distortion.png'}")
 

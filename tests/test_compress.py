@@ -280,6 +280,81 @@ def test_a_codec_keeps_every_image_at_its_own_size(photo_folder, ray_local):
     assert proc.returncode == 2 and "own sizes" in proc.stderr and proc.stderr.count("\n") == 1
 
 
+def coded_cost(model, coder, x, y) -> float:
+    """bits per pixel of y's real bitstream + lmbda x 255^2 x MSE of its decoded image (x: (1, H, W))."""
+    data = coder.encode(y[0].numpy())
+    with torch.no_grad():
+        x_hat = model.synthesis(torch.from_numpy(coder.decode(data, tuple(y.shape[1:]))[None]).float(), x.shape[-2:])
+    return 8 * len(data) / x[0].numel() + model.cfg.lmbda * 255 ** 2 * torch.mean((x_hat[:, 0] - x) ** 2).item()
+
+
+@pytest.mark.parametrize("tile", [64, 4])
+def test_refining_the_latent_lowers_the_coded_cost_and_repeats(monkeypatch, one_thread, tile):
+    """Compress.refine (encode --refine) on an image that is not a multiple of 8, whole (tile 64)
+    or in tiles of 4 latent values with their margins: rounded and really coded, it costs less
+    (bits + lmbda x distortion) than the analysis transform's latent, the same latent every time;
+    the hyperprior refuses."""
+    import skimage.data as skd
+
+    import aepipe.models.compress as compress
+
+    monkeypatch.setattr(compress, "REFINE_TILE", tile)
+    model = tiny(lmbda=0.005).eval()
+    coder = model.latent_coder()
+    x = torch.from_numpy(skd.camera()[200:260, 180:252] / 255.0).float()[None]  # 60 x 72
+    with torch.no_grad():
+        plain = model.analysis(x)
+    refined = model.refine(x, 40)
+    assert torch.equal(refined, model.refine(x, 40))
+    assert coded_cost(model, coder, x, refined) < 0.99 * coded_cost(model, coder, x, plain)
+    hyper = build_model(ModelConfig(family="compress", input_shape=(32, 32), code_dim=8, hidden=(8,),
+                                    prior="hyperprior"))
+    with pytest.raises(ValueError, match="factorized or context"):
+        hyper.refine(x, 5)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: on a busy machine (Ray's workers, a bench beside it) idle
+    torch threads spin, and the refinement's many small steps ran 30 times slower on two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_encode_refine_codes_each_image_for_less_and_decodes_as_ever(photo_folder, digits_run, tmp_path, one_thread):
+    """aepipe encode --refine: every image at its own size, cheaper in bits + lmbda x distortion than
+    the plain encode, decoded by the plain decode; --refine on a model that is not a codec, or
+    below 0, is one error line."""
+    from PIL import Image
+
+    tmp = photo_folder
+    for name, extra in (("plain", []), ("refined", ["--refine", 30])):
+        run_aepipe("encode", tmp / "photos", "--model", tmp / "run", "--out", tmp_path / f"{name}.zarr",
+                   "--engine", "local", *extra)
+        run_aepipe("decode", tmp_path / f"{name}.zarr", "--model", tmp / "run", "--out", tmp_path / name,
+                   "--engine", "local")
+    lmbda = 0.01  # photo_folder's --lmbda
+    cost = {}
+    for name in ("plain", "refined"):
+        g = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r")
+        nbytes = dict(zip(g["ids"][:], g["nbytes"][:].tolist()))
+        total = 0.0
+        for image, size in SIZES.items():
+            original = np.asarray(Image.open(tmp / "photos" / image), np.float64) / 255
+            decoded = np.asarray(Image.open(tmp_path / name / image.replace(".jpg", ".png")), np.float64) / 255
+            assert decoded.shape == size
+            total += 8 * nbytes[image] / original.size + lmbda * 255 ** 2 * np.mean((decoded - original) ** 2)
+        cost[name] = total
+    assert cost["refined"] < cost["plain"], cost
+    for args, message in (((digits_run, 5), "only compress models refine"), ((tmp / "run", -1), "0 (off) or more")):
+        proc = run_aepipe("encode", tmp / "photos", "--model", args[0], "--out", tmp_path / "x.zarr",
+                          "--engine", "local", "--refine", args[1], check=False)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert not (tmp_path / "x.zarr").exists()
+
+
 def test_compare_gives_each_images_bytes_and_bits_per_pixel(photo_folder, tmp_path):
     """aepipe compare --codes, in this process: an image's bytes are its stored bitstream's length (Zarr
     or Parquet), its bits per pixel 8 x bytes over its own pixels, the mean row's the rate encode

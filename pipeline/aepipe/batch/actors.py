@@ -57,16 +57,20 @@ class BitstreamEncoder(ModelActor):
     Images of the model's size come as one array and go through the model together; images at
     their own sizes (an object array of them: sources.images at_own_sizes) one at a time."""
 
-    def __init__(self, run_dir: str, num_gpus: float = 0):
+    def __init__(self, run_dir: str, num_gpus: float = 0, refine: int = 0):
         super().__init__(run_dir, num_gpus)
         self.model.eval()
         self.coder = self.model.latent_coder()
+        self.refine = refine  # encode --refine: steps of each image's own latent optimisation (Compress.refine)
 
     def _latents(self, x: np.ndarray):
         """(latent, unrounded: the coder quantises, (H, W)) of each image of x, a batch of one size (N, [C,] H, W)."""
         x = torch.from_numpy(self.run.normalizer.apply(x)).to(self.device)
-        with torch.inference_mode():
-            y = self.model.analysis(x).cpu().numpy()
+        if self.refine:  # gradients on the latent: not under inference_mode
+            y = self.model.refine(x, self.refine).cpu().numpy()
+        else:
+            with torch.inference_mode():
+                y = self.model.analysis(x).cpu().numpy()
         return [(yi, tuple(x.shape[-2:])) for yi in y]
 
     def __call__(self, batch: dict) -> dict:

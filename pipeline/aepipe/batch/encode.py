@@ -66,6 +66,18 @@ def resume_settings(run, src: Source, out: Path, **options) -> dict:
             "n_rows": src.n_rows, "format": out.suffix, **options}
 
 
+def check_refine(run, model: str, refine: int) -> None:
+    """--refine: a whole number of steps, for a compress model whose prior can refine (not the hyperprior)."""
+    if refine < 0:
+        raise AepipeError(f"--refine {refine}: give a number of steps, 0 (off) or more")
+    if refine and run.meta["family"] != "compress":
+        raise AepipeError(f"--refine: {model} is a {run.meta['family']} model; only compress models refine "
+                          "their latents")
+    if refine and run.meta["model"].get("prior") == "hyperprior":
+        raise AepipeError(f"--refine: {model} has the hyperprior, which rounds about means the latent itself sets; "
+                          "refining needs --prior context or factorized")
+
+
 def cf_scale(dtype: str, sf: float, ao: float) -> dict:
     """CF's attributes that make readers (xarray) turn stored codes into float32 codes by themselves:
     int8 through the store's scale; float16 widened (1.0 and 0.0 tell xarray to give float32)."""
@@ -77,18 +89,20 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
            batch_size: int = 1024, concurrency: int | None = None, num_gpus: float = 0, id_column: str | None = None,
            chunk_rows: int | None = None, overwrite: bool = False, address: str | None = None,
            read: dict | None = None, resume: bool = False, select=None, engine: str = "auto",
-           part_mb: int = PART_BYTES >> 20, shards: bool | None = None) -> dict:
+           part_mb: int = PART_BYTES >> 20, shards: bool | None = None, refine: int = 0) -> dict:
     """Write one code per input row, keyed by id, to OUT (.zarr or .parquet). Returns provenance.
     resume: finish OUT.partial, left by a run that was killed, instead of starting again.
     select: a function of the opened source that returns the rows to encode (encode --append).
     engine: auto (in this process when that is faster, else Ray), local or ray (aepipe.batch.engine).
-    part_mb: MiB of codes per task: one Parquet part, or one Zarr shard. shards: Zarr shards (None: at a URI)."""
+    part_mb: MiB of codes per task: one Parquet part, or one Zarr shard. shards: Zarr shards (None: at a URI).
+    refine: compress models: steps of each image's own latent optimisation before coding (Compress.refine)."""
     if dtype not in DTYPES:
         raise AepipeError(f'unknown --dtype "{dtype}"; choose one of {", ".join(DTYPES)}')
     check_job_options(batch_size, concurrency, num_gpus, engine)
     positive("chunk_rows", chunk_rows)
     positive("part_mb", part_mb)
     run = load_run(model)
+    check_refine(run, model, refine)
     src = open_for_run(data, run.meta, id_column, **(read or {}))
     src = select(src) if select else src
     out = output_path(out, overwrite, (".zarr", ".parquet"), inputs=(data, model))
@@ -126,7 +140,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
     ranges = [task_range(t) for t in plan(src, step_rows, rows_per_part)]
     settings = resume_settings(run, src, out, dtype=dtype, scores=scores, ids=attrs["ids"], ids_kind=ids_kind,
                                chunk_rows=chunk_rows if out.suffix == ".zarr" else None, ranges=len(ranges),
-                               part_rows=rows_per_part, shard_rows=shard_rows)
+                               part_rows=rows_per_part, shard_rows=shard_rows, **({"refine": refine} if refine else {}))
 
     actor, kwargs = Encoder, dict(run_dir=str(run.path), dtype=dtype, scores=scores, num_gpus=num_gpus)
     if run.meta["family"] == "compress":  # one entropy-coded bitstream per image instead of a code row
@@ -134,7 +148,7 @@ def encode(data: str, model: str, out: str | Path, dtype: str = "float32", score
             raise AepipeError(f"--scores and --dtype: {model} is a compress model; it writes bitstreams, whose "
                               "size is set by its --lmbda")
         sink = encode_sink(out, src, attrs, ids_kind, chunk_rows, ranges, settings)
-        actor, kwargs = BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus)
+        actor, kwargs = BitstreamEncoder, dict(run_dir=str(run.path), num_gpus=num_gpus, refine=refine)
     elif out.suffix == ".zarr":
         arrays = {"codes": ("code", (d,), dtype, cf_scale(dtype, sf, ao)), "ids": ("id", (), ids_kind)}
         if scores:

@@ -38,6 +38,11 @@ def encode(
                                           "object, a shard of --part-mb. [default: on at a URI (s3://, gs://)]"),
     resume: bool = typer.Option(False, "--resume", help="Finish OUT.partial left by a killed run with the "
                                 "same model, data and options: only its missing chunks or parts are written."),
+    refine: int = typer.Option(0, "--refine", metavar="STEPS", help="Compress models: before coding, optimise each "
+                               "image's own latent for STEPS steps (its bits + lmbda x distortion with the model "
+                               "fixed, by stochastic Gumbel annealing); the usual decode decodes it. A slower "
+                               "encode for fewer bits at the same quality: docs/compression.md gives the figures "
+                               "(try 200). 0: off."),
     job: JobOptions = JOB_BLOCK,
 ):
     """Stream DATA through the encoder; one code per row, keyed by its id."""
@@ -47,9 +52,11 @@ def encode(
         die("aepipe: error: give --out CODES (a new store) or --append STORE (add DATA's new files)"
             + (", not both" if out else ""), 2)
     if append:
+        if refine:
+            die("aepipe: error: --refine: give it with --out; --append codes new files as the store's first run did", 2)
         return _encode_append(data, model, append, dtype, scores, id_column, job, call(job.read))
     attrs = call(encode_fn, data, str(model), out, dtype=dtype, scores=scores, id_column=id_column,
-                chunk_rows=chunk_rows, part_mb=part_mb, shards=shards, resume=resume, **job.kwargs(),
+                chunk_rows=chunk_rows, part_mb=part_mb, shards=shards, resume=resume, refine=refine, **job.kwargs(),
                 read=call(job.read))
     what = (f"bitstreams, {attrs['bits_per_pixel']:.4f} bits per pixel" if attrs.get("code_kind") == "bitstream"
             else f"{attrs['code_dim']}-d {dtype} codes")
