@@ -251,20 +251,16 @@ def train_models(args, train_images, test_images, test_names):
         model = fresh
         if not args.models:
             train_one(args, model, lmbda, i, train_images, test_images, rows, times)
-        res = evaluate(model, test_images)
-        bpp, db = pooled(res)
-        rows.append((f"compress lmbda {lmbda}", float(bpp), float(db)))
-        per_image += [(f"compress lmbda {lmbda}", name, *image_figures(*r)) for name, r in zip(test_names, res)]
-        print(f"lmbda {lmbda}: {bpp:.3f} bpp, {db:.2f} dB", flush=True)
-        if args.refine:  # the same model, each image's latent refined before coding (aepipe encode --refine)
+        # the plain encode, then (--refine) the same model with each image's latent refined first
+        for label, steps in [("compress", 0)] + ([("refined", args.refine)] if args.refine else []):
             t0 = time.time()
-            res = evaluate(model, test_images, args.refine)
-            refine_times[lmbda] = time.time() - t0
+            res = evaluate(model, test_images, steps)
+            if steps:
+                refine_times[lmbda] = time.time() - t0
             bpp, db = pooled(res)
-            rows.append((f"refined lmbda {lmbda}", float(bpp), float(db)))
-            per_image += [(f"refined lmbda {lmbda}", name, *image_figures(*r)) for name, r in zip(test_names, res)]
-            print(f"lmbda {lmbda}: refined {args.refine} steps: {bpp:.3f} bpp, {db:.2f} dB "
-                  f"({refine_times[lmbda]:.0f} s)", flush=True)
+            rows.append((f"{label} lmbda {lmbda}", float(bpp), float(db)))
+            per_image += [(f"{label} lmbda {lmbda}", name, *image_figures(*r)) for name, r in zip(test_names, res)]
+            print(f"lmbda {lmbda}: {label}: {bpp:.3f} bpp, {db:.2f} dB ({time.time() - t0:.0f} s)", flush=True)
         if not args.models:
             torch.save(model.state_dict(), args.out / f"compress_{lmbda}.pt")
     return rows, per_image, times, refine_times
