@@ -65,7 +65,7 @@ def digit_splits():
 def aepipe_scores(x_train, x_test) -> dict:
     val = in_validation(np.arange(len(x_train)), 0.1)  # the rows `aepipe train` holds out
     model, _ = fit_local(ModelConfig(input_shape=(x_train.shape[1],)), TrainConfig(seed=0), x_train[~val], x_train[val])
-    density = fit_density(model, iter([torch.from_numpy(x_train[~val])]))  # as training: its training rows
+    density = fit_density(model, iter([torch.from_numpy(x_train)]))  # as training: every training row
     with torch.no_grad():
         return {k: v.numpy() for k, v in row_scores(model, torch.from_numpy(x_test), density).items()}
 

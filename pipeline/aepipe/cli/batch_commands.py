@@ -138,8 +138,8 @@ def score(
     kind: Optional[str] = typer.Option(None, "--score", help="recon: the reconstruction error in the model's "
                                        "units (its training loss per feature); code: the code's distance from the "
                                        "training codes; combined: the code's and the residual's, per dimension "
-                                       "(about 1 for a training row); linear: combined for the model's linear "
-                                       "part alone (its PCA floor), the classical PCA detector. Default: linear "
+                                       "(about 1 for a training row); linear: the classical PCA detector, combined "
+                                       "for a PCA with the code size fitted on every training row. Default: linear "
                                        "for tables, recon for images and arrays (see the README: which score "
                                        "when)."),
     id_column: Optional[str] = MODEL_ID_COLUMN,

@@ -232,10 +232,11 @@ def refit_floor(inner, batches, mcfg: ModelConfig, st: FitState) -> None:
 def finish(inner, batches, st: FitState, device) -> None:
     """After the fit, on either path, with the best weights: the codes' range (int8 quantisation's
     scale), their moments (what `encode --append` measures drift against), the Gaussians of codes
-    and residuals (the code, combined and linear scores) and the score quantiles, all over the training rows."""
+    and residuals (the code, combined and linear scores: over every training row, the validation
+    rows included, as the linear detector's PCA is) and the score quantiles, over the training split."""
     st.code_lo, st.code_hi = code_range(inner, batches("train", None))
     st.code_mean, st.code_std = code_moments(inner, batches("train", None))
-    st.density = fit_density(inner, batches("train", None))
+    st.density = fit_density(inner, itertools.chain(batches("train", None), batches("val", None)))
     st.score_quantiles = training_quantiles(inner, batches("train", None), st.density)
     st.device = str(device)
 
