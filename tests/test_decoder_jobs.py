@@ -139,7 +139,7 @@ def test_score_per_feature_keeps_the_tables_id_column(tmp_path):
     # a table's default score is the linear one; the per-feature errors stay the reconstruction's
     done = run_aepipe("score", tmp_path / "t.parquet", "--model", run_dir, "--out", tmp_path / "c.parquet",
                       "--per-feature", "--threshold", "auto")
-    assert "(linear: the linear part's code and residual distance per dimension)" in done.stdout
+    assert "(linear: the PCA detector's code and residual distance per dimension)" in done.stdout
     c = pq.read_table(tmp_path / "c.parquet")
     np.testing.assert_allclose(c.column("score").to_numpy(), direct_scores(run_dir, x.astype(np.float32), "linear"),
                                rtol=1e-4, atol=1e-6)
@@ -181,7 +181,7 @@ def test_score_per_feature_keeps_the_tables_id_column(tmp_path):
     _check_png(tmp_path / "rep" / "report.png")
     summary = dict(report(str(run_dir), tmp_path / "rep2", data=str(tmp_path / "t.parquet"))["summary"])
     mean = c.column("score").to_numpy().mean()
-    assert summary["mean score"] == f"{mean:.4g} (linear: the linear part's code and residual distance per " \
+    assert summary["mean score"] == f"{mean:.4g} (linear: the PCA detector's code and residual distance per " \
                                    "dimension, normalised units)"
     assert summary["threshold"].startswith(f'{auto_threshold(load_run(run_dir), 0.01, "linear"):.4g}: ')
 

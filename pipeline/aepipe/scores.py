@@ -248,4 +248,4 @@ def describe(kind: str, loss: str) -> str:
     """What a score of this kind measures, in a few words (score's summary, report's labels)."""
     return {"recon": f"{loss} per feature", "code": "code distance per dimension",
             "combined": "combined: code and residual distance per dimension",
-            "linear": "linear: the linear part's code and residual distance per dimension"}[kind]
+            "linear": "linear: the PCA detector's code and residual distance per dimension"}[kind]
