@@ -88,9 +88,13 @@ def linear_code_and_logits(model, x, density: dict):
     and floor_components), or, in run dirs stored before it had its own, the model's linear part."""
     if "floor_components" not in density:
         return model.floor_code_and_logits(x)
-    mean, components = density["floor_mean"].to(x), density["floor_components"].to(x)
+    return pca_code_and_logits(x, density["floor_mean"].to(x), density["floor_components"].to(x), model.cfg.loss)
+
+
+def pca_code_and_logits(x, mean, components, loss: str):
+    """PCA's code (B, k) of rows x and its output logits, shaped as x."""
     z = project(x, mean, components, 1.0)
-    return z, reconstruct(z, mean, components, 1.0, model.cfg.loss).view(x.shape)
+    return z, reconstruct(z, mean, components, 1.0, loss).view(x.shape)
 
 
 def mahalanobis(v: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -141,11 +145,10 @@ def linear_detector(model, parts: dict) -> tuple[dict, dict]:
     rows = torch.from_numpy(parts["rows"])
     pca = fit_pca(iter([rows]), rows.shape[1], model.cfg.code_dim)
     mean, components = pca["mean"].double(), pca["components"].double()
-    z = project(rows, mean, components, 1.0)
-    recon = model.squash(reconstruct(z, mean, components, 1.0, model.cfg.loss))
+    z, logits = pca_code_and_logits(rows, mean, components, model.cfg.loss)
     rest = {k: v for k, v in parts.items() if k != "rows"}
     return ({"floor_mean": mean, "floor_components": components},
-            {**rest, "floor_code": z.numpy(), "floor_resid": (rows - recon).numpy()})
+            {**rest, "floor_code": z.numpy(), "floor_resid": residual(model, rows, logits).numpy()})
 
 
 def sample_rows(model, batches) -> tuple[dict, float]:
