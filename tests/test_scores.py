@@ -77,3 +77,22 @@ def test_linear_score_is_the_pca_detector_of_the_rows_the_density_saw(family):
     torch.testing.assert_close(opened["linear"], classical["combined"], rtol=1e-4, atol=1e-5)
     bare = build_model(ModelConfig(family="dense", input_shape=(12,), code_dim=3, hidden=(8,), init="none")).eval()
     assert "linear" not in row_scores(bare, x, fit_density(bare, iter([x])))
+
+
+def test_run_dirs_stored_before_the_linear_detector_had_its_own_pca_score_with_the_models_linear_part():
+    """A density without floor_mean and floor_components (as stored before them) scores linear with
+    the model's linear part: here PCA of the same rows, so the same scores as the stored PCA's."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy((rng.normal(size=(1000, 3)) @ rng.normal(size=(3, 12))
+                          + 0.05 * rng.normal(size=(1000, 12))).astype(np.float32))
+    model = build_model(ModelConfig(family="dense", input_shape=(12,), code_dim=3, hidden=(8,))).eval()
+    model.set_pca(fit_pca(iter([x]), 12, 3))
+    density = fit_density(model, iter([x]))
+    old = {k: v for k, v in density.items() if k not in ("floor_mean", "floor_components")}
+    probe = x[:100] + torch.from_numpy(rng.normal(size=(100, 12)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(row_scores(model, probe, old)["linear"], row_scores(model, probe, density)["linear"],
+                                   rtol=1e-4, atol=1e-5)
+        model.pca_components.add_(0.3)  # the fallback reads the model's own linear part: it now differs
+        assert not torch.allclose(row_scores(model, probe, old)["linear"], row_scores(model, probe, density)["linear"],
+                                  rtol=0.05)
