@@ -162,11 +162,7 @@ def evaluate(model, images, refine: int = 0):
     for im in images:
         chw = np.moveaxis(im, -1, 0) if im.ndim == 3 else im[None]
         x = torch.from_numpy(chw[None] / 255.0).float()
-        if refine:
-            y = model.refine(x, refine)[0].numpy()
-        else:
-            with torch.no_grad():
-                y = model.analysis(x)[0].numpy()
+        y = model.refine(x, refine)[0].numpy()  # 0 steps: the analysis transform's latent
         data = coder.encode(y)
         y_back = coder.decode(data, y.shape)
         assert np.array_equal(y_back, coder.quantize(y)), "entropy-coded round trip differs"

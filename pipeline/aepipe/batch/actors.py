@@ -66,11 +66,7 @@ class BitstreamEncoder(ModelActor):
     def _latents(self, x: np.ndarray):
         """(latent, unrounded: the coder quantises, (H, W)) of each image of x, a batch of one size (N, [C,] H, W)."""
         x = torch.from_numpy(self.run.normalizer.apply(x)).to(self.device)
-        if self.refine:  # gradients on the latent: not under inference_mode
-            y = self.model.refine(x, self.refine).cpu().numpy()
-        else:
-            with torch.inference_mode():
-                y = self.model.analysis(x).cpu().numpy()
+        y = self.model.refine(x, self.refine).cpu().numpy()  # 0 steps: the analysis transform's latent
         return [(yi, tuple(x.shape[-2:])) for yi in y]
 
     def __call__(self, batch: dict) -> dict:
